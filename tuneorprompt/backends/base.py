@@ -1,0 +1,32 @@
+"""The backend contract: three methods, plain dataclasses in and out.
+
+Anything that can complete text greedily implements it: the Hugging Face backend (`hf.py`), a
+fine-tuned model (the same class over other weights), a served endpoint, or a scripted fake in tests.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+from tuneorprompt.records import Completion, GenerationSettings
+
+
+@runtime_checkable
+class Backend(Protocol):
+    # Identifies the weights (and adapter) behind the backend; generation-cache entries are keyed by it,
+    # so two models never share cached answers.
+    fingerprint: str
+    # Longest prompt + completion the model accepts, in tokens.
+    context_length: int
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Completion]:
+        """Greedy completions, one per prompt, in the order given; independent of batching."""
+        ...
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+        """Sum of log-probabilities (nats) of each continuation given its context."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model would see for `text` as a prompt (used to fit demos into the context)."""
+        ...

