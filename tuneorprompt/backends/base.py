@@ -18,6 +18,8 @@ class Backend(Protocol):
     fingerprint: str
     # Longest prompt + completion the model accepts, in tokens.
     context_length: int
+    # Parameter count for FLOPs estimates; None when unknown (a served endpoint).
+    num_parameters: int | None
 
     def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Completion]:
         """Greedy completions, one per prompt, in the order given; independent of batching."""

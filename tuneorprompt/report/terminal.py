@@ -1,0 +1,35 @@
+"""The terminal summary: one row per arm, then the verdict."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt_interval(metric: dict, scale: float, digits: int) -> str:
+    value, low, high = (metric[k] * scale for k in ("value", "ci_low", "ci_high"))
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def print_summary(report: dict, console: Console) -> None:
+    target = report["target"]["accuracy"]
+    table = Table(title=f"{report['name']}: {report['data']['n_test']} test items, target accuracy {target:.0%}")
+    for column in ("arm", "accuracy % [95% CI]", "relevance [95% CI]", "prompt tok", "gen tok", "ms/query", "train s"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    recommended = (report.get("recommendation") or {}).get("arm")
+    for arm in report["arms"]:
+        training = arm.get("training") or {}
+        name = f"[bold green]{arm['name']} *[/]" if arm["name"] == recommended else arm["name"]
+        table.add_row(
+            name,
+            _fmt_interval(arm["accuracy"], 100, 1),
+            _fmt_interval(arm["relevance"], 1, 1),
+            f"{arm['prompt_tokens']:.0f}",
+            f"{arm['generated_tokens']:.1f}",
+            f"{1000 * arm['seconds_per_query']:.1f}",
+            f"{training['wall_seconds']:.0f}" if training else "-",
+        )
+    console.print(table)
+    recommendation = report.get("recommendation") or {}
+    style = "bold green" if recommendation.get("arm") else "bold yellow"
+    console.print(f"[{style}]Recommendation:[/] {recommendation.get('reason', 'none')}")
