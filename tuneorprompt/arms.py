@@ -8,9 +8,9 @@ choose anything on the test split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import jinja2
 from rich.progress import Progress
@@ -25,7 +25,7 @@ from tuneorprompt.config import (
 )
 from tuneorprompt.evaluate import Scorer, System, accuracy, evaluate
 from tuneorprompt.prompts import PromptFormat, PromptRecipe, compile_template
-from tuneorprompt.records import Example, GenerationSettings
+from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
 from tuneorprompt.retrieval import Embed, NearestDemos, PassageRetriever, RandomDemos
 from tuneorprompt.store import CachedBackend, Store
 
@@ -225,3 +225,30 @@ def expand_arms(config: ExperimentConfig) -> list[Arm]:
     if duplicates:
         raise ValueError(f"arms: {', '.join(duplicates)} listed more than once")
     return arms
+
+
+def run_arm(arm: Arm, seed: int, ctx: ArmContext, test: list[Example]) -> tuple[list[ExampleRecord], dict]:
+    """Test records of one arm and seed: read back when the store has them, else prepare and evaluate.
+
+    The test split enters here only, after the arm has finished all of its choices on train/dev."""
+    info = ctx.store.finished_arm(arm.name, seed)
+    if info is not None:
+        return ctx.store.records(arm.name, seed, "test"), info
+    system = arm.prepare(ctx, seed)
+    arm_records = evaluate(system, test, "test", ctx.settings, ctx.scorer, ctx.progress)
+    ctx.store.put_records(arm_records)
+    info = _jsonable(system.info)
+    ctx.store.finish_arm(arm.name, seed, info)
+    return arm_records, info
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

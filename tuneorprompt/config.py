@@ -239,6 +239,20 @@ class TargetConfig(Strict):
     lenient: bool = Field(False, description="Compare the point estimate, not the lower CI bound, to the target.")
 
 
+class LearningCurveConfig(Strict):
+    """Accuracy against the number of labelled examples used: k demos for few-shot, n training
+    examples for fine-tuning, on the same axes, to see where fine-tuning overtakes prompting."""
+
+    enabled: bool = False
+    few_shot_k: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 4, 8], description="k values (0 is the plain prompt); those that fit."
+    )
+    train_sizes: list[int] = Field(
+        default_factory=lambda: [16, 32, 64], description="Fine-tuning pool sizes; the full pool is added."
+    )
+    finetune: Literal["lora", "full"] = Field("lora", description="Which fine-tuning arm the curve trains.")
+
+
 class ExperimentConfig(Strict):
     name: str = "experiment"
     model: ModelConfig
@@ -250,6 +264,7 @@ class ExperimentConfig(Strict):
         default_factory=lambda: [BaselineArm(), InstructionArm(), FewShotArm(), FewShotKnnArm()]
     )
     target: TargetConfig = TargetConfig()
+    learning_curve: LearningCurveConfig = LearningCurveConfig()
     seeds: list[int] = Field(default_factory=lambda: [0], description="Seeds for every stochastic arm.")
     strategy: Literal["full", "ladder"] = Field(
         "full", description="full: run every arm. ladder: cheapest first, stop at the first that meets the target."

@@ -61,40 +61,42 @@ class Passage:
 
 @dataclass(frozen=True)
 class _Table:
-    """The records of one file, before field mapping."""
+    """The records of one file, before field mapping, in file order.
+
+    A record that could not be read at all (malformed JSON, wrong cell count) stays in place as the
+    text of its problem, so that problems are reported in line order with the field problems.
+    """
 
     path: Path
     kind: str  # "jsonl", "csv" or "parquet"
-    rows: list[tuple[str, dict[str, Any]]]  # (location such as "train.jsonl:4", record)
+    rows: list[tuple[str, dict[str, Any] | str]]  # (location such as "train.jsonl:4", record or problem)
     columns: frozenset[str] | None  # header / schema columns; None for JSONL, whose keys vary per line
 
 
+def _parse_json_line(raw: bytes, first: bool) -> dict[str, Any] | str | None:
+    """A JSONL line as a record, as the text of its problem, or None for a blank line."""
+    try:
+        line = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 text ({error.reason} at byte {error.start})"
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        return f"malformed JSON ({error.msg} at column {error.colno})"
+    return record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+
+
 def _read_jsonl(path: Path, problems: list[str]) -> _Table:
-    rows = []
-    # Decode line by line so that a bad byte is reported with its line number.
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        where = f"{path}:{number}"
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as error:
-            problems.append(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})")
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"{where}: malformed JSON ({error.msg} at column {error.colno})")
-            continue
-        if not isinstance(record, dict):
-            problems.append(f"{where}: expected a JSON object, got {type(record).__name__}")
-            continue
-        rows.append((where, record))
-    return _Table(path, "jsonl", rows, columns=None)
+    # Decoded line by line so that a bad byte is reported with its line number.
+    lines = enumerate(path.read_bytes().split(b"\n"), start=1)
+    parsed = ((f"{path}:{number}", _parse_json_line(raw, number == 1)) for number, raw in lines)
+    return _Table(path, "jsonl", [(where, row) for where, row in parsed if row is not None], columns=None)
 
 
 def _read_csv(path: Path, problems: list[str]) -> _Table:
-    rows = []
+    rows: list[tuple[str, dict[str, Any] | str]] = []
     # utf-8-sig: spreadsheet exports often start with a byte-order mark that would stick to the first column.
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
@@ -112,9 +114,9 @@ def _read_csv(path: Path, problems: list[str]) -> _Table:
                 if not cells:  # blank line
                     continue
                 if len(cells) != len(header):
-                    problems.append(f"{where}: expected {len(header)} cells as in the header, found {len(cells)}")
-                    continue
-                rows.append((where, dict(zip(header, cells))))
+                    rows.append((where, f"expected {len(header)} cells as in the header, found {len(cells)}"))
+                else:
+                    rows.append((where, dict(zip(header, cells))))
         except csv.Error as error:
             problems.append(f"{path}:{reader.line_num}: malformed CSV ({error})")
         except UnicodeDecodeError as error:
@@ -136,7 +138,7 @@ def _read_parquet(path: Path, problems: list[str]) -> _Table:
 _READERS = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
-def _read_table(path: Path, problems: list[str], what: str = "examples") -> _Table | None:
+def _read_table(path: Path, problems: list[str], what: str) -> _Table | None:
     """The file's records, or None (with the problem recorded) when there are none to map."""
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
@@ -148,7 +150,7 @@ def _read_table(path: Path, problems: list[str], what: str = "examples") -> _Tab
     before = len(problems)
     table = reader(path, problems)
     if not table.rows:
-        if len(problems) == before:  # an empty file, not one whose every line was already reported
+        if len(problems) == before:  # an empty file, not an unreadable one
             problems.append(f"{path}: no {what}")
         return None
     return table
@@ -160,7 +162,7 @@ def _read_table(path: Path, problems: list[str], what: str = "examples") -> _Tab
 def _field_present(table: _Table, name: str) -> bool:
     if table.columns is not None:
         return name in table.columns
-    return any(name in record for _, record in table.rows)
+    return any(isinstance(record, dict) and name in record for _, record in table.rows)
 
 
 def _missing_columns(table: _Table, names: list[str], problems: list[str]) -> set[str]:
@@ -185,7 +187,7 @@ def _parse_id(value: Any, where: str, field: str, problems: list[str]) -> str | 
     return None
 
 
-def _parse_input(value: Any, where: str, field: str, about: str, problems: list[str]) -> str | None:
+def _parse_text(value: Any, where: str, field: str, about: str, problems: list[str]) -> str | None:
     if value is None:
         problems.append(f"{where}: missing field {field!r}{about}")
     elif not isinstance(value, str):
@@ -234,7 +236,20 @@ def _parse_targets(value: Any, where: str, field: str, about: str, problems: lis
     return tuple(answer.strip() for answer in answers)
 
 
-def _to_examples(table: _Table, fields: FieldMap, id_prefix: str, problems: list[str]) -> list[Example]:
+def _register_id(item_id: str | None, where: str, seen_ids: dict[str, str], problems: list[str]) -> None:
+    """`seen_ids` maps each id read so far (in every split) to its location; a repeat is a problem
+    even when its record has other problems, so that one pass over the report finds them all."""
+    if item_id is None:
+        return
+    if item_id in seen_ids:
+        problems.append(f"{where}: duplicate id {item_id!r} (first at {seen_ids[item_id]})")
+    else:
+        seen_ids[item_id] = where
+
+
+def _to_examples(
+    table: _Table, fields: FieldMap, id_prefix: str, seen_ids: dict[str, str], problems: list[str]
+) -> list[Example]:
     # An id column named in the config must exist; the default `id` may be absent (ids from row numbers).
     id_field = fields.id
     id_required = id_field is not None and "id" in fields.model_fields_set
@@ -245,12 +260,16 @@ def _to_examples(table: _Table, fields: FieldMap, id_prefix: str, problems: list
         return []
     examples = []
     for row, (where, record) in enumerate(table.rows, start=1):
+        if isinstance(record, str):
+            problems.append(f"{where}: {record}")
+            continue
         if id_field is None:
             example_id = f"{id_prefix}-{row}"
         else:
             example_id = _parse_id(record.get(id_field), where, id_field, problems)
+        _register_id(example_id, where, seen_ids, problems)
         about = f" (id {example_id!r})" if example_id is not None else ""
-        text = _parse_input(record.get(fields.input), where, fields.input, about, problems)
+        text = _parse_text(record.get(fields.input), where, fields.input, about, problems)
         raw_target = record.get(fields.target)
         if table.kind == "csv" and raw_target is not None:
             raw_target = _csv_cell_targets(raw_target, where, fields.target, about, problems)
@@ -262,19 +281,11 @@ def _to_examples(table: _Table, fields: FieldMap, id_prefix: str, problems: list
     return examples
 
 
-def _read_examples(path: Path, fields: FieldMap, id_prefix: str, problems: list[str]) -> list[Example]:
+def _read_examples(
+    path: Path, fields: FieldMap, id_prefix: str, seen_ids: dict[str, str], problems: list[str]
+) -> list[Example]:
     table = _read_table(path, problems, what="examples")
-    return [] if table is None else _to_examples(table, fields, id_prefix, problems)
-
-
-def _check_unique_ids(located: list[tuple[str, str]], problems: list[str]) -> None:
-    """`located` is (id, location) in reading order; every repeat is reported with the first location."""
-    first_seen: dict[str, str] = {}
-    for item_id, where in located:
-        if item_id in first_seen:
-            problems.append(f"{where}: duplicate id {item_id!r} (first at {first_seen[item_id]})")
-        else:
-            first_seen[item_id] = where
+    return [] if table is None else _to_examples(table, fields, id_prefix, seen_ids, problems)
 
 
 def _raise_problems(problems: list[str]) -> None:
@@ -401,14 +412,16 @@ def load_splits(config: DataConfig) -> tuple[Splits, OverlapReport]:
     checked on the test items actually evaluated, i.e. after `max_test`.
     """
     problems: list[str] = []
+    seen_ids: dict[str, str] = {}
     if config.file is not None:
-        examples = _read_examples(config.file, config.fields, "row", problems)
-        _check_unique_ids([(e.id, e.source) for e in examples], problems)
+        examples = _read_examples(config.file, config.fields, "row", seen_ids, problems)
         _raise_problems(problems)
         splits = split_by_seed(examples, config.split, config.split_seed, source=str(config.file))
     else:
-        parts = {name: _read_examples(getattr(config, name), config.fields, name, problems) for name in SPLIT_NAMES}
-        _check_unique_ids([(e.id, e.source) for name in SPLIT_NAMES for e in parts[name]], problems)
+        parts = {
+            name: _read_examples(getattr(config, name), config.fields, name, seen_ids, problems)
+            for name in SPLIT_NAMES
+        }
         _raise_problems(problems)
         splits = Splits(**parts)
     if config.max_test is not None:
@@ -430,16 +443,19 @@ def load_corpus(path: Path) -> list[Passage]:
     if path.suffix.lower() != ".jsonl":
         problems.append(f"{path}: the corpus must be a .jsonl file")
     table = None if problems else _read_table(path, problems, what="passages")
-    passages, located = [], []
+    passages: list[Passage] = []
+    seen_ids: dict[str, str] = {}
     if table is not None:
         has_ids = _field_present(table, "id")
         for row, (where, record) in enumerate(table.rows, start=1):
+            if isinstance(record, str):
+                problems.append(f"{where}: {record}")
+                continue
             passage_id = _parse_id(record.get("id"), where, "id", problems) if has_ids else f"passage-{row}"
+            _register_id(passage_id, where, seen_ids, problems)
             about = f" (id {passage_id!r})" if passage_id is not None else ""
-            text = _parse_input(record.get("text"), where, "text", about, problems)
+            text = _parse_text(record.get("text"), where, "text", about, problems)
             if passage_id is not None and text is not None:
                 passages.append(Passage(passage_id, text))
-                located.append((passage_id, where))
-        _check_unique_ids(located, problems)
     _raise_problems(problems)
     return passages

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tuneorprompt import decide
-from tuneorprompt.arms import Arm, ArmContext, expand_arms
+from tuneorprompt.arms import ArmContext, expand_arms, run_arm
+from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.backends.base import Backend
 from tuneorprompt.backends.hf import load_hf_backend
 from tuneorprompt.config import ExperimentConfig, apply_overrides, config_from_dict, load_config
@@ -88,23 +89,24 @@ def run_experiment(
         arms = sorted(arms, key=lambda a: a.ladder_rank)
     records: dict[str, list[list[ExampleRecord]]] = {}
     infos: dict[str, list[dict]] = {}
-    cached_backends: list[CachedBackend] = [base]
     stopped_early_at: str | None = None
     with _progress(console) as progress:
         ctx.progress = progress
         for arm in arms:
             records[arm.name], infos[arm.name] = [], []
             for seed in config.seeds if arm.stochastic else config.seeds[:1]:
-                arm_records, info, backend = run_arm(arm, seed, ctx, splits.test)
+                arm_records, info = run_arm(arm, seed, ctx, splits.test)
                 records[arm.name].append(arm_records)
                 infos[arm.name].append(info)
-                if backend is not None:
-                    cached_backends.append(backend)
             if config.strategy == "ladder" and decide.meets_target(
                 outcome_matrix(records[arm.name], "correct"), config.target.accuracy, lenient=config.target.lenient
             ):
                 stopped_early_at = arm.name
                 break
+
+        learning_curve = None
+        if config.learning_curve.enabled and stopped_early_at is None:
+            learning_curve = run_learning_curve(ctx, splits.test, arms, records, infos)
 
     # ---- aggregate, decide, report ---------------------------------------------------------------
     summaries = [
@@ -118,8 +120,11 @@ def run_experiment(
         summaries=summaries,
         records=records,
         overlap=overlap,
+        split_sizes={"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
         environment=environment(),
         stopped_early_at=stopped_early_at,
+        learning_curve=learning_curve,
+        references={e.id: e.target for e in splits.test},
         console=console,
     )
     store.close()
@@ -127,25 +132,9 @@ def run_experiment(
         run_dir=run_dir,
         report=report,
         records=records,
-        cache_hits=sum(b.stats.hits for b in cached_backends),
-        cache_misses=sum(b.stats.misses for b in cached_backends),
+        cache_hits=store.cache_stats.hits,
+        cache_misses=store.cache_stats.misses,
     )
-
-
-def run_arm(arm: Arm, seed: int, ctx: ArmContext, test: list) -> tuple[list[ExampleRecord], dict, CachedBackend | None]:
-    """Test records of one arm and seed: read back when the store has them, else prepare and evaluate.
-
-    The test split enters here only, after the arm has finished all of its choices on train/dev."""
-    info = ctx.store.finished_arm(arm.name, seed)
-    if info is not None:
-        return ctx.store.records(arm.name, seed, "test"), info, None
-    system = arm.prepare(ctx, seed)
-    arm_records = evaluate(system, test, "test", ctx.settings, ctx.scorer, ctx.progress)
-    ctx.store.put_records(arm_records)
-    info = _jsonable(system.info)
-    ctx.store.finish_arm(arm.name, seed, info)
-    backend = system.backend if isinstance(system.backend, CachedBackend) and system.backend is not ctx.base else None
-    return arm_records, info, backend
 
 
 def _as_config(config: ExperimentConfig | dict | str | Path, overrides: list[str] | None) -> ExperimentConfig:
@@ -163,18 +152,6 @@ def _progress(console: Console) -> Progress:
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TimeRemainingColumn(), console=console, transient=True,
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # ---- provenance ------------------------------------------------------------------------------------

@@ -43,10 +43,17 @@ CREATE TABLE IF NOT EXISTS arms (
 """
 
 
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
 class Store:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.cache_stats = CacheStats()  # generations served from / added to this store by this process
         self._db = sqlite3.connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
@@ -111,12 +118,6 @@ class Store:
         return json.loads(row[0]) if row else None
 
 
-@dataclass
-class CacheStats:
-    hits: int = 0
-    misses: int = 0
-
-
 class CachedBackend:
     """A backend whose generations go through the store: only prompts never seen for this model
     and these settings reach the wrapped backend. Composition, so any backend gets a cache."""
@@ -124,7 +125,6 @@ class CachedBackend:
     def __init__(self, backend: Backend, store: Store):
         self.inner = backend
         self.store = store
-        self.stats = CacheStats()
         self.fingerprint = backend.fingerprint
         self.context_length = backend.context_length
         self.num_parameters = backend.num_parameters
@@ -133,8 +133,8 @@ class CachedBackend:
         keys = [Store.generation_key(self.fingerprint, settings, p) for p in prompts]
         found = self.store.cached(keys)
         missing = list(dict.fromkeys(p for p, k in zip(prompts, keys) if k not in found))
-        self.stats.hits += len(prompts) - len(missing)
-        self.stats.misses += len(missing)
+        self.store.cache_stats.hits += len(prompts) - len(missing)
+        self.store.cache_stats.misses += len(missing)
         if missing:
             fresh = self.inner.generate(missing, settings)
             self.store.put_generations(self.fingerprint, settings, missing, fresh)

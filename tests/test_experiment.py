@@ -1,0 +1,148 @@
+"""The experiment spine with a scripted backend: selection on dev only, caching, resume, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.fakes import ScriptedBackend
+from tuneorprompt.cli import app
+from tuneorprompt.experiment import run_experiment
+from tuneorprompt.prompts import BUILTIN_INSTRUCTIONS
+
+DEV_WINNER, TEST_WINNER = BUILTIN_INSTRUCTIONS[0], BUILTIN_INSTRUCTIONS[1]
+
+
+def write_task(folder: Path, n: int = 30) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, prefix in (("train", "tr"), ("dev", "dv"), ("test", "te")):
+        rows = [{"id": f"{prefix}{i}", "input": f"Where is item {prefix}{i}?", "target": f"Place {prefix}{i}"}
+                for i in range(n)]
+        paths[split] = folder / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {k: str(v) for k, v in paths.items()}
+
+
+def answer_by_instruction(prompt: str) -> str:
+    """Right on dev items only under DEV_WINNER, right on test items only under TEST_WINNER;
+    otherwise right on every third item. An evaluator that looked at test to choose would pick TEST_WINNER."""
+    question = prompt.rsplit("Question: ", 1)[-1]
+    item = question.split("item ", 1)[1].split("?")[0]
+    right = f" Place {item}\n"
+    if DEV_WINNER in prompt and item.startswith("dv"):
+        return right
+    if TEST_WINNER in prompt and item.startswith("te"):
+        return right
+    return right if int(item[2:]) % 3 == 0 else " no idea\n"
+
+
+def config(tmp_path: Path, **extra) -> dict:
+    return {
+        "name": "scripted",
+        "model": {"path": "unused-with-an-injected-backend"},
+        "data": write_task(tmp_path / "data"),
+        "arms": ["baseline", "instruction", {"kind": "few_shot", "k": [2]}],
+        "seeds": [0, 1],
+        "target": {"accuracy": 0.5},
+        **extra,
+    }
+
+
+def test_instruction_is_chosen_on_dev_and_test_is_only_evaluated(tmp_path):
+    backend = ScriptedBackend(answer_by_instruction)
+    result = run_experiment(config(tmp_path), tmp_path / "run", backend=backend)
+    arms = {a["name"]: a for a in result.report["arms"]}
+    instruction = arms["instruction"]
+    assert instruction["details"][0]["instruction"] == DEV_WINNER
+    # The dev winner scores like the baseline on test: the choice did not peek at test.
+    assert instruction["accuracy"]["value"] == pytest.approx(10 / 30)
+    assert arms["baseline"]["accuracy"]["value"] == pytest.approx(10 / 30)
+    # Test prompts carrying the test winner were never generated.
+    assert not any(TEST_WINNER in p and "item te" in p for p in backend.prompts_seen)
+
+
+def test_report_fields_and_seeds(tmp_path):
+    result = run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [a["name"] for a in report["arms"]] == ["baseline", "instruction", "few_shot@2"]
+    for arm in report["arms"]:
+        assert 0 <= arm["accuracy"]["value"] <= 1 and arm["accuracy"]["n"] == 30
+        assert 0 <= arm["relevance"]["value"] <= 100
+        assert arm["accuracy"]["ci_low"] <= arm["accuracy"]["value"] <= arm["accuracy"]["ci_high"]
+        for cost in ("prompt_tokens", "generated_tokens", "seconds_per_query"):
+            assert arm[cost] > 0
+    few_shot = report["arms"][2]
+    assert few_shot["seeds"] == [0, 1] and len(few_shot["accuracy"]["per_seed"]) == 2
+    assert report["arms"][0]["seeds"] == [0]  # deterministic arms run once
+    assert "recommendation" in report and "reason" in report["recommendation"]
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert json.loads((tmp_path / "run" / "environment.json").read_text())["packages"]["torch"]
+    assert result.records["few_shot@2"][1][0].seed == 1
+
+
+def test_rerun_hits_the_cache_for_every_generation_and_a_new_model_misses(tmp_path):
+    first = run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    assert first.cache_misses > 0
+    # Same run directory, finished arms deleted so that every prompt is asked again.
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:
+        db.execute("DELETE FROM arms")
+    again = ScriptedBackend(answer_by_instruction)
+    second = run_experiment(config(tmp_path), tmp_path / "run", backend=again)
+    assert second.cache_misses == 0 and second.cache_hits > 0 and again.prompts_seen == []
+    assert second.report["arms"] == first.report["arms"]
+    other = ScriptedBackend(answer_by_instruction, fingerprint="another-model")
+    third = run_experiment(config(tmp_path), tmp_path / "run-other", backend=other)
+    assert third.cache_hits == 0
+
+
+def test_finished_arms_are_read_back_not_recomputed(tmp_path):
+    run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    again = ScriptedBackend(answer_by_instruction)
+    run_experiment(config(tmp_path), tmp_path / "run", backend=again)
+    # Only the instruction candidates on dev are re-scored (from the cache); no backend call at all.
+    assert again.prompts_seen == []
+
+
+def test_ladder_stops_at_the_first_arm_meeting_the_target(tmp_path):
+    always_right = ScriptedBackend(lambda p: " Place " + p.rsplit("item ", 1)[1].split("?")[0])
+    result = run_experiment(config(tmp_path, strategy="ladder"), tmp_path / "run", backend=always_right)
+    assert [a["name"] for a in result.report["arms"]] == ["baseline"]
+    assert result.report["stopped_early_at"] == "baseline"
+    assert result.report["recommendation"]["arm"] == "baseline"
+
+
+# ---- CLI: user errors are one clear line and a non-zero exit -----------------------------------
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_bad_config_key_exits_2_with_its_name(tmp_path):
+    path = tmp_path / "experiment.yaml"
+    path.write_text("model: {path: m}\ndata: {file: x.jsonl}\ntarget: {acuracy: 0.9}\n")
+    result = run_cli("check-data", str(path))
+    assert result.exit_code == 2
+    assert "target.acuracy: unknown key" in result.output
+
+
+def test_cli_check_data_names_file_line_and_field(tmp_path):
+    paths = write_task(tmp_path / "data", n=5)
+    Path(paths["dev"]).write_text('{"id": "d1", "input": "q?", "target": "a"}\n{"id": "d2", "input": "r?"}\n')
+    path = tmp_path / "experiment.yaml"
+    path.write_text(json.dumps({"model": {"path": "m"}, "data": paths}))
+    result = run_cli("check-data", str(path))
+    assert result.exit_code == 2
+    assert "dev.jsonl:2" in result.output and "target" in result.output
+
+
+def test_cli_init_writes_a_config_check_data_accepts(tmp_path):
+    target = tmp_path / "experiment.yaml"
+    assert run_cli("init", str(target)).exit_code == 0
+    assert run_cli("init", str(target)).exit_code == 2  # no silent overwrite

@@ -1,0 +1,383 @@
+"""The Hugging Face backend: a causal LM from a hub id or a local directory (optionally with a PEFT
+adapter), decoding greedily in batches and scoring continuations by log-likelihood.
+
+Decisions that make arms comparable, and where they are made:
+- Tokens: `encode_prompt` is the one way a prompt becomes token ids, at inference and (fine-tuning
+  imports it) at training, so a fine-tuned model sees its training prompts token for token.
+- Decoding: greedy and nothing else. The model's own generation config (sampling, repetition penalty,
+  bad words, extra stop strings, ...) is replaced by a plain greedy one that keeps only its token ids.
+- Batching: left padding with attention masks; `generate` derives position ids from the mask, so a
+  padded prompt sees the positions 0..n-1 it would see alone and outputs do not depend on the batch
+  size (tests/test_backend_hf.py checks this for batch sizes 1, 3 and 8 in float32). In bf16/fp16
+  the padded kernels round differently and near-ties may flip; compare arms at one batch size there.
+- Identity: `fingerprint` hashes the files that determine a completion (weights, configs, tokenizer,
+  adapter); the generation cache is keyed by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from tuneorprompt.config import ModelConfig
+from tuneorprompt.records import Completion, GenerationSettings
+
+
+class ModelLoadError(ValueError):
+    """A model or adapter that cannot be found or loaded; the message names the path and what was tried."""
+
+
+class PromptTooLongError(ValueError):
+    """A prompt (plus the tokens to generate or score) that does not fit the model's context."""
+
+
+# Files whose bytes decide what a model answers to a given prompt text: weights, model and generation
+# configs (eos ids), tokenizer files (how text becomes tokens, the chat template), adapter config.
+_FINGERPRINT_PATTERNS = (
+    "*.safetensors",
+    "*.bin",
+    "*.json",  # config.json, generation_config.json, tokenizer*.json, adapter_config.json, ...
+    "*.model",  # SentencePiece tokenizers
+    "merges.txt",
+    "*.jinja",  # chat templates saved beside the tokenizer
+)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+# Tokenizers without a configured maximum report transformers' VERY_LARGE_INTEGER (1e30).
+_SANE_MODEL_MAX_LENGTH = 10_000_000
+
+
+# ---- prompts -> tokens --------------------------------------------------------------------------------
+
+
+def render_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
+    """The text the model is given: the prompt itself, or the prompt as one user turn of the chat template."""
+    if not chat_template:
+        return prompt
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"chat_template is on but the tokenizer {tokenizer.name_or_path!r} has no chat template; "
+            "set model.chat_template: false for base models"
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def encode_prompt(tokenizer, prompt: str, chat_template: bool) -> list[int]:
+    """THE way a prompt becomes token ids, at inference and at training.
+
+    Special tokens (a Llama tokenizer's <s>) are added for plain prompts; a rendered chat template
+    already starts with its own BOS, so adding another would give the model a doubled <s> it never
+    saw in training.
+    """
+    text = render_prompt(tokenizer, prompt, chat_template)
+    return tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
+
+
+# ---- fingerprints -------------------------------------------------------------------------------------
+
+
+def fingerprint_files(paths: Iterable[Path]) -> str:
+    """sha256 (hex) over each file's name, size and bytes, in name order.
+
+    Names, not full paths: a model copied to another directory keeps its fingerprint. The size
+    delimits one file's bytes from the next name.
+    """
+    digest = hashlib.sha256()
+    for path in sorted((Path(p) for p in paths), key=lambda p: p.name):
+        digest.update(path.name.encode("utf-8") + b"\0")
+        digest.update(path.stat().st_size.to_bytes(8, "little"))
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fingerprinted_files(directory: Path) -> list[Path]:
+    found = {path for pattern in _FINGERPRINT_PATTERNS for path in directory.glob(pattern) if path.is_file()}
+    return sorted(found)
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    """The local snapshot folder of a hub model already in the Hugging Face cache (no network)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError) as error:
+        raise ModelLoadError(
+            f"model {repo_id!r} (revision {revision or 'main'}): not a local directory, and not in the "
+            f"Hugging Face cache ({error}); download it once with network access, or give a local path"
+        ) from None
+
+
+def fingerprint_model(path_or_id: str, revision: str | None) -> str:
+    """Fingerprint of a local model directory, or of a hub model's files in the local cache."""
+    directory = Path(path_or_id).expanduser()
+    if not directory.is_dir():
+        if _looks_like_path(path_or_id):
+            raise ModelLoadError(f"model directory {path_or_id!r} does not exist")
+        directory = _hub_snapshot(path_or_id, revision)
+    files = _fingerprinted_files(directory)
+    if not any(path.suffix in {".safetensors", ".bin"} for path in files):
+        raise ModelLoadError(f"model {path_or_id!r}: no weight files (*.safetensors, *.bin) in {directory}")
+    return fingerprint_files(files)
+
+
+def _looks_like_path(path_or_id: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything absolute, relative-dotted or home-relative is a path.
+    return path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1 or Path(path_or_id).exists()
+
+
+# ---- the backend --------------------------------------------------------------------------------------
+
+
+def _greedy_generation_config(model, tokenizer) -> GenerationConfig:
+    """Plain greedy decoding that keeps only the model's token ids.
+
+    `generate` fills every field left unset in the config it is given from `model.generation_config`,
+    so passing do_sample=False alone would still let a shipped repetition_penalty, bad_words_ids,
+    suppress_tokens or stop_strings apply (and temperature/top_p warn). Replacing the model's config
+    is the only way none of it can; its eos ids (a list for some chat models) are kept.
+    """
+    shipped = model.generation_config
+    eos = shipped.eos_token_id if shipped.eos_token_id is not None else tokenizer.eos_token_id
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        bos_token_id=shipped.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _context_length(model, tokenizer) -> int:
+    config = model.config.get_text_config()
+    from_model = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    from_tokenizer = tokenizer.model_max_length if tokenizer.model_max_length < _SANE_MODEL_MAX_LENGTH else None
+    known = [n for n in (from_model, from_tokenizer) if n]
+    if not known:
+        raise ModelLoadError(
+            f"model {tokenizer.name_or_path!r}: neither the model config (max_position_embeddings, n_positions) "
+            "nor the tokenizer (model_max_length) gives a context length"
+        )
+    return min(known)
+
+
+class HFBackend:
+    """A Hugging Face causal LM behind the `Backend` protocol.
+
+    The backend owns the model and tokenizer it is given: it puts the model in eval mode, replaces its
+    generation config with plain greedy decoding, sets the tokenizer's pad token (to EOS, when it has
+    none: padded positions are masked out, so which id fills them does not matter) and left padding.
+    """
+
+    def __init__(self, model, tokenizer, *, fingerprint: str, batch_size: int = 16, chat_template: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ModelLoadError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an EOS token")
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        model.eval()
+        model.generation_config = _greedy_generation_config(model, tokenizer)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.fingerprint = fingerprint
+        self.batch_size = batch_size
+        self.chat_template = chat_template
+        self.context_length = _context_length(model, tokenizer)
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        eos = model.generation_config.eos_token_id
+        self._eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
+
+    def count_tokens(self, text: str) -> int:
+        return len(encode_prompt(self.tokenizer, text, self.chat_template))
+
+    # -- generation --
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Completion]:
+        """Greedy completions in the caller's order.
+
+        Prompts are sorted by token length (longest first, so a batch that does not fit in memory
+        fails at once) and batched, which keeps padding, and so wasted compute, small.
+        """
+        encoded = [encode_prompt(self.tokenizer, prompt, self.chat_template) for prompt in prompts]
+        for index, ids in enumerate(encoded):
+            self._check_fits(index, len(ids), settings.max_new_tokens, "generate")
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        completions: list[Completion | None] = [None] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            for index, completion in zip(batch, self._generate_batch([encoded[i] for i in batch], settings)):
+                completions[index] = completion
+        return completions  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts: list[list[int]], settings: GenerationSettings) -> list[Completion]:
+        started = time.perf_counter()
+        inputs = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
+        per_call = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            # transformers stops a row once it ends with any stop string (or EOS) and the batch when
+            # every row has; finished rows are filled with pad tokens.
+            stop_strings=list(settings.stop) or None,
+        )
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, generation_config=per_call, tokenizer=self.tokenizer)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()  # [batch, new], left padding: prompts end together
+        seconds = (time.perf_counter() - started) / len(prompts)
+        completions = []
+        for prompt, tokens in zip(prompts, new_tokens):
+            length = self._completion_length(tokens, settings.stop)
+            text = _cut_at_stop(self._decode(tokens[:length]), settings.stop)
+            completions.append(Completion(text, len(prompt), length, seconds))
+        return completions
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _completion_length(self, tokens: list[int], stop: tuple[str, ...]) -> int:
+        """Tokens up to and including the first EOS, or the token that completed the first stop string.
+
+        Trailing tokens after that are padding (or, in a batch still running, output past the stop).
+        The decoded text of a prefix grows with the prefix, so the stop point is found by bisection.
+        """
+        end = next((i + 1 for i, token in enumerate(tokens) if token in self._eos_ids), len(tokens))
+
+        def has_stop(n: int) -> bool:
+            text = self._decode(tokens[:n])
+            return any(s in text for s in stop)
+
+        if not stop or not has_stop(end):
+            return end
+        low, high = 1, end
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if has_stop(middle) else (middle + 1, high)
+        return low
+
+    # -- scoring --
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+        """Sum of log-probabilities (nats) of each continuation's tokens given its context.
+
+        Tokenisation boundary: the context is `encode_prompt(context)` (exactly the tokens generation
+        sees) and the continuation is tokenised on its own, without special tokens, and appended (the
+        answer tokens fine-tuning trains on). So a separating space belongs at the start of the
+        continuation (" Paris", as `prompt.answer_prefix` puts it), not at the end of the context;
+        lm-eval-harness instead encodes the joined string and splits it, which can merge tokens
+        across the boundary.
+        """
+        pairs = [
+            (encode_prompt(self.tokenizer, context, self.chat_template), self._continuation_ids(index, continuation))
+            for index, (context, continuation) in enumerate(requests)
+        ]
+        for index, (context_ids, continuation_ids) in enumerate(pairs):
+            if not context_ids:
+                raise ValueError(f"loglikelihood request {index}: the context encodes to no tokens")
+            self._check_fits(index, len(context_ids), len(continuation_ids), "loglikelihood")
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        scores: list[float] = [0.0] * len(pairs)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            for index, score in zip(batch, self._score_batch([pairs[i] for i in batch])):
+                scores[index] = score
+        return scores
+
+    def _continuation_ids(self, index: int, continuation: str) -> list[int]:
+        ids = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"loglikelihood request {index}: the continuation {continuation!r} encodes to no tokens")
+        return ids
+
+    def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        # Right padding: every sequence starts at position 0 as it would alone, and the causal mask
+        # keeps trailing pads from influencing the real tokens.
+        inputs = self.tokenizer.pad(
+            {"input_ids": [context + continuation for context, continuation in pairs]},
+            padding=True,
+            padding_side="right",
+            return_tensors="pt",
+        ).to(self.model.device)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits  # [batch, seq, vocab]
+        scores = []
+        for row, (context, continuation) in enumerate(pairs):
+            # The logits at position t predict token t+1: continuation token j is predicted at len(context)-1+j.
+            predicting = logits[row, len(context) - 1 : len(context) + len(continuation) - 1].float()
+            targets = torch.tensor(continuation, device=predicting.device).unsqueeze(-1)
+            scores.append(torch.log_softmax(predicting, dim=-1).gather(-1, targets).sum().item())
+        return scores
+
+    def _check_fits(self, index: int, prompt_tokens: int, extra_tokens: int, what: str) -> None:
+        if prompt_tokens == 0:
+            raise PromptTooLongError(f"{what} request {index}: the prompt encodes to no tokens")
+        if prompt_tokens + extra_tokens > self.context_length:
+            raise PromptTooLongError(
+                f"{what} request {index}: {prompt_tokens} prompt tokens + {extra_tokens} more exceed the "
+                f"model's context length of {self.context_length} tokens"
+            )
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_hf_backend(config: ModelConfig, adapter: Path | None = None) -> HFBackend:
+    """Load `config.path` (a local directory, else a hub id) and, optionally, a PEFT adapter on top."""
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    where = config.path
+    local = Path(config.path).expanduser()
+    if not local.is_dir() and _looks_like_path(config.path):
+        raise ModelLoadError(f"model directory {config.path!r} does not exist")
+    source = str(local) if local.is_dir() else config.path
+    tried = f"local directory {local}" if local.is_dir() else f"hub id {config.path!r} (revision {config.revision or 'main'})"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, revision=config.revision, dtype=_DTYPES[config.dtype], device_map=_resolve_device(config.device)
+        )
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load model {where!r}: tried the {tried} with AutoTokenizer and "
+                             f"AutoModelForCausalLM: {error}") from None
+    fingerprint = fingerprint_model(source, config.revision)
+    if adapter is not None:
+        model, fingerprint = _with_adapter(model, fingerprint, Path(adapter))
+    return HFBackend(
+        model, tokenizer, fingerprint=fingerprint, batch_size=config.batch_size, chat_template=config.chat_template
+    )
+
+
+def _with_adapter(model, base_fingerprint: str, adapter: Path):
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        model = PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(f"cannot load adapter {adapter} onto the model with PeftModel.from_pretrained: {error}") from None
+    combined = hashlib.sha256((base_fingerprint + fingerprint_files(_fingerprinted_files(adapter))).encode())
+    return model, combined.hexdigest()

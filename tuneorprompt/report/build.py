@@ -1,0 +1,123 @@
+"""The report dict: arms, paired tests, costs and break-even, recommendation, provenance.
+
+`build_report` is a pure function of the run's records and summaries; `write_report` writes it as
+`report.json` and `report.html` and prints the terminal summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+
+from tuneorprompt import decide, stats
+from tuneorprompt.config import ExperimentConfig
+from tuneorprompt.records import ExampleRecord
+from tuneorprompt.report.html import render_html
+from tuneorprompt.report.terminal import print_summary
+from tuneorprompt.summary import outcome_matrix
+
+REPORT_VERSION = 1
+PROMPT_KINDS = {"baseline", "instruction", "few_shot", "few_shot_knn", "context"}
+
+
+def build_report(
+    *,
+    config: ExperimentConfig,
+    summaries: Sequence[dict],
+    records: dict[str, list[list[ExampleRecord]]],
+    overlap: Any,
+    split_sizes: dict[str, int],
+    environment: dict,
+    stopped_early_at: str | None = None,
+    learning_curve: dict | None = None,
+) -> dict:
+    outcomes = [
+        decide.ArmOutcome(
+            name=s["name"],
+            correct=outcome_matrix(records[s["name"]], "correct"),
+            per_query_flops=s["flops_per_query"] or 0.0,
+            one_time_flops=(s["training"] or {}).get("flops", 0.0),
+        )
+        for s in summaries
+    ]
+    recommendation = decide.recommend(
+        outcomes,
+        config.target.accuracy,
+        lenient=config.target.lenient,
+        learning_curve_hint=(learning_curve or {}).get("hint"),
+    )
+    return {
+        "report_version": REPORT_VERSION,
+        "name": config.name,
+        "model": config.model.path,
+        "target": config.target.model_dump(),
+        "strategy": config.strategy,
+        "stopped_early_at": stopped_early_at,
+        "data": {
+            **{f"n_{split}": size for split, size in split_sizes.items()},
+            "overlap": overlap.to_dict(),
+        },
+        "arms": list(summaries),
+        "paired_tests": paired_tests(records, [s["name"] for s in summaries], recommendation.arm),
+        "break_even": break_even(summaries),
+        "learning_curve": learning_curve,
+        "recommendation": recommendation.to_dict(),
+        "environment": environment,
+    }
+
+
+def paired_tests(records: dict[str, list[list[ExampleRecord]]], names: list[str], recommended: str | None) -> list:
+    """Every arm against `baseline` and against the recommended arm, on the same test items."""
+    references = [r for r in ("baseline", recommended) if r is not None and r in records]
+    tests = []
+    for reference in dict.fromkeys(references):
+        for name in names:
+            if name == reference:
+                continue
+            accuracy = stats.paired_accuracy_test(
+                outcome_matrix(records[name], "correct"), outcome_matrix(records[reference], "correct")
+            )
+            relevance = stats.paired_bootstrap_test(
+                100 * outcome_matrix(records[name], "relevance"), 100 * outcome_matrix(records[reference], "relevance")
+            )
+            tests.append({"arm": name, "against": reference, "accuracy": accuracy.to_dict(),
+                          "relevance": relevance.to_dict()})
+    return tests
+
+
+def break_even(summaries: Sequence[dict]) -> list[dict]:
+    """For each fine-tuned arm: after how many queries its one-time training cost is repaid by
+    cheaper queries than the most accurate prompt arm (None when its queries are not cheaper)."""
+    prompt_arms = [s for s in summaries if s["kind"] in PROMPT_KINDS and s["flops_per_query"]]
+    if not prompt_arms:
+        return []
+    best_prompt = max(prompt_arms, key=lambda s: s["accuracy"]["value"])
+    rows = []
+    for arm in summaries:
+        if not arm.get("training") or not arm["flops_per_query"]:
+            continue
+        rows.append({
+            "arm": arm["name"],
+            "against": best_prompt["name"],
+            "training_flops": arm["training"]["flops"],
+            "flops_per_query": arm["flops_per_query"],
+            "against_flops_per_query": best_prompt["flops_per_query"],
+            "queries": stats.break_even_queries(
+                arm["training"]["flops"], arm["flops_per_query"], best_prompt["flops_per_query"]
+            ),
+        })
+    return rows
+
+
+def write_report(*, run_dir: Path, console: Console, references: dict[str, str], **inputs: Any) -> dict:
+    """Build the report; write report.json and report.html; print the terminal summary.
+    `references` maps test ids to reference answers for the disagreement table."""
+    report = build_report(**inputs)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    html = render_html(report, inputs["records"], references)
+    (run_dir / "report.html").write_text(html, encoding="utf-8")
+    print_summary(report, console)
+    return report
