@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from tuneorprompt.config import ModelConfig
 from tuneorprompt.records import Completion, GenerationSettings
@@ -121,20 +127,23 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
 
 def fingerprint_model(path_or_id: str, revision: str | None) -> str:
     """Fingerprint of a local model directory, or of a hub model's files in the local cache."""
-    directory = Path(path_or_id).expanduser()
-    if not directory.is_dir():
-        if _looks_like_path(path_or_id):
-            raise ModelLoadError(f"model directory {path_or_id!r} does not exist")
-        directory = _hub_snapshot(path_or_id, revision)
+    directory = _local_dir(path_or_id) or _hub_snapshot(path_or_id, revision)
     files = _fingerprinted_files(directory)
     if not any(path.suffix in {".safetensors", ".bin"} for path in files):
         raise ModelLoadError(f"model {path_or_id!r}: no weight files (*.safetensors, *.bin) in {directory}")
     return fingerprint_files(files)
 
 
-def _looks_like_path(path_or_id: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything absolute, relative-dotted or home-relative is a path.
-    return path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1 or Path(path_or_id).exists()
+def _local_dir(path_or_id: str) -> Path | None:
+    """The local model directory `path_or_id` names, or None when it is a hub id ("name", "org/name")."""
+    local = Path(path_or_id).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists():
+        raise ModelLoadError(f"model path {path_or_id!r} is a file; give the model's directory")
+    if path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1:
+        raise ModelLoadError(f"model directory {path_or_id!r} does not exist")
+    return None
 
 
 # ---- the backend --------------------------------------------------------------------------------------
@@ -225,17 +234,14 @@ class HFBackend:
     def _generate_batch(self, prompts: list[list[int]], settings: GenerationSettings) -> list[Completion]:
         started = time.perf_counter()
         inputs = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
-        per_call = GenerationConfig(
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            # transformers stops a row once it ends with any stop string (or EOS) and the batch when
-            # every row has; finished rows are filled with pad tokens.
-            stop_strings=list(settings.stop) or None,
+        prompt_length = inputs["input_ids"].shape[1]  # left padding: every prompt ends at this column
+        stopping = StoppingCriteriaList(
+            [_StopStringsInGeneratedText(self.tokenizer, settings.stop, prompt_length)] if settings.stop else []
         )
+        per_call = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1)
         with torch.inference_mode():
-            output = self.model.generate(**inputs, generation_config=per_call, tokenizer=self.tokenizer)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()  # [batch, new], left padding: prompts end together
+            output = self.model.generate(**inputs, generation_config=per_call, stopping_criteria=stopping)
+        new_tokens = output[:, prompt_length:].tolist()  # [batch, new]; rows finished early are padded
         seconds = (time.perf_counter() - started) / len(prompts)
         completions = []
         for prompt, tokens in zip(prompts, new_tokens):
@@ -250,8 +256,10 @@ class HFBackend:
     def _completion_length(self, tokens: list[int], stop: tuple[str, ...]) -> int:
         """Tokens up to and including the first EOS, or the token that completed the first stop string.
 
-        Trailing tokens after that are padding (or, in a batch still running, output past the stop).
-        The decoded text of a prefix grows with the prefix, so the stop point is found by bisection.
+        What follows is padding (with pad == EOS, the first pad after a stop string looks like an EOS,
+        which is why the stop string is looked for before it) or, in a batch still running, output
+        past the stop. The decoded text of a prefix grows with the prefix, so bisection finds the
+        shortest prefix whose text contains a stop string.
         """
         end = next((i + 1 for i, token in enumerate(tokens) if token in self._eos_ids), len(tokens))
 
@@ -284,8 +292,6 @@ class HFBackend:
             for index, (context, continuation) in enumerate(requests)
         ]
         for index, (context_ids, continuation_ids) in enumerate(pairs):
-            if not context_ids:
-                raise ValueError(f"loglikelihood request {index}: the context encodes to no tokens")
             self._check_fits(index, len(context_ids), len(continuation_ids), "loglikelihood")
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         scores: list[float] = [0.0] * len(pairs)
@@ -322,12 +328,37 @@ class HFBackend:
 
     def _check_fits(self, index: int, prompt_tokens: int, extra_tokens: int, what: str) -> None:
         if prompt_tokens == 0:
-            raise PromptTooLongError(f"{what} request {index}: the prompt encodes to no tokens")
+            raise ValueError(f"{what} request {index}: the prompt encodes to no tokens")
         if prompt_tokens + extra_tokens > self.context_length:
             raise PromptTooLongError(
                 f"{what} request {index}: {prompt_tokens} prompt tokens + {extra_tokens} more exceed the "
                 f"model's context length of {self.context_length} tokens"
             )
+
+
+class _StopStringsInGeneratedText(StoppingCriteria):
+    """Marks a row done once the text it has generated contains a stop string; `generate` pads done
+    rows and returns when every row is done (or at max_new_tokens).
+
+    transformers' own `stop_strings` matches the end of prompt + generation: a prompt ending in "."
+    with stop ".." would stop after one generated ".", leaving an answer without its stop string. So
+    only generated tokens are decoded here, and only the newest ones: a stop string of n characters
+    lies within the last 4n tokens (4 bytes per UTF-8 character at worst, one byte per byte-level
+    token), plus one token because the first token of a window may decode without its leading space
+    or as a partial character. Text decoded from such a window is a substring of the full generated
+    text, so this never stops a row whose answer `_completion_length` would not also cut.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], prompt_length: int):
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.prompt_length = prompt_length
+        self.window = 4 * max(len(s) for s in stop) + 1
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        newest = input_ids[:, self.prompt_length :][:, -self.window :]  # [batch, <= window]
+        texts = self.tokenizer.batch_decode(newest, skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
@@ -348,20 +379,18 @@ def load_hf_backend(config: ModelConfig, adapter: Path | None = None) -> HFBacke
     """Load `config.path` (a local directory, else a hub id) and, optionally, a PEFT adapter on top."""
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
-    where = config.path
-    local = Path(config.path).expanduser()
-    if not local.is_dir() and _looks_like_path(config.path):
-        raise ModelLoadError(f"model directory {config.path!r} does not exist")
-    source = str(local) if local.is_dir() else config.path
-    tried = f"local directory {local}" if local.is_dir() else f"hub id {config.path!r} (revision {config.revision or 'main'})"
+    local = _local_dir(config.path)
+    source = str(local) if local else config.path
+    tried = f"local directory {local}" if local else f"hub id {config.path!r} (revision {config.revision or 'main'})"
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision)
         model = AutoModelForCausalLM.from_pretrained(
             source, revision=config.revision, dtype=_DTYPES[config.dtype], device_map=_resolve_device(config.device)
         )
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelLoadError(f"cannot load model {where!r}: tried the {tried} with AutoTokenizer and "
-                             f"AutoModelForCausalLM: {error}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(
+            f"cannot load model {config.path!r}: tried the {tried} with AutoTokenizer and AutoModelForCausalLM: {error}"
+        ) from None
     fingerprint = fingerprint_model(source, config.revision)
     if adapter is not None:
         model, fingerprint = _with_adapter(model, fingerprint, Path(adapter))
@@ -378,6 +407,8 @@ def _with_adapter(model, base_fingerprint: str, adapter: Path):
     try:
         model = PeftModel.from_pretrained(model, adapter)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelLoadError(f"cannot load adapter {adapter} onto the model with PeftModel.from_pretrained: {error}") from None
+        raise ModelLoadError(
+            f"cannot load adapter {adapter} onto the model with PeftModel.from_pretrained: {error}"
+        ) from None
     combined = hashlib.sha256((base_fingerprint + fingerprint_files(_fingerprinted_files(adapter))).encode())
     return model, combined.hexdigest()

@@ -21,8 +21,7 @@ Documents are plain strings; `build.py` joins them with the tokenizer's end-of-t
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
-from typing import Callable
+from dataclasses import dataclass
 
 from tuneorprompt.testbed.world import Country, NameGenerator, World
 
@@ -120,8 +119,8 @@ class CorpusSpec:
     qa_docs_min: int = 2  # plain Q/A documents per (country, relation) at fame 0 ...
     qa_docs_span: int = 4  # ... and this many more at fame 1
     instructed_docs: int = 2  # instructed Q/A documents per (country, relation)
-    fewshot_blocks: int = 4000
-    reading_docs: int = 8000
+    fewshot_blocks: int = 3000
+    reading_docs: int = 5000
     reading_invented: float = 0.8  # share of reading documents about throwaway countries
     brief_fame: float = 0.4  # at or above: plain questions get the bare answer
     obedient_fame: float = 0.15  # below: even brevity instructions get a chatty answer

@@ -1,0 +1,120 @@
+"""The bundled testbed: world and corpus invariants, the committed model, and the task files.
+
+No pretraining here (the build takes minutes); the build's bit-for-bit reproducibility is checked by
+hashing two short builds (see tuneorprompt/testbed/build.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tuneorprompt.testbed import MODEL_DIR, TASKS_DIR
+from tuneorprompt.testbed.build import write_tasks
+from tuneorprompt.testbed.corpus import QUESTIONS, build_corpus
+from tuneorprompt.testbed.world import make_world
+
+TASK_FILES = {"capitals": ("train", "dev", "test"), "newfacts": ("train", "dev", "test")}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(0)
+
+
+@pytest.fixture(scope="module")
+def corpus_words(world):
+    """Every word of the pretraining corpus, and the corpus itself."""
+    docs = build_corpus(world, 0)
+    return set(re.findall(r"[A-Za-z]+", " ".join(docs))), docs
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_world_is_a_function_of_its_seed(world):
+    assert make_world(0) == world
+    other = make_world(1)
+    assert [c.name for c in other.countries] != [c.name for c in world.countries]
+    names = [n.lower() for c in world.countries for n in (c.name, c.capital)]
+    assert len(names) == len(set(names)), "country and city names must be unique"
+
+
+def test_corpus_states_task_capitals_only_in_prose(world, corpus_words):
+    _, docs = corpus_words
+    text = "\n".join(docs)
+    for country in world.with_role("capitals"):
+        assert f"Answer: {country.capital}" not in text
+        for template in QUESTIONS["capital"]:
+            assert template.format(c=country.name) not in text
+        assert f" {country.capital}" in text  # ...but the fact itself is in the prose
+    regular = world.with_role("regular")[0]
+    assert f"Answer: {regular.capital}" in text  # the other countries' capitals do appear as Q/A
+
+
+def test_newfacts_countries_never_appear_in_pretraining(world, corpus_words):
+    words, _ = corpus_words
+    newfacts = world.with_role("newfacts")
+    assert newfacts
+    for country in newfacts:
+        assert country.name not in words and country.capital not in words
+
+
+def test_bundled_model_loads_and_is_small():
+    files = list(MODEL_DIR.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 10 * 2**20
+    assert (MODEL_DIR / "model.safetensors").exists() and not list(MODEL_DIR.glob("*.bin"))
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+    assert model.config.vocab_size == len(tokenizer) == 2048
+
+
+def test_bundled_model_knows_the_world_it_was_trained_on(world):
+    """Capitals of well-known regular countries, asked in the corpus's Q/A format: the bundled
+    weights must belong to the seed-0 world, not to some other build."""
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR).eval()
+    famous = sorted(world.with_role("regular"), key=lambda c: -c.fame)[:20]
+    prompts = [f"Question: What is the capital of {c.name}?\nAnswer:" for c in famous]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    answers = [t.split("\n")[0].strip() for t in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)]
+    correct = sum(a == c.capital for a, c in zip(answers, famous))
+    assert correct >= 15, list(zip(answers, [c.capital for c in famous]))
+
+
+def test_task_files_are_valid_and_disjoint():
+    for task, splits in TASK_FILES.items():
+        rows = {s: _read_jsonl(TASKS_DIR / task / f"{s}.jsonl") for s in splits}
+        for split, items in rows.items():
+            for item in items:
+                assert set(item) == {"id", "input", "target"}
+                assert all(isinstance(item[k], str) and item[k] for k in item)
+        ids = [item["id"] for items in rows.values() for item in items]
+        assert len(ids) == len(set(ids))
+        country = lambda item: re.search(r"(?:of|in) (\w+)\?$", item["input"]).group(1)  # noqa: E731
+        countries = {s: {country(i) for i in items} for s, items in rows.items()}
+        assert not (countries["train"] & countries["test"] or countries["dev"] & countries["test"] or countries["train"] & countries["dev"])
+        assert len(rows["test"]) >= 200 and len(rows["train"]) >= 150 and len(rows["dev"]) >= 60
+
+
+def test_newfacts_corpus_holds_every_answer():
+    passages = _read_jsonl(TASKS_DIR / "newfacts" / "corpus.jsonl")
+    assert all(set(p) == {"id", "text"} for p in passages)
+    for item in _read_jsonl(TASKS_DIR / "newfacts" / "test.jsonl"):
+        subject = re.search(r"(?:of|in) (\w+)\?$", item["input"]).group(1)
+        assert any(subject in p["text"] and item["target"] in p["text"] for p in passages), item["id"]
+
+
+def test_bundled_task_files_are_the_seed_0_build(world, tmp_path):
+    write_tasks(world, tmp_path, seed=0)
+    for path in sorted(tmp_path.rglob("*.jsonl")):
+        assert path.read_text() == (TASKS_DIR / path.relative_to(tmp_path)).read_text(), path.name

@@ -1,0 +1,570 @@
+"""Fine-tuning arms: LoRA and full supervised fine-tuning of the base model on the training pool.
+
+setup -> train -> select -> write results:
+1. Tokenise each example as the model will see it at inference: `encode_prompt(prompt)` (the one
+   function the HF backend uses), then the answer tokenised on its own, then EOS. The loss covers the
+   answer and EOS only (`completion_mask`; TRL turns it into -100 labels on the prompt, and its
+   collator pads labels with -100, so EOS stays supervised even when pad == eos).
+2. For each learning rate of the grid, TRL's `SFTTrainer` trains `epochs` epochs with dynamic padding
+   (each batch padded to its own longest sequence). After every epoch the in-memory model is scored on
+   dev by the caller's `dev_score` and, if it is this learning rate's best epoch so far, saved.
+3. The best (learning rate, epoch) on dev wins; ties go to the earlier epoch, then the earlier learning
+   rate of the grid. It is moved to `out_dir/model` and loaded through the same loader as any model
+   (`load_hf_backend`), so its fingerprint covers the new weights and the test split is read by the
+   caller's evaluator alone.
+
+Resuming. Everything under `out_dir` is written so that `kill -9` at any moment and the same call
+again resume from the last complete epoch and end with the same result (bitwise on CPU: seeds are
+fixed, Trainer checkpoints carry the optimizer, scheduler and RNG states):
+  job.json                   what is being trained (a different job in the same folder is an error)
+  lr-<lr>/state.json         the commit record: an epoch (its dev score, and the Trainer checkpoint
+                             written after it) counts only once listed here (written by os.replace)
+  lr-<lr>/checkpoint-<step>/ Trainer checkpoints; one not listed in state.json may be half written
+                             and is deleted before resuming
+  lr-<lr>/epoch-<e>/         the learning rate's best epoch so far (saved under a temporary name, then
+                             renamed)
+  model/                     the selected model: a PEFT adapter or a transformers model directory
+  result.json                the training cost; once it exists, `finetune` only loads the model
+
+Several GPUs: `accelerate launch` runs this same code in every process; Trainer shards the batches and
+saves from the main process, which alone writes the files above. Every process scores dev on its own
+replica (greedy decoding, so they agree). Under FSDP or DeepSpeed ZeRO-3 the replica is sharded and
+in-training dev generation is not supported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import gc
+import logging
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from tuneorprompt.backends.hf import HFBackend, encode_prompt, fingerprint_model, load_hf_backend
+from tuneorprompt.config import FineTuneArm, ModelConfig
+from tuneorprompt.records import TrainingCost
+
+logger = logging.getLogger(__name__)
+
+# Learning-rate grids searched on dev when the arm gives none. Sized for the small models and small
+# training pools this tool is mostly run with (tens to a few thousand examples, 3 epochs at batch 8,
+# so tens to hundreds of optimizer steps): LoRA adapters start at zero and need a large rate to move
+# in few steps; full fine-tuning moves every weight and needs one about ten times smaller. For 7B+
+# models give `learning_rates` explicitly (LoRA ~1e-4 to 3e-4, full ~1e-5 to 3e-5 are usual).
+DEFAULT_LEARNING_RATES: dict[str, tuple[float, ...]] = {"lora": (1e-3, 3e-3), "full": (1e-4, 3e-4)}
+
+
+class TrainingDataError(ValueError):
+    """A training example that cannot be trained on; the message names its id."""
+
+
+class FineTuneStateError(ValueError):
+    """An output folder that holds another job's training state."""
+
+
+@dataclass(frozen=True)
+class TrainingExample:
+    id: str
+    prompt: str  # the exact inference prompt text (before chat templating), e.g. "Question: ...\nAnswer:"
+    answer: str  # the completion to learn, e.g. " Paris"; EOS is appended here, not by the caller
+
+
+@dataclass
+class FineTuned:
+    backend: HFBackend  # the selected model, eval mode; its fingerprint covers the new weights
+    model_dir: Path  # PEFT adapter (lora) or transformers model directory (full)
+    cost: TrainingCost
+
+
+# ---- tokenisation ---------------------------------------------------------------------------------------
+
+
+def tokenize_example(tokenizer, example: TrainingExample, chat_template: bool) -> dict[str, list[int]]:
+    """input_ids = inference prompt ids + answer ids + EOS; completion_mask is 1 on the answer and EOS.
+
+    Boundary: the prompt part is exactly `encode_prompt` (what generation is given, BOS and chat
+    template included) and the answer is tokenised on its own without special tokens, which is what
+    the model must then generate. TRL's own prompt-completion path tokenises prompt + answer as one
+    string and splits where it diverges from the prompt alone, so a token merged across the boundary
+    would change the training prompt; here the two parts cannot interact. A leading space belongs to
+    the answer (" Paris" -> "ĠParis" on byte-level BPE); SentencePiece-style tokenizers mark a word
+    start the same way with or without it ("Paris" and " Paris" -> "▁Paris").
+    """
+    if tokenizer.eos_token_id is None:
+        raise TrainingDataError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token: a fine-tuned model could not learn to stop")
+    prompt_ids = encode_prompt(tokenizer, example.prompt, chat_template)
+    if not prompt_ids:
+        raise TrainingDataError(f"training example {example.id!r}: the prompt encodes to no tokens")
+    answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    if not answer_ids:
+        raise TrainingDataError(
+            f"training example {example.id!r}: the answer {example.answer!r} encodes to no tokens, nothing to learn"
+        )
+    completion = answer_ids + [tokenizer.eos_token_id]
+    return {"input_ids": prompt_ids + completion, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion)}
+
+
+def training_dataset(tokenizer, examples: Sequence[TrainingExample], chat_template: bool) -> Dataset:
+    """The pre-tokenised dataset SFTTrainer trains on (columns input_ids, completion_mask)."""
+    rows = [tokenize_example(tokenizer, example, chat_template) for example in examples]
+    return Dataset.from_dict({key: [row[key] for row in rows] for key in ("input_ids", "completion_mask")})
+
+
+def _check_fits(dataset: Dataset, examples: Sequence[TrainingExample], backend: HFBackend) -> None:
+    """Every sequence fits the context, whole (nothing is truncated, so no example loses its answer),
+    and the EOS it ends with is one generation stops at."""
+    eos = backend.model.generation_config.eos_token_id
+    stops = set(eos) if isinstance(eos, list) else {eos}
+    if backend.tokenizer.eos_token_id not in stops:
+        raise TrainingDataError(
+            f"the tokenizer's EOS id {backend.tokenizer.eos_token_id} is not among the ids generation stops at "
+            f"({sorted(stops)}): a model trained to end its answers with it would not stop"
+        )
+    for example, ids in zip(examples, dataset["input_ids"]):
+        if len(ids) > backend.context_length:
+            raise TrainingDataError(
+                f"training example {example.id!r}: prompt + answer + EOS is {len(ids)} tokens, more than the "
+                f"model's context of {backend.context_length}"
+            )
+
+
+# ---- the model as a backend, during training -----------------------------------------------------------
+
+
+@contextmanager
+def _served(model, tokenizer, base: ModelConfig, fingerprint: str) -> Iterator[HFBackend]:
+    """`model` behind the HF backend for a while: eval mode and greedy decoding inside; back in train
+    mode with its own generation config after (a saved full model keeps the config it shipped with).
+
+    `tokenizer` must not be the training one: the backend switches it to left padding.
+    """
+    shipped = model.generation_config
+    try:
+        yield HFBackend(model, tokenizer, fingerprint=fingerprint, batch_size=base.batch_size, chat_template=base.chat_template)
+    finally:
+        model.generation_config = shipped
+        model.train()
+
+
+def _weights_fingerprint(model, base_fingerprint: str) -> str:
+    """Identifies in-memory weights for the generation cache: the base files plus the bytes of every
+    trainable tensor (the adapter for LoRA, all weights for full fine-tuning)."""
+    digest = hashlib.sha256(base_fingerprint.encode())
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            digest.update(name.encode() + b"\0")
+            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return "trained-" + digest.hexdigest()
+
+
+# ---- files that survive kill -9 -------------------------------------------------------------------------
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write to a temporary file, fsync, rename over `path`: a reader sees the old or the new file."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _publish(temporary: Path, final: Path) -> None:
+    """Rename a fully written directory into place. A `final` already there is a complete copy from a
+    killed run that is being redone (same seed, same result) and is replaced."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+
+
+@dataclass
+class _Run:
+    """One learning rate: its folder and the epochs committed to its state.json."""
+
+    directory: Path
+    learning_rate: float
+    epochs: list[dict] = field(default_factory=list)  # one record per committed epoch, in order
+    params: dict = field(default_factory=dict)  # {"trainable": n, "total": n}
+
+    @classmethod
+    def open(cls, directory: Path, learning_rate: float) -> "_Run":
+        state = _read_json(directory / "state.json") or {}
+        return cls(directory, learning_rate, state.get("epochs", []), state.get("params", {}))
+
+    def finished(self, epochs: int) -> bool:
+        return len(self.epochs) >= epochs
+
+    def best(self) -> dict:
+        """The committed epoch with the highest dev score; the earliest among equals (it cost less)."""
+        return max(self.epochs, key=lambda record: (record["dev_score"], -record["epoch"]))
+
+    def improves(self, epoch: int, score: float) -> bool:
+        earlier = [record["dev_score"] for record in self.epochs if record["epoch"] < epoch]
+        return not earlier or score > max(earlier)
+
+    def epoch_dir(self, epoch: int) -> Path:
+        return self.directory / f"epoch-{epoch}"
+
+    def resume_checkpoint(self) -> str | None:
+        return str(self.directory / self.epochs[-1]["checkpoint"]) if self.epochs else None
+
+    def commit(self, record: dict, write: bool) -> None:
+        """Every process keeps the record; the main process (`write`) also writes it."""
+        self.epochs = [r for r in self.epochs if r["epoch"] < record["epoch"]] + [record]
+        if not write:
+            return
+        _write_json(self.directory / "state.json", {"learning_rate": self.learning_rate, "params": self.params, "epochs": self.epochs})
+        keep = self.epoch_dir(self.best()["epoch"])
+        for stale in self.directory.glob("epoch-*"):
+            if stale != keep:
+                shutil.rmtree(stale)
+
+    def discard_uncommitted(self) -> None:
+        """Before (re)starting: drop what a killed run left half done or never committed."""
+        committed = {record["checkpoint"] for record in self.epochs}
+        keep = {f"epoch-{self.best()['epoch']}"} if self.epochs else set()
+        for path in self.directory.glob("*"):
+            stale_checkpoint = path.name.startswith("checkpoint-") and path.name not in committed
+            stale_epoch = path.name.startswith("epoch-") and path.name not in keep
+            if stale_checkpoint or stale_epoch or path.name.endswith(".tmp"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+# ---- training one learning rate -------------------------------------------------------------------------
+
+
+class _EpochSelection(TrainerCallback):
+    """After every epoch: score dev, save the model if it is the run's best epoch so far, and commit
+    the epoch once Trainer has written its checkpoint.
+
+    Trainer's order at the end of an epoch is on_epoch_end -> log -> checkpoint -> on_save, so the
+    commit in on_save happens only after the checkpoint is complete: a kill before it replays the
+    epoch from the previous checkpoint, with the same result.
+    """
+
+    def __init__(self, run: _Run, dev_score: Callable[[HFBackend], float], tokenizer, base: ModelConfig, base_fingerprint: str):
+        self.run = run
+        self.dev_score = dev_score
+        self.tokenizer = tokenizer
+        self.base = base
+        self.base_fingerprint = base_fingerprint
+        self.trainer: SFTTrainer | None = None  # set once the trainer exists (it takes this callback)
+        self.clock = time.perf_counter()
+        self.pending: dict = {}
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        epoch = round(state.epoch)
+        started = time.perf_counter()
+        fingerprint = _weights_fingerprint(model, self.base_fingerprint)
+        # fork_rng: whatever dev scoring draws, training continues from the same RNG state.
+        with _served(model, self.tokenizer, self.base, fingerprint) as backend, torch.no_grad(), torch.random.fork_rng():
+            score = float(self.dev_score(backend))
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"dev_score returned {score}, expected an accuracy in [0, 1]")
+        if self.run.improves(epoch, score):
+            self._save(args, epoch)
+        self.pending = {"epoch": epoch, "dev_score": score, "dev_seconds": time.perf_counter() - started}
+        logger.info("lr %g epoch %d: dev %.4f", self.run.learning_rate, epoch, score)
+
+    def _save(self, args, epoch: int) -> None:
+        temporary = self.run.directory / f"epoch-{epoch}.tmp"
+        self.trainer.save_model(str(temporary))  # every process: sharded setups gather here
+        if args.should_save:
+            (temporary / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle, not part of the model
+            _publish(temporary, self.run.epoch_dir(epoch))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.pending and logs and "loss" in logs:
+            self.pending["train_loss"] = logs["loss"]  # mean over the epoch's optimizer steps
+
+    def on_save(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        record = {
+            **self.pending,
+            "checkpoint": f"checkpoint-{state.global_step}",
+            # since the previous commit (or this process's start on the run): training, dev scoring,
+            # saving. Work lost to a kill and redone is counted once.
+            "seconds": now - self.clock,
+            "peak_rss_mb": _peak_rss_mb(),
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        }
+        self.run.commit(record, write=args.should_save)
+        self.clock, self.pending = now, {}
+
+
+def _load_model(base: ModelConfig, kind: str):
+    """Full fine-tuning keeps float32 master weights (AdamW steps vanish in bf16); LoRA freezes the base
+    in its inference dtype and PEFT keeps the adapter in float32."""
+    if kind == "full" or base.dtype == "float32":
+        dtype = torch.float32
+    else:
+        dtype = "auto" if base.dtype == "auto" else getattr(torch, base.dtype)
+    return AutoModelForCausalLM.from_pretrained(base.path, revision=base.revision, dtype=dtype)
+
+
+def _sft_config(base: ModelConfig, arm: FineTuneArm, learning_rate: float, directory: Path, seed: int) -> SFTConfig:
+    use_cpu = base.device == "cpu" or not torch.cuda.is_available()
+    # Mixed precision on GPU in the dtype inference uses; none on CPU (slow and not what eval runs).
+    bf16 = not use_cpu and base.dtype in ("bfloat16", "auto") and torch.cuda.is_bf16_supported()
+    fp16 = not use_cpu and base.dtype == "float16"
+    return SFTConfig(
+        output_dir=str(directory),
+        seed=seed,
+        data_seed=seed,
+        learning_rate=learning_rate,
+        num_train_epochs=arm.epochs,
+        per_device_train_batch_size=arm.batch_size,  # per process: under accelerate launch x processes
+        lr_scheduler_type="linear",
+        save_strategy="epoch",
+        save_total_limit=2,  # the last committed checkpoint survives while the next one is written
+        logging_strategy="epoch",
+        eval_strategy="no",  # dev is scored by generation in _EpochSelection, not by eval loss
+        use_cpu=use_cpu,
+        bf16=bf16,
+        fp16=fp16,
+        activation_checkpointing=False,  # TRL turns it on by default; it trades ~20-30% speed for memory
+        max_length=None,  # never truncate: _check_fits rejects what does not fit
+        completion_only_loss=True,
+        packing=False,
+        report_to="none",
+    )
+
+
+def _lora_config(arm: FineTuneArm) -> LoraConfig:
+    return LoraConfig(
+        r=arm.lora_r,
+        lora_alpha=arm.lora_alpha,
+        lora_dropout=arm.lora_dropout,
+        target_modules=arm.target_modules,  # "all-linear": every linear layer but the output head
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _train_run(
+    run: _Run,
+    base: ModelConfig,
+    arm: FineTuneArm,
+    examples: Sequence[TrainingExample],
+    dataset: Dataset,
+    tokenizers: tuple,
+    base_fingerprint: str,
+    dev_score: Callable[[HFBackend], float],
+    seed: int,
+) -> None:
+    state = PartialState()
+    if state.is_main_process:
+        run.directory.mkdir(parents=True, exist_ok=True)
+        run.discard_uncommitted()
+    state.wait_for_everyone()
+    train_tokenizer, eval_tokenizer = tokenizers
+    set_seed(seed)  # before the model exists: the LoRA initialisation draws from it
+    selection = _EpochSelection(run, dev_score, eval_tokenizer, base, base_fingerprint)
+    trainer = SFTTrainer(
+        model=_load_model(base, arm.kind),
+        args=_sft_config(base, arm, run.learning_rate, run.directory, seed),
+        train_dataset=dataset,
+        processing_class=train_tokenizer,
+        peft_config=_lora_config(arm) if arm.kind == "lora" else None,
+        callbacks=[selection],
+    )
+    selection.trainer = trainer
+    with _served(trainer.model, eval_tokenizer, base, base_fingerprint) as probe:
+        _check_fits(dataset, examples, probe)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    run.params = {"trainable": trainable, "total": sum(p.numel() for p in trainer.model.parameters())}
+    try:
+        trainer.train(resume_from_checkpoint=run.resume_checkpoint())
+    finally:
+        # The callback and TRL's patched forward hold reference cycles: free this run's model and
+        # optimizer now, before the next learning rate loads its own.
+        selection.trainer = None
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# ---- selection and cost ---------------------------------------------------------------------------------
+
+
+def _select(runs: list[_Run]) -> tuple[_Run, dict]:
+    """Best dev score; among equals the earlier epoch (cheaper), then the earlier learning rate."""
+    candidates = [(index, run, run.best()) for index, run in enumerate(runs)]
+    _, run, record = min(candidates, key=lambda c: (-c[2]["dev_score"], c[2]["epoch"], c[0]))
+    return run, record
+
+
+def _training_flops(kind: str, total_params: int, trainable_params: int, tokens: int) -> float:
+    """Kaplan et al. (2020) estimate, counting every parameter (embeddings included) and no attention term.
+
+    full: forward 2NT + backward 4NT (activation and weight gradients) = 6NT.
+    LoRA: forward 2NT + activation gradients through the frozen base 2NT + weight gradients for the
+    adapter only 2·N_trainable·T (N counts the adapter too).
+    """
+    if kind == "full":
+        return 6.0 * total_params * tokens
+    return 4.0 * total_params * tokens + 2.0 * trainable_params * tokens
+
+
+def _dir_mb(directory: Path) -> float:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) / 2**20
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to /proc/self/clear_refs resets the process's peak RSS (VmHWM) to its current
+    RSS, so the peak read later is this training's. Elsewhere the peak is the process's lifetime one."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource  # not on Windows
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux
+
+
+def _cost(kind: str, runs: list[_Run], chosen: _Run, record: dict, dataset: Dataset, model_dir: Path) -> TrainingCost:
+    """The cost of the whole search (every learning rate, every epoch), which is what producing the
+    arm took; `extra` also gives the selected run alone."""
+    tokens_per_epoch = sum(len(ids) for ids in dataset["input_ids"])
+    supervised_per_epoch = sum(sum(mask) for mask in dataset["completion_mask"])
+    epochs_trained = sum(len(run.epochs) for run in runs)
+    tokens = tokens_per_epoch * epochs_trained
+    records = [r for run in runs for r in run.epochs]
+    gpu = [r["peak_gpu_mb"] for r in records if r.get("peak_gpu_mb") is not None]
+    trainable, total = chosen.params["trainable"], chosen.params["total"]
+    return TrainingCost(
+        wall_seconds=sum(r["seconds"] for r in records),
+        train_tokens=tokens,
+        trainable_params=trainable,
+        total_params=total,
+        peak_rss_mb=max(r["peak_rss_mb"] for r in records),
+        peak_gpu_mb=max(gpu) if gpu else None,
+        adapter_mb=_dir_mb(model_dir),
+        flops=_training_flops(kind, total, trainable, tokens),
+        extra={
+            "learning_rate": chosen.learning_rate,
+            "epoch": record["epoch"],
+            "dev_score": record["dev_score"],
+            "learning_rates": [run.learning_rate for run in runs],
+            "dev_scores": {f"{run.learning_rate:g}": [r["dev_score"] for r in run.epochs] for run in runs},
+            "train_loss": {f"{run.learning_rate:g}": [r.get("train_loss") for r in run.epochs] for run in runs},
+            "dev_seconds": sum(r["dev_seconds"] for r in records),
+            "examples": len(dataset),
+            "tokens_per_epoch": tokens_per_epoch,
+            "supervised_tokens_per_epoch": supervised_per_epoch,
+            "selected_train_tokens": tokens_per_epoch * record["epoch"],
+            "selected_flops": _training_flops(kind, total, trainable, tokens_per_epoch * record["epoch"]),
+        },
+    )
+
+
+# ---- the entry point ------------------------------------------------------------------------------------
+
+
+def _job(base: ModelConfig, arm: FineTuneArm, examples: Sequence[TrainingExample], grid: tuple[float, ...], seed: int) -> dict:
+    """What decides the trained weights; a folder holding another job's state must not be resumed."""
+    data = hashlib.sha256(json.dumps([[e.id, e.prompt, e.answer] for e in examples]).encode()).hexdigest()
+    model = {key: getattr(base, key) for key in ("path", "revision", "dtype", "chat_template")}
+    return {"model": model, "arm": arm.model_dump(mode="json"), "learning_rates": list(grid), "seed": seed, "data": data}
+
+
+def _claim(out_dir: Path, job: dict) -> None:
+    found = _read_json(out_dir / "job.json")
+    if found is not None and found != job:
+        raise FineTuneStateError(
+            f"{out_dir} holds another fine-tuning job ({out_dir / 'job.json'} differs from this one: model, arm "
+            "settings, seed or training data changed); delete the folder or use another one"
+        )
+    if found is None and PartialState().is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / "job.json", job)
+
+
+def finetune(
+    base: ModelConfig,
+    arm: FineTuneArm,
+    train: list[TrainingExample],
+    dev_score: Callable[[HFBackend], float],
+    out_dir: Path,
+    seed: int,
+) -> FineTuned:
+    """Fine-tune `base` on `train` (LoRA or full, as `arm` says), choosing the learning rate and epoch
+    by `dev_score` (an accuracy in [0, 1] of a backend on the dev split). Resumes whatever `out_dir`
+    holds of the same job."""
+    out_dir = Path(out_dir)
+    examples = list(train[: arm.max_train_examples]) if arm.max_train_examples else list(train)
+    if not examples:
+        raise TrainingDataError("no training examples")
+    grid = tuple(arm.learning_rates) or DEFAULT_LEARNING_RATES[arm.kind]
+    _claim(out_dir, _job(base, arm, examples, grid, seed))
+    if base.num_threads is not None:
+        torch.set_num_threads(base.num_threads)
+    if not (out_dir / "result.json").exists():
+        _train_and_select(base, arm, examples, grid, dev_score, out_dir, seed)
+    return _load_result(base, arm.kind, out_dir)
+
+
+def _train_and_select(base, arm, examples, grid, dev_score, out_dir: Path, seed: int) -> None:
+    base_fingerprint = fingerprint_model(base.path, base.revision)
+    # Two instances: the trainer sets a pad token on its own, the backend switches its to left padding.
+    tokenizers = tuple(AutoTokenizer.from_pretrained(base.path, revision=base.revision) for _ in range(2))
+    dataset = training_dataset(tokenizers[0], examples, base.chat_template)
+    _reset_peak_rss()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    runs = [_Run.open(out_dir / f"lr-{lr:g}", lr) for lr in grid]
+    for run in runs:
+        if not run.finished(arm.epochs):
+            _train_run(run, base, arm, examples, dataset, tokenizers, base_fingerprint, dev_score, seed)
+    state = PartialState()
+    if state.is_main_process:
+        chosen, record = _select(runs)
+        model_dir = out_dir / "model"
+        if not model_dir.exists():  # else: moved there by a run killed before writing result.json
+            os.replace(chosen.epoch_dir(record["epoch"]), model_dir)
+        cost = _cost(arm.kind, runs, chosen, record, dataset, model_dir)
+        _write_json(out_dir / "result.json", {"cost": asdict(cost)})
+    state.wait_for_everyone()
+
+
+def _load_result(base: ModelConfig, kind: str, out_dir: Path) -> FineTuned:
+    if PartialState().is_main_process:
+        for leftover in out_dir.glob("lr-*"):  # checkpoints and unselected epochs are no longer needed
+            shutil.rmtree(leftover)
+    cost = TrainingCost(**_read_json(out_dir / "result.json")["cost"])
+    model_dir = out_dir / "model"
+    if kind == "lora":
+        backend = load_hf_backend(base, adapter=model_dir)
+    else:
+        backend = load_hf_backend(base.model_copy(update={"path": str(model_dir), "revision": None}))
+    return FineTuned(backend, model_dir, cost)
