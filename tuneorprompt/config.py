@@ -326,7 +326,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "config", base_dir: Path
 
 def _resolve_paths(config: ExperimentConfig, base_dir: Path) -> ExperimentConfig:
     def resolve(path: Path | None) -> Path | None:
-        return None if path is None or path.is_absolute() else (base_dir / path).resolve()
+        if path is None or path.is_absolute():
+            return path
+        return (base_dir / path).resolve()
 
     data = config.data.model_copy(
         update={name: resolve(getattr(config.data, name)) for name in ("train", "dev", "test", "file", "corpus")}

@@ -86,7 +86,7 @@ def as_matrix(values: ArrayLike, name: str, *, unit_interval: bool) -> np.ndarra
     if bad.any():
         seed, item = np.argwhere(bad)[0]
         expected = "a number in [0, 1]" if unit_interval else "a finite number"
-        raise StatsError(f"{name}[seed row {seed}, item {item}] = {matrix[seed, item]!r}: expected {expected}")
+        raise StatsError(f"{name}[seed row {seed}, item {item}] = {float(matrix[seed, item])}: expected {expected}")
     return matrix
 
 
@@ -319,6 +319,7 @@ def crossover(curve: Sequence[tuple[float, float]], reference: Sequence[tuple[fl
     positive = curve_n > 0
     if not positive.any():
         return None
+    first_n = float(curve_n[positive][0])
     curve_x, curve_accuracy = np.log(curve_n[positive]), curve_accuracy[positive]
     if (reference_n > 0).any():
         reference_x, reference_accuracy = np.log(reference_n[reference_n > 0]), reference_accuracy[reference_n > 0]
@@ -333,7 +334,7 @@ def crossover(curve: Sequence[tuple[float, float]], reference: Sequence[tuple[fl
         return None
     j = ahead[0]
     if j == 0:
-        return float(np.exp(grid[0]))
+        return first_n
     fraction = -gap[j - 1] / (gap[j] - gap[j - 1])  # gap[j - 1] <= 0 < gap[j]
     return float(np.exp(grid[j - 1] + fraction * (grid[j] - grid[j - 1])))
 

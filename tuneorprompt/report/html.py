@@ -83,8 +83,9 @@ def _bars(report: dict, metric: str, scale: float, target: float | None) -> str:
     arms = report["arms"]
     figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(arms)), 3.5))
     values = [scale * a[metric]["value"] for a in arms]
-    errors = [[v - scale * a[metric]["ci_low"] for v, a in zip(values, arms)],
-              [scale * a[metric]["ci_high"] - v for v, a in zip(values, arms)]]
+    # Clipped at 0: a bootstrap bound can sit a rounding error inside the point estimate.
+    errors = [[max(0.0, v - scale * a[metric]["ci_low"]) for v, a in zip(values, arms)],
+              [max(0.0, scale * a[metric]["ci_high"] - v) for v, a in zip(values, arms)]]
     axis.bar(range(len(arms)), values, yerr=errors, capsize=4, color="#5b8def")
     axis.set_xticks(range(len(arms)), [a["name"] for a in arms], rotation=30, ha="right")
     axis.set_ylabel(f"{metric} (95% CI)")
@@ -100,8 +101,8 @@ def _learning_curve(curve: dict) -> str:
         points = curve[key]
         xs = [max(p["x"], 0.5) for p in points]  # k=0 drawn at 0.5 on the log axis
         axis.errorbar(xs, [100 * p["accuracy"] for p in points],
-                      yerr=[[100 * (p["accuracy"] - p["ci_low"]) for p in points],
-                            [100 * (p["ci_high"] - p["accuracy"]) for p in points]],
+                      yerr=[[max(0.0, 100 * (p["accuracy"] - p["ci_low"])) for p in points],
+                            [max(0.0, 100 * (p["ci_high"] - p["accuracy"])) for p in points]],
                       marker="o", capsize=3, label=label)
     if curve.get("crossover"):
         axis.axvline(curve["crossover"], color="#888", linestyle=":", label="crossover")
