@@ -16,13 +16,17 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 testbed_app = typer.Typer(no_args_is_help=True, help="The bundled synthetic-world testbed model.")
 app.add_typer(testbed_app, name="testbed")
 console = Console(stderr=True)
 
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+# Every user-input error in the package (config, data, template, metric, model path, training data)
+# is a ValueError subclass whose message names the file, line, key or id; OSError covers unreadable
+# files. Set TUNEORPROMPT_DEBUG=1 to see the traceback instead.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError)
 
 Overrides = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a config key: --set target.accuracy=0.9 (repeatable).")
@@ -30,7 +34,10 @@ Overrides = Annotated[
 
 
 def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}")
+    if os.environ.get("TUNEORPROMPT_DEBUG"):
+        raise error
+    # Escaped: messages quote user text such as "[x]" that rich would read as markup.
+    console.print("[bold red]error:[/]", rich_escape(str(error)))
     raise typer.Exit(code=2)
 
 
@@ -90,7 +97,7 @@ def demo(
 ) -> None:
     """Run the bundled experiment on the bundled testbed model, offline."""
     from tuneorprompt.experiment import run_experiment
-    from tuneorprompt.testbed import demo_config
+    from tuneorprompt.testbed.demo import demo_config
 
     try:
         result = run_experiment(demo_config(task), out or Path("runs") / f"demo-{task}", overrides=set_ or [],

@@ -38,7 +38,7 @@ class TrainSpec:
     layers: int = 4
     heads: int = 4
     mlp: int = 384
-    steps: int = 1200
+    steps: int = 1800
     batch: int = 16  # sequences per step: 16 x 256 = 4,096 tokens
     lr: float = 4e-3
     warmup: int = 60
@@ -53,7 +53,7 @@ class TaskSplit:
     test: int
 
 
-CAPITALS_SPLIT = TaskSplit(train=180, dev=80, test=220)  # countries; one question each
+CAPITALS_SPLIT = TaskSplit(train=160, dev=70, test=210)  # countries; one question each
 NEWFACTS_SPLIT = TaskSplit(train=50, dev=25, test=75)  # countries; three questions each
 NEWFACTS_RELATIONS = ("capital", "language", "currency")
 N_CORPUS_DISTRACTORS = 100  # passages about pretraining countries added to the newfacts corpus

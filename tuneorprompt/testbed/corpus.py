@@ -115,12 +115,12 @@ class CorpusSpec:
     """Sizes and the fame thresholds: the dials that set the testbed's behaviour."""
 
     prose_docs_min: int = 2  # prose documents per country at fame 0 ...
-    prose_docs_span: int = 8  # ... and this many more at fame 1
-    qa_docs_min: int = 2  # plain Q/A documents per (country, relation) at fame 0 ...
-    qa_docs_span: int = 4  # ... and this many more at fame 1
-    instructed_docs: int = 2  # instructed Q/A documents per (country, relation)
-    fewshot_blocks: int = 3000
-    reading_docs: int = 5000
+    prose_docs_span: int = 14  # ... and this many more at fame 1
+    qa_docs_min: int = 1  # plain Q/A documents per (country, relation) at fame 0 ...
+    qa_docs_span: int = 3  # ... and this many more at fame 1
+    instructed_docs: int = 1  # instructed Q/A documents per (country, relation)
+    fewshot_blocks: int = 1500
+    reading_docs: int = 3000
     reading_invented: float = 0.8  # share of reading documents about throwaway countries
     brief_fame: float = 0.4  # at or above: plain questions get the bare answer
     obedient_fame: float = 0.15  # below: even brevity instructions get a chatty answer

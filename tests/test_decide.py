@@ -1,0 +1,149 @@
+"""The recommendation rule and its wording on hand-built outcomes (no model). The rule's
+repeated-sampling behaviour is in test_simulation.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tuneorprompt import decide, stats
+from tuneorprompt.decide import ArmOutcome
+
+N = 200
+
+
+def correct_on_first(k: int, n: int = N, seeds: int = 1) -> np.ndarray:
+    """[seeds, n] outcomes right on the first k items: arms built this way nest (a better arm is
+    right wherever a worse one is), so their paired tests are easy to reason about."""
+    return np.tile(np.r_[np.ones(k), np.zeros(n - k)], (seeds, 1))
+
+
+def arm(name: str, k: int, per_query: float, one_time: float = 0.0, seeds: int = 1) -> ArmOutcome:
+    return ArmOutcome(name, correct_on_first(k, seeds=seeds), per_query_flops=per_query, one_time_flops=one_time)
+
+
+BASELINE = arm("baseline", 120, 1.0e9)  # 60%
+INSTRUCTION = arm("instruction", 150, 1.2e9)  # 75%
+FEW_SHOT = arm("few_shot", 180, 6.0e9, seeds=3)  # 90%
+LORA = arm("lora", 184, 1.0e9, one_time=5e15, seeds=3)  # 92%
+
+
+def test_ladder_order_puts_every_untrained_arm_first_without_a_query_volume():
+    order = decide.ladder_order([LORA, FEW_SHOT, INSTRUCTION, BASELINE])
+    assert [a.name for a in order] == ["baseline", "instruction", "few_shot", "lora"]
+
+
+def test_ladder_order_by_total_cost_at_an_expected_query_volume():
+    # At 1e7 queries lora costs 5e15 + 1e16 = 1.5e16 FLOPs, few_shot 6e16.
+    order = decide.ladder_order([LORA, FEW_SHOT, INSTRUCTION, BASELINE], expected_queries=1e7)
+    assert [a.name for a in order] == ["baseline", "instruction", "lora", "few_shot"]
+    # At 1e5 queries training dominates again.
+    order = decide.ladder_order([LORA, FEW_SHOT], expected_queries=1e5)
+    assert [a.name for a in order] == ["few_shot", "lora"]
+
+
+def test_ladder_order_keeps_the_given_order_for_equal_costs():
+    unknown = [arm(name, 100, 0.0) for name in ("c", "a", "b")]  # served endpoint: FLOPs unknown
+    assert [a.name for a in decide.ladder_order(unknown)] == ["c", "a", "b"]
+
+
+def test_meets_target_uses_the_lower_bound_unless_lenient():
+    correct = correct_on_first(82, n=100)  # 82%, Wilson 95% CI about 73.3-88.3%
+    assert not decide.meets_target(correct, 0.80)
+    assert decide.meets_target(correct, 0.80, lenient=True)
+    assert decide.meets_target(correct, 0.73)
+    assert decide.meets_target(correct, 0.80, level=0.5) is False  # 50% CI lower bound ~0.79
+
+
+def test_recommend_the_cheapest_arm_that_meets_the_target():
+    result = decide.recommend([LORA, FEW_SHOT, INSTRUCTION, BASELINE], 0.8)
+    assert result.arm == "few_shot"
+    assert result.order == ("baseline", "instruction", "few_shot", "lora")
+    assert result.meets_target == {"baseline": False, "instruction": False, "few_shot": True, "lora": True}
+    assert result.runner_up == "lora"  # the next arm that also meets the target
+    assert result.comparison.test == "mcnemar_clustered"
+    assert result.comparison.difference == pytest.approx(-0.02)
+    interval = result.accuracy["few_shot"]
+    assert interval.low >= 0.8
+    assert result.reason.startswith("few_shot is the cheapest arm that meets the 80.0% accuracy target")
+    assert f"90.0% (95% CI {interval.low:.1%}-{interval.high:.1%})" in result.reason
+    assert "6e+09 FLOPs per query, no training" in result.reason
+    assert "5e+15 training FLOPs" in result.reason
+
+
+def test_reason_never_claims_a_difference_the_test_does_not_support():
+    # lora is right on 4 more items (92% vs 90%): p is far above 0.05.
+    result = decide.recommend([FEW_SHOT, LORA], 0.8)
+    assert not result.comparison.significant
+    assert "No significant difference in accuracy between few_shot and lora at 95%" in result.reason
+    assert "significantly more" not in result.reason
+    assert "few_shot minus lora = -2.0 points" in result.reason
+
+
+def test_reason_states_a_significant_difference_with_its_direction():
+    strong = arm("full", 196, 1.0e9, one_time=2e16)  # 98%, right on 16 items few_shot misses
+    result = decide.recommend([FEW_SHOT, strong], 0.8)
+    assert result.arm == "few_shot" and result.runner_up == "full"
+    assert result.comparison.significant and result.comparison.difference == pytest.approx(-0.08)
+    assert "full is significantly more accurate than few_shot at 95%" in result.reason
+
+
+def test_runner_up_is_the_most_accurate_other_arm_when_no_costlier_arm_meets_the_target():
+    result = decide.recommend([BASELINE, INSTRUCTION, FEW_SHOT], 0.8)
+    assert result.arm == "few_shot"
+    assert result.runner_up == "instruction"
+    assert "the most accurate other arm (it does not meet the target)" in result.reason
+
+
+def test_no_arm_meets_the_target():
+    hint = "The lora curve is still rising at n = 512: more labelled data may reach the target."
+    result = decide.recommend([BASELINE, INSTRUCTION, LORA], 0.95, learning_curve_hint=hint)
+    assert result.arm is None and result.runner_up is None and result.comparison is None
+    assert result.best == "lora"
+    assert result.shortfall == pytest.approx(0.95 - result.accuracy["lora"].low)
+    assert result.reason.startswith("No arm meets the 95.0% accuracy target")
+    assert "The most accurate arm is lora: 92.0%" in result.reason
+    assert "It is 3.0 points short of the target" in result.reason
+    assert result.reason.endswith(hint) and result.hint == hint
+
+
+def test_no_arm_meets_the_target_because_of_the_interval_only():
+    result = decide.recommend([arm("instruction", 164, 1e9)], 0.8)  # 82% at n = 200: lower bound ~76%
+    assert result.arm is None and result.shortfall > 0
+    assert "Its point estimate reaches the target, but its lower bound is" in result.reason
+    assert "more test items would narrow the interval" in result.reason
+    lenient = decide.recommend([arm("instruction", 164, 1e9)], 0.8, lenient=True)
+    assert lenient.arm == "instruction" and "(lenient)" in lenient.reason and "only arm" in lenient.reason
+
+
+def test_the_ladder_stops_where_the_recommendation_points():
+    # The ladder strategy calls meets_target arm by arm; it must agree with recommend's verdicts.
+    arms = [LORA, FEW_SHOT, INSTRUCTION, BASELINE]
+    result = decide.recommend(arms, 0.8)
+    first = next(a for a in decide.ladder_order(arms) if decide.meets_target(a.correct, 0.8))
+    assert first.name == result.arm
+    assert all(decide.meets_target(a.correct, 0.8) == result.meets_target[a.name] for a in arms)
+
+
+def test_recommendation_is_json_friendly():
+    result = decide.recommend([FEW_SHOT, LORA], 0.8)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["arm"] == "few_shot" and data["comparison"]["test"] == "mcnemar_clustered"
+    assert data["accuracy"]["lora"]["method"] == "bootstrap_bca"
+
+
+def test_bad_arms_are_named():
+    with pytest.raises(decide.DecisionError, match="repeated: lora"):
+        decide.recommend([LORA, LORA], 0.8)
+    with pytest.raises(decide.DecisionError, match="different numbers of test items"):
+        decide.recommend([LORA, ArmOutcome("short", np.ones(10), 1e9)], 0.8)
+    with pytest.raises(decide.DecisionError, match="target = 80"):
+        decide.recommend([LORA], 80)
+    with pytest.raises(decide.DecisionError, match="no arms"):
+        decide.recommend([], 0.8)
+    with pytest.raises(decide.DecisionError, match="arm 'x': one_time_flops = -1.0"):
+        ArmOutcome("x", np.ones(5), 1.0, -1.0)
+    with pytest.raises(stats.StatsError, match=r"arm 'x': correct\[seed row 0, item 2\] = 2.0"):
+        ArmOutcome("x", np.array([1.0, 0.0, 2.0]), 1.0)
