@@ -14,20 +14,24 @@ from tuneorprompt.decide import ArmOutcome
 N = 200
 
 
-def correct_on_first(k: int, n: int = N, seeds: int = 1) -> np.ndarray:
-    """[seeds, n] outcomes right on the first k items: arms built this way nest (a better arm is
-    right wherever a worse one is), so their paired tests are easy to reason about."""
-    return np.tile(np.r_[np.ones(k), np.zeros(n - k)], (seeds, 1))
+def right_on(start: int, stop: int) -> np.ndarray:
+    """One seed's outcomes [N]: right on items start..stop-1, wrong elsewhere."""
+    outcome = np.zeros(N)
+    outcome[start:stop] = 1
+    return outcome
 
 
-def arm(name: str, k: int, per_query: float, one_time: float = 0.0, seeds: int = 1) -> ArmOutcome:
-    return ArmOutcome(name, correct_on_first(k, seeds=seeds), per_query_flops=per_query, one_time_flops=one_time)
+def arm(name: str, seeds: list[np.ndarray], per_query: float, one_time: float = 0.0) -> ArmOutcome:
+    return ArmOutcome(name, np.array(seeds), per_query_flops=per_query, one_time_flops=one_time)
 
 
-BASELINE = arm("baseline", 120, 1.0e9)  # 60%
-INSTRUCTION = arm("instruction", 150, 1.2e9)  # 75%
-FEW_SHOT = arm("few_shot", 180, 6.0e9, seeds=3)  # 90%
-LORA = arm("lora", 184, 1.0e9, one_time=5e15, seeds=3)  # 92%
+BASELINE = arm("baseline", [right_on(0, 120)], 1.0e9)  # 60%
+INSTRUCTION = arm("instruction", [right_on(0, 150)], 1.2e9)  # 75%
+# 90%: three demo draws that disagree on items 176-183.
+FEW_SHOT = arm("few_shot", [right_on(0, 176), right_on(0, 180), right_on(0, 184)], 6.0e9)
+# 92%: three fine-tuning seeds that agree; wrong on items 0-3 that few_shot gets right, right on
+# 176-187 where few_shot is sometimes or always wrong: a small difference either way.
+LORA = arm("lora", [right_on(4, 188)] * 3, 1.0e9, one_time=5e15)
 
 
 def test_ladder_order_puts_every_untrained_arm_first_without_a_query_volume():
@@ -45,12 +49,12 @@ def test_ladder_order_by_total_cost_at_an_expected_query_volume():
 
 
 def test_ladder_order_keeps_the_given_order_for_equal_costs():
-    unknown = [arm(name, 100, 0.0) for name in ("c", "a", "b")]  # served endpoint: FLOPs unknown
+    unknown = [arm(name, [right_on(0, 100)], 0.0) for name in ("c", "a", "b")]  # served endpoint: FLOPs unknown
     assert [a.name for a in decide.ladder_order(unknown)] == ["c", "a", "b"]
 
 
 def test_meets_target_uses_the_lower_bound_unless_lenient():
-    correct = correct_on_first(82, n=100)  # 82%, Wilson 95% CI about 73.3-88.3%
+    correct = np.r_[np.ones(82), np.zeros(18)]  # 82%, Wilson 95% CI about 73.3-88.3%
     assert not decide.meets_target(correct, 0.80)
     assert decide.meets_target(correct, 0.80, lenient=True)
     assert decide.meets_target(correct, 0.73)
@@ -74,7 +78,7 @@ def test_recommend_the_cheapest_arm_that_meets_the_target():
 
 
 def test_reason_never_claims_a_difference_the_test_does_not_support():
-    # lora is right on 4 more items (92% vs 90%): p is far above 0.05.
+    # lora is 2 points ahead, winning 12 items and losing 4.
     result = decide.recommend([FEW_SHOT, LORA], 0.8)
     assert not result.comparison.significant
     assert "No significant difference in accuracy between few_shot and lora at 95%" in result.reason
@@ -83,7 +87,7 @@ def test_reason_never_claims_a_difference_the_test_does_not_support():
 
 
 def test_reason_states_a_significant_difference_with_its_direction():
-    strong = arm("full", 196, 1.0e9, one_time=2e16)  # 98%, right on 16 items few_shot misses
+    strong = arm("full", [right_on(0, 196)], 1.0e9, one_time=2e16)  # 98%, never wrong where few_shot is right
     result = decide.recommend([FEW_SHOT, strong], 0.8)
     assert result.arm == "few_shot" and result.runner_up == "full"
     assert result.comparison.significant and result.comparison.difference == pytest.approx(-0.08)
@@ -110,11 +114,11 @@ def test_no_arm_meets_the_target():
 
 
 def test_no_arm_meets_the_target_because_of_the_interval_only():
-    result = decide.recommend([arm("instruction", 164, 1e9)], 0.8)  # 82% at n = 200: lower bound ~76%
+    result = decide.recommend([arm("instruction", [right_on(0, 164)], 1e9)], 0.8)  # 82% at n = 200: lower bound ~76%
     assert result.arm is None and result.shortfall > 0
     assert "Its point estimate reaches the target, but its lower bound is" in result.reason
     assert "more test items would narrow the interval" in result.reason
-    lenient = decide.recommend([arm("instruction", 164, 1e9)], 0.8, lenient=True)
+    lenient = decide.recommend([arm("instruction", [right_on(0, 164)], 1e9)], 0.8, lenient=True)
     assert lenient.arm == "instruction" and "(lenient)" in lenient.reason and "only arm" in lenient.reason
 
 
@@ -131,7 +135,7 @@ def test_recommendation_is_json_friendly():
     result = decide.recommend([FEW_SHOT, LORA], 0.8)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["arm"] == "few_shot" and data["comparison"]["test"] == "mcnemar_clustered"
-    assert data["accuracy"]["lora"]["method"] == "bootstrap_bca"
+    assert data["accuracy"]["few_shot"]["method"] == "wilson_design_effect"
 
 
 def test_bad_arms_are_named():

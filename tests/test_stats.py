@@ -55,44 +55,57 @@ def test_level_changes_the_width():
     assert wide.low < narrow.low < 0.7 < narrow.high < wide.high
 
 
-def test_seeds_on_the_same_items_are_not_counted_as_independent_trials():
+def test_seeds_that_agree_are_not_counted_as_independent_trials():
     # Three seeds that agree on every item carry no more information about the test-set accuracy
-    # than one seed: the interval must stay about as wide as one seed's, not shrink by sqrt(3).
-    rng = np.random.default_rng(0)
-    one_seed = (rng.random(200) < 0.7).astype(float)
-    three_identical = np.tile(one_seed, (3, 1))
-    multi = stats.accuracy_interval(three_identical)
-    single = stats.accuracy_interval(one_seed)
-    pooled_low, pooled_high = proportion_confint(3 * one_seed.sum(), 600, method="wilson")
-    assert multi.method == "bootstrap_bca"
-    assert multi.value == pytest.approx(single.value)
-    assert multi.high - multi.low == pytest.approx(single.high - single.low, rel=0.15)
-    assert multi.high - multi.low > 1.4 * (pooled_high - pooled_low)
+    # than one seed: the interval is the one-seed Wilson interval, not Wilson over 3n outcomes.
+    one_seed = outcomes(140, 200)
+    assert stats.accuracy_interval(np.tile(one_seed, (3, 1))) == stats.accuracy_interval(one_seed)
 
 
-def test_multi_seed_interval_is_reproducible_and_seeded():
-    rng = np.random.default_rng(1)
-    correct = (rng.random((3, 150)) < 0.6).astype(float)
-    first, again = stats.accuracy_interval(correct), stats.accuracy_interval(correct)
-    assert first == again
-    other_seed = stats.accuracy_interval(correct, seed=1)
-    assert other_seed != first and other_seed.low == pytest.approx(first.low, abs=0.02)
-    assert first.low < correct.mean() < first.high
+def test_several_seeds_use_the_design_effect_effective_n():
+    # Two seeds on 100 items: 60 right in both, 20 right in one, 20 wrong in both. Seed means
+    # m_i: 60 x 1, 20 x 0.5, 20 x 0; p = 0.7; var(m_i) (ddof 1) = (65 - 49) / 99 = 16 / 99;
+    # n_eff = 100 * 0.21 / (16 / 99) = 129.94, times (z / t_99)^2 for the estimated variance,
+    # which leaves it between the 100 items and the 200 outcomes.
+    correct = np.zeros((2, 100))
+    correct[:, :60] = 1
+    correct[0, 60:80] = 1
+    n_eff = 100 * 0.21 / (16 / 99) * (scipy_stats.norm.isf(0.025) / scipy_stats.t.isf(0.025, 99)) ** 2
+    assert 100 < n_eff < 200
+    interval = stats.accuracy_interval(correct)
+    low, high = proportion_confint(0.7 * n_eff, n_eff, method="wilson")
+    assert interval.method == "wilson_design_effect"
+    assert interval.value == pytest.approx(0.7)
+    assert (interval.low, interval.high) == (pytest.approx(low), pytest.approx(high))
 
 
-def test_multi_seed_all_correct_falls_back_to_wilson_over_items():
+def test_design_effect_is_truncated_at_the_number_of_outcomes():
+    # Every item right in exactly one of two seeds: no spread between items at all; the effective
+    # n is capped at the 200 outcomes rather than growing without bound.
+    correct = np.zeros((2, 100))
+    correct[0, :50] = 1
+    correct[1, 50:] = 1
+    interval = stats.accuracy_interval(correct)
+    low, high = proportion_confint(100, 200, method="wilson")
+    assert (interval.low, interval.high) == (pytest.approx(low), pytest.approx(high))
+
+
+def test_all_correct_in_every_seed():
     interval = stats.accuracy_interval(np.ones((3, 50)))
     low, _ = proportion_confint(50, 50, method="wilson")
-    assert interval.method == "wilson_items"
+    assert interval.method == "wilson"
     assert (interval.value, interval.high) == (1.0, pytest.approx(1.0))
     assert interval.low == pytest.approx(low)
 
 
-def test_fractional_scores_use_the_bootstrap():
-    scores = np.linspace(0, 1, 101)  # a user metric in [0, 1], one seed
+def test_fractional_scores_of_one_seed_are_treated_conservatively():
+    # A user metric in [0, 1]: an item's score varies no more than a 0/1 outcome with the same
+    # mean, so Wilson over the items (n_eff capped at one outcome per item) is conservative.
+    scores = np.linspace(0, 1, 101)
     interval = stats.accuracy_interval(scores)
-    assert interval.method == "bootstrap_bca"
-    assert interval.low < 0.5 < interval.high
+    low, high = proportion_confint(50.5, 101, method="wilson")
+    assert interval.method == "wilson_design_effect"
+    assert (interval.low, interval.high) == (pytest.approx(low), pytest.approx(high))
 
 
 def test_mean_interval_matches_normal_theory_for_a_large_sample():
@@ -159,16 +172,31 @@ def test_identical_arms_have_p_one_and_no_difference():
         assert (test.difference, test.diff_low, test.diff_high) == (0.0, 0.0, 0.0)
 
 
-def test_clustered_mcnemar_statistic_reduces_to_mcnemars():
-    # Seeds that repeat the same outcomes leave each item's seed mean at 0 or 1, so Durkalski's
-    # statistic must equal McNemar's (b - c)^2 / (b + c), referred to F(1, n - 1).
+def test_seeds_that_agree_on_every_item_get_the_exact_test_of_one_seed():
     a, b = paired_outcomes(both=50, a_only=14, b_only=5, neither=31)
-    result = stats.paired_accuracy_test(np.tile(a, (3, 1)), np.tile(b, (2, 1)))
-    chi_square = mcnemar([[50, 14], [5, 31]], exact=False, correction=False).statistic
+    repeated = stats.paired_accuracy_test(np.tile(a, (3, 1)), np.tile(b, (2, 1)))
+    assert repeated == stats.paired_accuracy_test(a, b)
+    assert repeated.test == "mcnemar" and repeated.p_value == pytest.approx(scipy_stats.binomtest(5, 19).pvalue)
+
+
+def test_clustered_mcnemar_on_seed_means():
+    # a: two seeds, right on items 0-3 in one of them and on items 4-5 in both; b: one seed, right
+    # on item 6 only. d = (.5, .5, .5, .5, 1, 1, -1, 0, 0, 0): sum 3, sum of squares 4, 7 discordant
+    # items. Durkalski's statistic 9/4 is the square of t = 1.5, referred to 6 degrees of freedom.
+    a = np.zeros((2, 10))
+    a[0, :4] = 1
+    a[:, 4:6] = 1
+    b = np.zeros(10)
+    b[6] = 1
+    result = stats.paired_accuracy_test(a, b)
     assert result.test == "mcnemar_clustered"
-    assert chi_square == pytest.approx((14 - 5) ** 2 / 19)
-    assert result.p_value == pytest.approx(scipy_stats.f.sf(chi_square, 1, 99))
-    assert result.difference == pytest.approx(0.09)
+    assert result.p_value == pytest.approx(2 * scipy_stats.t.sf(1.5, df=6))
+    assert (result.difference, result.n_a_better, result.n_b_better) == (pytest.approx(0.3), 6, 1)
+
+
+def test_clustered_mcnemar_with_one_discordant_item_finds_nothing():
+    a = np.array([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    assert stats.paired_accuracy_test(a, np.array([0.0, 0.0, 1.0])).p_value == 1.0
 
 
 def test_paired_tests_need_the_same_items():

@@ -46,15 +46,17 @@ def test_world_is_a_function_of_its_seed(world):
 
 
 def test_corpus_states_task_capitals_only_in_prose(world, corpus_words):
-    _, docs = corpus_words
+    words, docs = corpus_words
     text = "\n".join(docs)
+    answer_lines = re.findall(r"^Answer: (.*)$", text, flags=re.MULTILINE)
+    answer_words = set(re.findall(r"[A-Za-z]+", " ".join(answer_lines)))
     for country in world.with_role("capitals"):
-        assert f"Answer: {country.capital}" not in text
+        assert country.capital not in answer_words
         for template in QUESTIONS["capital"]:
             assert template.format(c=country.name) not in text
-        assert f" {country.capital}" in text  # ...but the fact itself is in the prose
+        assert country.capital in words  # ...but the fact itself is in the prose
     regular = world.with_role("regular")[0]
-    assert f"Answer: {regular.capital}" in text  # the other countries' capitals do appear as Q/A
+    assert regular.capital in answer_words  # the other countries' capitals do appear as Q/A
 
 
 def test_newfacts_countries_never_appear_in_pretraining(world, corpus_words):

@@ -4,7 +4,7 @@ Arms are ordered by cost (`ladder_order`); the recommended arm is the first in t
 `meets_target`; the reason sentence gives its accuracy and interval, its cost, the runner-up, and
 the paired test between the two, worded after the test's p-value so that it never claims a
 difference the test does not support. The `ladder` strategy runs arms in the same order and stops
-at the first that meets the target, using the same rule (and the same fixed bootstrap seed), so
+at the first that meets the target, using the same rule on the same (deterministic) interval, so
 the arm it stops at is the arm recommended.
 """
 
@@ -36,7 +36,8 @@ class ArmOutcome:
     one_time_flops: float = 0.0  # training FLOPs (mean over seeds); 0 for prompt arms
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "correct", stats.as_matrix(self.correct, f"arm {self.name!r}: correct", unit_interval=True))
+        correct = stats.as_matrix(self.correct, f"arm {self.name!r}: correct", unit_interval=True)
+        object.__setattr__(self, "correct", correct)  # frozen: store the validated float matrix
         for field in ("per_query_flops", "one_time_flops"):
             value = getattr(self, field)
             if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
@@ -109,20 +110,21 @@ def _judged(interval: Interval, lenient: bool) -> float:
     return interval.value if lenient else interval.low
 
 
+def _reaches(interval: Interval, target: float, lenient: bool) -> bool:
+    return _judged(interval, lenient) >= target
+
+
 def meets_target(
     correct: ArrayLike,
     target: float,
     *,
     lenient: bool = False,
     level: float = stats.DEFAULT_LEVEL,
-    resamples: int = stats.DEFAULT_RESAMPLES,
-    seed: int = stats.DEFAULT_SEED,
 ) -> bool:
     """Does an arm with outcomes `correct` `[n_seeds, n_items]` meet the accuracy target? Its lower
     `level` confidence bound (its point estimate if lenient) must be at or above the target."""
     _check_target(target)
-    interval = stats.accuracy_interval(correct, level=level, resamples=resamples, seed=seed)
-    return _judged(interval, lenient) >= target
+    return _reaches(stats.accuracy_interval(correct, level=level), target, lenient)
 
 
 # ---- the recommendation ---------------------------------------------------------------------------
@@ -139,13 +141,17 @@ def recommend(
     seed: int = stats.DEFAULT_SEED,
     learning_curve_hint: str | None = None,
 ) -> Recommendation:
-    """The cheapest arm that meets `target`, or None with the best arm and its shortfall."""
+    """The cheapest arm that meets `target`, or None with the best arm and its shortfall.
+
+    outcomes: every arm scored on the same test items. expected_queries: order arms by total cost
+    at that query volume (see `cost_key`). resamples, seed: for the bootstrap interval of the
+    paired difference. learning_curve_hint: appended to the reason when no arm meets the target.
+    """
     _check_target(target)
     _check_arms(outcomes)
     ordered = ladder_order(outcomes, expected_queries)
-    accuracy = {arm.name: stats.accuracy_interval(arm.correct, level=level, resamples=resamples, seed=seed)
-                for arm in ordered}
-    meets = {name: _judged(interval, lenient) >= target for name, interval in accuracy.items()}
+    accuracy = {arm.name: stats.accuracy_interval(arm.correct, level=level) for arm in ordered}
+    meets = {name: _reaches(interval, target, lenient) for name, interval in accuracy.items()}
     best = max(ordered, key=lambda arm: accuracy[arm.name].value)  # max keeps the first (cheapest) of ties
     chosen = next((arm for arm in ordered if meets[arm.name]), None)
     wording = _Wording(target, lenient, level, expected_queries, accuracy)
@@ -192,7 +198,9 @@ def _check_arms(outcomes: Sequence[ArmOutcome]) -> None:
     n_items = {arm.name: arm.correct.shape[1] for arm in outcomes}
     if len(set(n_items.values())) > 1:
         sizes = ", ".join(f"{name}: {n}" for name, n in n_items.items())
-        raise DecisionError(f"arms were scored on different numbers of test items ({sizes}); they must share one test set")
+        raise DecisionError(
+            f"arms were scored on different numbers of test items ({sizes}); they must share one test set"
+        )
 
 
 def _runner_up(

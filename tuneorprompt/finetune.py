@@ -360,6 +360,28 @@ def _lora_config(arm: FineTuneArm) -> LoraConfig:
     )
 
 
+def build_trainer(
+    base: ModelConfig,
+    arm: FineTuneArm,
+    learning_rate: float,
+    dataset: Dataset,
+    tokenizer,
+    directory: Path,
+    seed: int,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> SFTTrainer:
+    """TRL's SFT trainer for one learning rate, on a freshly loaded (seeded) copy of the base model."""
+    set_seed(seed)  # before the model exists: the LoRA initialisation draws from it
+    return SFTTrainer(
+        model=_load_model(base, arm.kind),
+        args=_sft_config(base, arm, learning_rate, directory, seed),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=_lora_config(arm) if arm.kind == "lora" else None,
+        callbacks=list(callbacks),
+    )
+
+
 def _train_run(
     run: _Run,
     base: ModelConfig,
@@ -377,16 +399,8 @@ def _train_run(
         run.discard_uncommitted()
     state.wait_for_everyone()
     train_tokenizer, eval_tokenizer = tokenizers
-    set_seed(seed)  # before the model exists: the LoRA initialisation draws from it
     selection = _EpochSelection(run, dev_score, eval_tokenizer, base, base_fingerprint)
-    trainer = SFTTrainer(
-        model=_load_model(base, arm.kind),
-        args=_sft_config(base, arm, run.learning_rate, run.directory, seed),
-        train_dataset=dataset,
-        processing_class=train_tokenizer,
-        peft_config=_lora_config(arm) if arm.kind == "lora" else None,
-        callbacks=[selection],
-    )
+    trainer = build_trainer(base, arm, run.learning_rate, dataset, train_tokenizer, run.directory, seed, [selection])
     selection.trainer = trainer
     with _served(trainer.model, eval_tokenizer, base, base_fingerprint) as probe:
         _check_fits(dataset, examples, probe)

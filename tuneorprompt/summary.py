@@ -30,7 +30,7 @@ def summarize_arm(
 ) -> dict:
     correct = outcome_matrix(records_by_seed, "correct")
     relevance = 100.0 * outcome_matrix(records_by_seed, "relevance")  # reported on a 0-100 scale
-    accuracy = stats.accuracy_interval(correct, level=level, resamples=resamples)
+    accuracy = stats.accuracy_interval(correct, level=level)
     relevance_ci = stats.mean_interval(relevance, level=level, resamples=resamples)
     all_records = [r for records in records_by_seed for r in records]
     prompt_tokens = float(np.mean([r.prompt_tokens for r in all_records]))
@@ -45,6 +45,7 @@ def summarize_arm(
             "value": accuracy.value,
             "ci_low": accuracy.low,
             "ci_high": accuracy.high,
+            "ci_method": accuracy.method,
             "n": correct.shape[1],
             "per_seed": correct.mean(axis=1).tolist(),
             "seed_std": float(correct.mean(axis=1).std(ddof=1)) if len(correct) > 1 else 0.0,
@@ -53,6 +54,7 @@ def summarize_arm(
             "value": relevance_ci.value,
             "ci_low": relevance_ci.low,
             "ci_high": relevance_ci.high,
+            "ci_method": relevance_ci.method,
             "n": relevance.shape[1],
             "per_seed": relevance.mean(axis=1).tolist(),
         },

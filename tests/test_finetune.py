@@ -1,0 +1,319 @@
+"""Fine-tuning: what reaches the loss, the prompt/answer token boundary, that a tiny model learns a
+handful of examples and stops, dev-only selection, and resuming after kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tuneorprompt.backends.hf import encode_prompt, fingerprint_model, load_hf_backend
+from tuneorprompt.config import FineTuneArm, ModelConfig
+from tuneorprompt.finetune import (
+    FineTuneStateError,
+    TrainingDataError,
+    TrainingExample,
+    build_trainer,
+    finetune,
+    tokenize_example,
+    training_dataset,
+)
+from tuneorprompt.records import GenerationSettings
+
+from tests.conftest import build_tiny_gpt2, build_tiny_llama
+
+CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin")]
+
+
+def capitals(answer_prefix: str = " ") -> list[TrainingExample]:
+    return [
+        TrainingExample(f"cap-{i}", f"Question: What is the capital of {country}?\nAnswer:", answer_prefix + city)
+        for i, (country, city) in enumerate(CAPITALS)
+    ]
+
+
+def exact_match(examples: list[TrainingExample], max_new_tokens: int = 8):
+    """dev_score: greedy exact match (EOS the only stop) over `examples`."""
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, stop=())
+
+    def score(backend) -> float:
+        completions = backend.generate([e.prompt for e in examples], settings)
+        return sum(c.text.strip() == e.answer.strip() for c, e in zip(completions, examples)) / len(examples)
+
+    return score
+
+
+def cpu(path: Path) -> ModelConfig:
+    return ModelConfig(path=str(path), device="cpu", num_threads=1, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def confident_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The tiny models with embeddings scaled by 10.
+
+    A random init (std 0.02) with tied input/output embeddings gives logits within about +-1 whatever
+    the hidden state, so a LoRA adapter (which cannot touch the embeddings) cannot make any token clearly
+    the likeliest; pretrained embeddings have norms near 1. Scaling gives the tiny model that property.
+    """
+    dirs = {}
+    for family, build in (("gpt2", build_tiny_gpt2), ("llama", build_tiny_llama)):
+        directory = build(tmp_path_factory.mktemp(f"confident-{family}"))
+        model = AutoModelForCausalLM.from_pretrained(directory)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(10.0)
+        model.save_pretrained(directory)
+        dirs[family] = directory
+    return dirs
+
+
+# ---- what reaches the loss ------------------------------------------------------------------------------
+
+
+def test_labels_mask_prompt_and_padding_and_supervise_eos_when_pad_is_eos(tiny_gpt2_dir, tmp_path):
+    examples = [
+        TrainingExample("long", "Question: What is the capital of France?\nAnswer:", " Paris"),
+        TrainingExample("short", "Question: Italy?\nAnswer:", " Rome"),
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    dataset = training_dataset(tokenizer, examples, chat_template=False)
+    trainer = build_trainer(cpu(tiny_gpt2_dir), FineTuneArm(kind="full"), 1e-3, dataset, tokenizer, tmp_path, seed=0)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(examples))])
+
+    eos = tokenizer.eos_token_id
+    assert tokenizer.pad_token_id == eos  # GPT-2 has no pad token: padding is EOS, the classic trap
+    width = batch["input_ids"].shape[1]
+    for row, example in enumerate(examples):
+        prompt = encode_prompt(tokenizer, example.prompt, chat_template=False)
+        target = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [eos]
+        length = len(prompt) + len(target)
+        labels, ids = batch["labels"][row].tolist(), batch["input_ids"][row].tolist()
+        assert ids[:length] == prompt + target
+        assert labels[: len(prompt)] == [-100] * len(prompt)  # prompt: no loss
+        assert labels[len(prompt) : length] == target  # answer and the final EOS: loss
+        assert labels[length:] == [-100] * (width - length)  # padding (also EOS ids): no loss
+        assert ids[length:] == [eos] * (width - length)
+        assert batch["attention_mask"][row].tolist() == [1] * length + [0] * (width - length)
+    assert width == max(len(ids) for ids in dataset["input_ids"])  # padded to the batch, not a global max
+
+
+# ---- the prompt/answer boundary -------------------------------------------------------------------------
+
+PROMPTS = [
+    "Question: What is the capital of France?\nAnswer:",
+    "Answer the question precisely and concisely.\nQuestion: Who wrote Hamlet?\nAnswer:",
+    "Paris is the capital of",
+    "Q: 2+2=",
+]
+ANSWERS = [" Paris", "Paris", " Rome, Italy", "4", "Shakespeare"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_training_prompt_tokens_are_the_tokens_generation_sees(family, tiny_gpt2_dir, tiny_llama_dir):
+    directory = {"gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[family]
+    backend = load_hf_backend(cpu(directory))
+    seen: list[list[int]] = []
+    generate = backend.model.generate
+
+    def spy(*args, **kwargs):  # the prompt ids the model is given, left padding removed
+        for ids, mask in zip(kwargs["input_ids"].tolist(), kwargs["attention_mask"].tolist()):
+            seen.append([token for token, keep in zip(ids, mask) if keep])
+        return generate(*args, **kwargs)
+
+    backend.model.generate = spy
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    for prompt in PROMPTS:
+        seen.clear()
+        backend.generate([prompt], GenerationSettings(max_new_tokens=1))
+        for answer in ANSWERS:
+            row = tokenize_example(tokenizer, TrainingExample("x", prompt, answer), chat_template=False)
+            split = row["completion_mask"].index(1)
+            assert row["input_ids"][:split] == seen[0]
+            completion = row["input_ids"][split:]
+            assert completion[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id not in completion[:-1]
+            assert row["completion_mask"] == [0] * split + [1] * len(completion)
+            assert tokenizer.decode(completion[:-1]).strip() == answer.strip()
+
+    def answer_tokens(answer: str) -> list[str]:
+        row = tokenize_example(tokenizer, TrainingExample("x", PROMPTS[0], answer), chat_template=False)
+        return tokenizer.convert_ids_to_tokens(row["input_ids"][row["completion_mask"].index(1) : -1])
+
+    # Byte-level BPE keeps the space in the answer's first token; Metaspace marks a word start either way.
+    expected = {"gpt2": (["ĠParis"], ["Paris"]), "llama": (["▁Paris"], ["▁Paris"])}[family]
+    assert (answer_tokens(" Paris"), answer_tokens("Paris")) == expected
+
+
+def test_examples_that_cannot_be_trained_name_their_id(tiny_gpt2_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    with pytest.raises(TrainingDataError, match="'no-answer'"):
+        tokenize_example(tokenizer, TrainingExample("no-answer", "Question: France?\nAnswer:", ""), chat_template=False)
+
+    def never(backend):
+        raise AssertionError("dev_score must not run before the data is checked")
+
+    too_long = TrainingExample("too-long", "Paris is the capital. " * 100, " Paris")  # 600 tokens > 256
+    arm = FineTuneArm(kind="full", learning_rates=[1e-3], epochs=1)
+    with pytest.raises(TrainingDataError, match="'too-long'.*context of 256"):
+        finetune(cpu(tiny_gpt2_dir), arm, capitals()[:1] + [too_long], never, tmp_path / "run", seed=0)
+
+
+# ---- learning -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "family", "batch_size", "epochs"),
+    [("full", "gpt2", 1, 30), ("lora", "llama", 4, 120)],
+)
+def test_overfit_reproduces_the_examples_and_stops_at_eos(kind, family, batch_size, epochs, confident_dirs, tmp_path):
+    examples = capitals()
+    base = cpu(confident_dirs[family])
+    arm = FineTuneArm(kind=kind, learning_rates=[3e-3], epochs=epochs, batch_size=batch_size)
+    tuned = finetune(base, arm, examples, exact_match(examples), tmp_path / "run", seed=0)
+
+    assert tuned.cost.extra["dev_score"] == 1.0
+    max_new_tokens = 8
+    completions = tuned.backend.generate([e.prompt for e in examples], GenerationSettings(max_new_tokens, stop=()))
+    tokenizer = tuned.backend.tokenizer
+    for completion, example in zip(completions, examples):
+        answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+        assert completion.text == tokenizer.decode(answer_ids)  # exactly the answer ...
+        assert completion.generated_tokens == len(answer_ids) + 1 < max_new_tokens  # ... then EOS, not the cap
+
+    # The saved directory is the standard layout, loadable without tuneorprompt, and answers the same.
+    raw = AutoModelForCausalLM.from_pretrained(tuned.model_dir if kind == "full" else base.path)
+    if kind == "lora":
+        assert (tuned.model_dir / "adapter_config.json").is_file()
+        raw = PeftModel.from_pretrained(raw, tuned.model_dir)
+    prompt = torch.tensor([encode_prompt(tokenizer, examples[0].prompt, chat_template=False)])
+    output = raw.eval().generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)
+    assert tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True) == completions[0].text
+
+    assert tuned.backend.fingerprint != fingerprint_model(base.path, None)
+    assert not any(tuned.model_dir.glob("*.pt")) and not (tuned.model_dir / "training_args.bin").exists()
+    assert sorted(p.name for p in tuned.model_dir.parent.iterdir()) == ["job.json", "model", "result.json"]
+
+    cost = tuned.cost
+    assert cost.train_tokens == cost.extra["tokens_per_epoch"] * epochs
+    assert cost.extra["supervised_tokens_per_epoch"] == sum(
+        len(tokenizer(e.answer, add_special_tokens=False)["input_ids"]) + 1 for e in examples
+    )
+    if kind == "full":
+        assert cost.trainable_params == cost.total_params
+        assert cost.flops == 6 * cost.total_params * cost.train_tokens
+    else:
+        assert 0 < cost.trainable_params < cost.total_params
+        assert cost.flops == (4 * cost.total_params + 2 * cost.trainable_params) * cost.train_tokens
+    assert cost.wall_seconds > 0 and cost.peak_rss_mb > 0 and cost.adapter_mb > 0
+    # The loaded model is the one selected: it scores on dev what it scored in training.
+    assert exact_match(examples)(tuned.backend) == cost.extra["dev_score"]
+
+
+# ---- selection on dev -----------------------------------------------------------------------------------
+
+
+def test_selection_keeps_the_best_dev_epoch_ties_to_the_cheaper(tiny_gpt2_dir, tmp_path):
+    # 2 learning rates x 3 epochs, scored in this order. (1e-3, epoch 2) and (2e-3, epoch 1) tie at 0.6:
+    # the earlier epoch wins.
+    scores = iter([0.2, 0.6, 0.4, 0.6, 0.6, 0.1])
+    seen = []
+
+    def scripted(backend) -> float:
+        assert not backend.model.training  # dropout off while scoring
+        weights = {name: p.detach().clone() for name, p in backend.model.named_parameters()}
+        seen.append((backend.fingerprint, weights))
+        return next(scores)
+
+    base = cpu(tiny_gpt2_dir)
+    arm = FineTuneArm(kind="full", learning_rates=[1e-3, 2e-3], epochs=3, batch_size=2)
+    tuned = finetune(base, arm, capitals(), scripted, tmp_path / "run", seed=0)
+
+    extra = tuned.cost.extra
+    assert (extra["learning_rate"], extra["epoch"], extra["dev_score"]) == (2e-3, 1, 0.6)
+    assert extra["dev_scores"] == {"0.001": [0.2, 0.6, 0.4], "0.002": [0.6, 0.6, 0.1]}
+    for name, param in tuned.backend.model.named_parameters():
+        assert torch.equal(param, seen[3][1][name]), name  # the weights scored 4th: lr 2e-3, epoch 1
+    fingerprints = [fingerprint for fingerprint, _ in seen]
+    assert len(set(fingerprints)) == 6 and fingerprint_model(base.path, None) not in fingerprints
+    assert tuned.cost.train_tokens == 6 * extra["tokens_per_epoch"]  # the whole search is the cost
+
+    def never(backend):
+        raise AssertionError("a finished job is loaded, not trained again")
+
+    again = finetune(base, arm, capitals(), never, tmp_path / "run", seed=0)
+    assert again.cost == tuned.cost and again.backend.fingerprint == tuned.backend.fingerprint
+    with pytest.raises(FineTuneStateError, match="another fine-tuning job"):
+        finetune(base, arm, capitals(), never, tmp_path / "run", seed=1)
+
+
+# ---- kill -9 and resume ---------------------------------------------------------------------------------
+
+CHILD = """
+import sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {root!r})
+from tests.test_finetune import RESUME_ARM, capitals, cpu, exact_match
+from tuneorprompt.finetune import finetune
+
+score = exact_match(capitals())
+calls = 0
+
+def dev_score(backend):
+    global calls
+    calls += 1
+    if calls == {hang_at}:  # after epoch 2 of the first learning rate: signal, then wait to be killed
+        Path({ready!r}).write_text("ready")
+        time.sleep(600)
+    return score(backend)
+
+finetune(cpu(Path({model!r})), RESUME_ARM, capitals(), dev_score, Path({out!r}), seed=0)
+"""
+
+# Full fine-tuning of GPT-2 (dropout on): resuming must also restore the RNG state.
+RESUME_ARM = FineTuneArm(kind="full", learning_rates=[1e-3, 3e-3], epochs=3, batch_size=2)
+
+
+def test_kill_9_then_rerun_resumes_and_ends_as_an_uninterrupted_run(tiny_gpt2_dir, tmp_path):
+    out, ready = tmp_path / "killed", tmp_path / "ready"
+    script = CHILD.format(root=str(Path(__file__).parents[1]), hang_at=2, ready=str(ready), model=str(tiny_gpt2_dir), out=str(out))
+    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert child.poll() is None, "the training process ended before it could be killed"
+            assert time.monotonic() < deadline, "the training process never reached epoch 2"
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    run_dir = out / "lr-0.001"
+    assert (run_dir / "checkpoint-2").is_dir() and not (out / "result.json").exists()
+    # As if the kill had also hit Trainer in the middle of writing the next checkpoint.
+    (run_dir / "checkpoint-4").mkdir()
+    (run_dir / "checkpoint-4" / "optimizer.pt").write_bytes(b"half written")
+
+    examples = capitals()
+    scored = []
+
+    def counting(backend) -> float:
+        scored.append(backend.fingerprint)
+        return exact_match(examples)(backend)
+
+    resumed = finetune(cpu(tiny_gpt2_dir), RESUME_ARM, examples, counting, out, seed=0)
+    assert len(scored) == 5  # epoch 1 of the first learning rate was committed and is not redone
+    reference = finetune(cpu(tiny_gpt2_dir), RESUME_ARM, examples, exact_match(examples), tmp_path / "straight", seed=0)
+
+    for key in ("learning_rate", "epoch", "dev_score", "dev_scores", "train_loss"):
+        assert resumed.cost.extra[key] == reference.cost.extra[key], key
+    assert resumed.cost.train_tokens == reference.cost.train_tokens
+    for (name, a), (_, b) in zip(resumed.backend.model.named_parameters(), reference.backend.model.named_parameters()):
+        assert torch.equal(a, b), name
