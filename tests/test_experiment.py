@@ -79,9 +79,23 @@ def test_report_fields_and_seeds(tmp_path):
     assert few_shot["seeds"] == [0, 1] and len(few_shot["accuracy"]["per_seed"]) == 2
     assert report["arms"][0]["seeds"] == [0]  # deterministic arms run once
     assert "recommendation" in report and "reason" in report["recommendation"]
+    # Paired tests: every arm against baseline on the same items, the test named.
+    against_baseline = {t["arm"]: t for t in report["paired_tests"] if t["against"] == "baseline"}
+    assert set(against_baseline) == {"instruction", "few_shot@2"}
+    assert against_baseline["instruction"]["accuracy"]["test"] == "mcnemar"
+    assert against_baseline["instruction"]["accuracy"]["p_value"] == pytest.approx(1.0)  # identical outcomes
+    assert [c["arm"] for c in report["costs"]] == ["baseline", "instruction", "few_shot@2"]
     assert (tmp_path / "run" / "config.yaml").exists()
     assert json.loads((tmp_path / "run" / "environment.json").read_text())["packages"]["torch"]
     assert result.records["few_shot@2"][1][0].seed == 1
+
+
+def test_prices_turn_costs_into_money(tmp_path):
+    raw = config(tmp_path, costs={"price_per_1k_tokens": 2.0, "expected_queries": 1000})
+    report = run_experiment(raw, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction)).report
+    baseline = report["costs"][0]
+    assert baseline["per_query"]["price"] == pytest.approx(2.0 * baseline["per_query"]["tokens"] / 1000)
+    assert baseline["total_price_at_expected_queries"] == pytest.approx(1000 * baseline["per_query"]["price"])
 
 
 def test_rerun_hits_the_cache_for_every_generation_and_a_new_model_misses(tmp_path):

@@ -239,6 +239,20 @@ class TargetConfig(Strict):
     lenient: bool = Field(False, description="Compare the point estimate, not the lower CI bound, to the target.")
 
 
+class CostConfig(Strict):
+    """Optional prices and volume, to turn measured costs into money and a break-even point."""
+
+    expected_queries: int | None = Field(
+        None, ge=1, description="Queries the system will serve; arms are ordered by total cost at this volume."
+    )
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Price of an hour of the machine used (training and serving time)."
+    )
+    price_per_1k_tokens: float | None = Field(
+        None, ge=0, description="Price per 1,000 prompt + generated tokens (a served endpoint)."
+    )
+
+
 class LearningCurveConfig(Strict):
     """Accuracy against the number of labelled examples used: k demos for few-shot, n training
     examples for fine-tuning, on the same axes, to see where fine-tuning overtakes prompting."""
@@ -265,6 +279,7 @@ class ExperimentConfig(Strict):
     )
     target: TargetConfig = TargetConfig()
     learning_curve: LearningCurveConfig = LearningCurveConfig()
+    costs: CostConfig = CostConfig()
     seeds: list[int] = Field(default_factory=lambda: [0], description="Seeds for every stochastic arm.")
     strategy: Literal["full", "ladder"] = Field(
         "full", description="full: run every arm. ladder: cheapest first, stop at the first that meets the target."

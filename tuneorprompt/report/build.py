@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from tuneorprompt import decide, stats
-from tuneorprompt.config import ExperimentConfig
+from tuneorprompt.config import CostConfig, ExperimentConfig
 from tuneorprompt.records import ExampleRecord
 from tuneorprompt.report.html import render_html
 from tuneorprompt.report.terminal import print_summary
@@ -47,6 +47,7 @@ def build_report(
         outcomes,
         config.target.accuracy,
         lenient=config.target.lenient,
+        expected_queries=config.costs.expected_queries,
         learning_curve_hint=(learning_curve or {}).get("hint"),
     )
     return {
@@ -62,6 +63,7 @@ def build_report(
         },
         "arms": list(summaries),
         "paired_tests": paired_tests(records, [s["name"] for s in summaries], recommendation.arm),
+        "costs": costs(summaries, config.costs),
         "break_even": break_even(summaries),
         "learning_curve": learning_curve,
         "recommendation": recommendation.to_dict(),
@@ -109,6 +111,30 @@ def break_even(summaries: Sequence[dict]) -> list[dict]:
                 arm["training"]["flops"], arm["flops_per_query"], best_prompt["flops_per_query"]
             ),
         })
+    return rows
+
+
+def costs(summaries: Sequence[dict], prices: CostConfig) -> list[dict]:
+    """Per arm: what one query costs and what the arm cost once, in FLOPs and seconds (comparable
+    across machines and measured here), and in money where prices are given."""
+    rows = []
+    for arm in summaries:
+        training = arm.get("training") or {}
+        tokens = arm["prompt_tokens"] + arm["generated_tokens"]
+        row = {
+            "arm": arm["name"],
+            "per_query": {"flops": arm["flops_per_query"], "seconds": arm["seconds_per_query"], "tokens": tokens},
+            "one_time": {"flops": training.get("flops", 0.0), "seconds": training.get("wall_seconds", 0.0),
+                         "train_tokens": training.get("train_tokens", 0)},
+        }
+        if prices.price_per_hour is not None or prices.price_per_1k_tokens is not None:
+            per_query = (prices.price_per_1k_tokens or 0.0) * tokens / 1000 + (
+                prices.price_per_hour or 0.0) * arm["seconds_per_query"] / 3600
+            row["per_query"]["price"] = per_query
+            row["one_time"]["price"] = (prices.price_per_hour or 0.0) * row["one_time"]["seconds"] / 3600
+            if prices.expected_queries:
+                row["total_price_at_expected_queries"] = row["one_time"]["price"] + per_query * prices.expected_queries
+        rows.append(row)
     return rows
 
 

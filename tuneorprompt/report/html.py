@@ -53,11 +53,11 @@ strategy {{ r.strategy }}.</p>
 <td>{{ "{:,.0f}".format(b.queries) if b.queries is not none else "never (its queries are not cheaper)" }}</td></tr>{% endfor %}
 </table>{% endif %}
 <h2>Paired tests (same test items)</h2>
-<table><tr><th>arm</th><th>against</th><th>accuracy difference [95% CI]</th><th>McNemar exact p</th>
+<table><tr><th>arm</th><th>against</th><th>accuracy difference [95% CI]</th><th>test</th><th>p</th>
 <th>relevance difference [95% CI]</th><th>paired bootstrap p</th></tr>
 {% for t in r.paired_tests %}<tr><td>{{ t.arm }}</td><td>{{ t.against }}</td>
 <td>{{ "%+.1f [%+.1f, %+.1f]" | format(100 * t.accuracy.difference, 100 * t.accuracy.diff_low, 100 * t.accuracy.diff_high) }}</td>
-<td>{{ "%.3g" | format(t.accuracy.p_value) }}</td>
+<td>{{ t.accuracy.test }}</td><td>{{ "%.3g" | format(t.accuracy.p_value) }}</td>
 <td>{{ "%+.1f [%+.1f, %+.1f]" | format(t.relevance.difference, t.relevance.diff_low, t.relevance.diff_high) }}</td>
 <td>{{ "%.3g" | format(t.relevance.p_value) }}</td></tr>{% endfor %}</table>
 {% if disagreements %}<h2>Examples where the arms disagree</h2>
