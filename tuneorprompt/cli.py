@@ -7,6 +7,7 @@ printed as one clear message and exit with status 2; anything else is a bug and 
 from __future__ import annotations
 
 import os
+import sys
 
 # Before torch/tokenizers load: no hub calls (they would only time out here), quiet tokenizers fork warning.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,7 +22,8 @@ from rich.markup import escape as rich_escape
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 testbed_app = typer.Typer(no_args_is_help=True, help="The bundled synthetic-world testbed model.")
 app.add_typer(testbed_app, name="testbed")
-console = Console(stderr=True)
+# Rich assumes 80 columns when stderr is not a terminal (CI logs, `| tee`): too narrow for the table.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 # Every user-input error in the package (config, data, template, metric, model path, training data)
 # is a ValueError subclass whose message names the file, line, key or id; OSError covers unreadable
@@ -41,6 +43,13 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _quiet_loading() -> None:
+    """Per-tensor "Loading weights" bars from transformers drown the run's own progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
@@ -50,6 +59,7 @@ def run(
     """Run every arm of an experiment and write report.json and report.html into the run directory."""
     from tuneorprompt.experiment import run_experiment
 
+    _quiet_loading()
     try:
         result = run_experiment(config, out, overrides=set_ or [], console=console)
     except USER_ERRORS as error:
@@ -99,6 +109,7 @@ def demo(
     from tuneorprompt.experiment import run_experiment
     from tuneorprompt.testbed.demo import demo_config
 
+    _quiet_loading()
     try:
         result = run_experiment(demo_config(task), out or Path("runs") / f"demo-{task}", overrides=set_ or [],
                                 console=console)

@@ -15,7 +15,7 @@ def print_summary(report: dict, console: Console) -> None:
     target = report["target"]["accuracy"]
     table = Table(title=f"{report['name']}: {report['data']['n_test']} test items, target accuracy {target:.0%}")
     for column in ("arm", "accuracy % [95% CI]", "relevance [95% CI]", "prompt tok", "gen tok", "ms/query", "train s"):
-        table.add_column(column, justify="left" if column == "arm" else "right")
+        table.add_column(column, justify="left" if column == "arm" else "right", no_wrap=True)
     recommended = (report.get("recommendation") or {}).get("arm")
     for arm in report["arms"]:
         training = arm.get("training") or {}
