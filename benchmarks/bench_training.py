@@ -3,9 +3,9 @@
     python benchmarks/bench_training.py --model tuneorprompt/testbed/model \
         --data tuneorprompt/testbed/tasks/capitals/train.jsonl --threads 1
 
-- ours: `tuneorprompt.finetune.build_trainer` as `finetune` runs it (TRL SFTTrainer on the inference
-  prompt ids + answer + EOS, loss on the answer only, each batch padded to its own longest sequence,
-  a checkpoint per epoch), without the dev scoring between epochs;
+- ours: `tuneorprompt.finetune.build_trainer` as `finetune` runs it (transformers' Trainer on the
+  inference prompt ids + answer + EOS, loss on the answer only, each batch padded to its own longest
+  sequence, a checkpoint per epoch), without the dev scoring between epochs;
 - naive: what a notebook does: prompt + answer + EOS joined and tokenised as one string, every example
   padded to the longest in the whole set, labels = input_ids (the whole sequence, padding included),
   transformers' Trainer with the default collator, no checkpoints.
@@ -60,12 +60,14 @@ def run_ours(model_dir: str, examples, epochs: int, batch_size: int, lr: float, 
     return time.perf_counter() - started
 
 
-def run_naive(model_dir: str, examples, epochs: int, batch_size: int, lr: float, seed: int, out: Path) -> tuple[float, int]:
+def run_naive(
+    model_dir: str, examples, epochs: int, batch_size: int, lr: float, seed: int, out: Path
+) -> tuple[float, int]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     texts = [e.prompt + e.answer + tokenizer.eos_token for e in examples]
     encoded = tokenizer(texts, padding="longest")  # one global longest: every row has the same length
-    rows = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": encoded["input_ids"]}
+    rows = {**encoded, "labels": encoded["input_ids"]}
     args = TrainingArguments(
         output_dir=str(out), seed=seed, learning_rate=lr, num_train_epochs=epochs,
         per_device_train_batch_size=batch_size, save_strategy="no", logging_strategy="epoch",
@@ -73,7 +75,8 @@ def run_naive(model_dir: str, examples, epochs: int, batch_size: int, lr: float,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), data_collator=default_data_collator)
+    dataset = Dataset.from_dict(rows)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
     started = time.perf_counter()
     trainer.train()
     return time.perf_counter() - started, len(texts) * len(encoded["input_ids"][0])
@@ -84,7 +87,7 @@ def main() -> None:
     parser.add_argument("--model", default=str(TESTBED / "model"), help="model directory (default: the testbed model)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", type=Path, help="JSONL with input/target (default: testbed capitals train if built)")
-    source.add_argument("--synthetic", type=int, help="N synthetic Q/A of varied length instead (default 200 without data)")
+    source.add_argument("--synthetic", type=int, help="N synthetic Q/A of varied length (default 200 without data)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -114,8 +117,8 @@ def main() -> None:
 
     params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(args.model).parameters())
     print(f"model {args.model} ({params / 1e6:.2f}M params), data {data or f'synthetic x{len(examples)}'}")
-    print(f"{len(examples)} examples, {args.epochs} epochs, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
-          f"full fine-tuning, fastest of {args.repeats} runs each")
+    print(f"{len(examples)} examples, {args.epochs} epochs, batch {args.batch_size}, "
+          f"torch threads {torch.get_num_threads()}, full fine-tuning, fastest of {args.repeats} runs each")
     print(f"real tokens {real} ({real_per_epoch}/epoch); naive pads to {padded_per_epoch}/epoch "
           f"({padded_per_epoch / real_per_epoch:.2f}x)")
     print(f"{'path':<8}{'wall s':>10}{'real tok/s':>14}")

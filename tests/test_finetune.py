@@ -33,9 +33,9 @@ from tests.conftest import build_tiny_gpt2, build_tiny_llama
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin")]
 
 
-def capitals(answer_prefix: str = " ") -> list[TrainingExample]:
+def capitals() -> list[TrainingExample]:
     return [
-        TrainingExample(f"cap-{i}", f"Question: What is the capital of {country}?\nAnswer:", answer_prefix + city)
+        TrainingExample(f"cap-{i}", f"Question: What is the capital of {country}?\nAnswer:", " " + city)
         for i, (country, city) in enumerate(CAPITALS)
     ]
 
@@ -81,14 +81,16 @@ def test_labels_mask_prompt_and_padding_and_supervise_eos_when_pad_is_eos(tiny_g
     examples = [
         TrainingExample("long", "Question: What is the capital of France?\nAnswer:", " Paris"),
         TrainingExample("short", "Question: Italy?\nAnswer:", " Rome"),
+        TrainingExample("longest", "Answer concisely.\nQuestion: Who wrote Hamlet?\nAnswer:", " Shakespeare"),
     ]
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
     dataset = training_dataset(tokenizer, examples, chat_template=False)
     trainer = build_trainer(cpu(tiny_gpt2_dir), FineTuneArm(kind="full"), 1e-3, dataset, tokenizer, tmp_path, seed=0)
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(examples))])
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])  # a batch without "longest"
+    examples = examples[:2]
 
     eos = tokenizer.eos_token_id
-    assert tokenizer.pad_token_id == eos  # GPT-2 has no pad token: padding is EOS, the classic trap
+    assert tokenizer.pad_token is None  # as GPT-2 ships: batches are padded with EOS, the classic trap
     width = batch["input_ids"].shape[1]
     for row, example in enumerate(examples):
         prompt = encode_prompt(tokenizer, example.prompt, chat_template=False)
@@ -101,7 +103,7 @@ def test_labels_mask_prompt_and_padding_and_supervise_eos_when_pad_is_eos(tiny_g
         assert labels[length:] == [-100] * (width - length)  # padding (also EOS ids): no loss
         assert ids[length:] == [eos] * (width - length)
         assert batch["attention_mask"][row].tolist() == [1] * length + [0] * (width - length)
-    assert width == max(len(ids) for ids in dataset["input_ids"])  # padded to the batch, not a global max
+    assert width == len(dataset["input_ids"][0]) < len(dataset["input_ids"][2])  # padded to the batch, not the set
 
 
 # ---- the prompt/answer boundary -------------------------------------------------------------------------
@@ -134,16 +136,16 @@ def test_training_prompt_tokens_are_the_tokens_generation_sees(family, tiny_gpt2
         backend.generate([prompt], GenerationSettings(max_new_tokens=1))
         for answer in ANSWERS:
             row = tokenize_example(tokenizer, TrainingExample("x", prompt, answer), chat_template=False)
-            split = row["completion_mask"].index(1)
+            split = len(seen[0])
             assert row["input_ids"][:split] == seen[0]
             completion = row["input_ids"][split:]
             assert completion[-1] == tokenizer.eos_token_id and tokenizer.eos_token_id not in completion[:-1]
-            assert row["completion_mask"] == [0] * split + [1] * len(completion)
+            assert row["labels"] == [-100] * split + completion  # loss on the answer and EOS only
             assert tokenizer.decode(completion[:-1]).strip() == answer.strip()
 
     def answer_tokens(answer: str) -> list[str]:
         row = tokenize_example(tokenizer, TrainingExample("x", PROMPTS[0], answer), chat_template=False)
-        return tokenizer.convert_ids_to_tokens(row["input_ids"][row["completion_mask"].index(1) : -1])
+        return tokenizer.convert_ids_to_tokens([label for label in row["labels"] if label != -100][:-1])
 
     # Byte-level BPE keeps the space in the answer's first token; Metaspace marks a word start either way.
     expected = {"gpt2": (["ĠParis"], ["Paris"]), "llama": (["▁Paris"], ["▁Paris"])}[family]
@@ -283,7 +285,8 @@ RESUME_ARM = FineTuneArm(kind="full", learning_rates=[1e-3, 3e-3], epochs=3, bat
 
 def test_kill_9_then_rerun_resumes_and_ends_as_an_uninterrupted_run(tiny_gpt2_dir, tmp_path):
     out, ready = tmp_path / "killed", tmp_path / "ready"
-    script = CHILD.format(root=str(Path(__file__).parents[1]), hang_at=2, ready=str(ready), model=str(tiny_gpt2_dir), out=str(out))
+    root = str(Path(__file__).parents[1])
+    script = CHILD.format(root=root, hang_at=2, ready=str(ready), model=str(tiny_gpt2_dir), out=str(out))
     child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 120

@@ -2,16 +2,24 @@
 
 setup -> train -> select -> write results:
 1. Tokenise each example as the model will see it at inference: `encode_prompt(prompt)` (the one
-   function the HF backend uses), then the answer tokenised on its own, then EOS. The loss covers the
-   answer and EOS only (`completion_mask`; TRL turns it into -100 labels on the prompt, and its
-   collator pads labels with -100, so EOS stays supervised even when pad == eos).
-2. For each learning rate of the grid, TRL's `SFTTrainer` trains `epochs` epochs with dynamic padding
-   (each batch padded to its own longest sequence). After every epoch the in-memory model is scored on
-   dev by the caller's `dev_score` and, if it is this learning rate's best epoch so far, saved.
+   function the HF backend uses), then the answer tokenised on its own, then EOS. Labels are -100 on
+   the prompt, so the loss covers the answer and EOS only; TRL's collator pads each batch to its own
+   longest sequence and pads labels with -100 (not with the pad id), so EOS stays supervised even when
+   pad == eos.
+2. For each learning rate of the grid, transformers' Trainer (PEFT for LoRA) trains `epochs` epochs.
+   After every epoch the in-memory model is scored on dev by the caller's `dev_score` and, if it is
+   this learning rate's best epoch so far, saved.
 3. The best (learning rate, epoch) on dev wins; ties go to the earlier epoch, then the earlier learning
    rate of the grid. It is moved to `out_dir/model` and loaded through the same loader as any model
    (`load_hf_backend`), so its fingerprint covers the new weights and the test split is read by the
    caller's evaluator alone.
+
+Why transformers' Trainer and not TRL's SFTTrainer: SFTTrainer (TRL 1.16) always computes the loss
+through its chunked log-prob kernel, which runs as plain torch ops where there is no Triton (CPU).
+Measured with benchmarks/bench_training.py (one CPU thread, full fine-tuning, 160 capitals examples,
+batch 8), in real tokens per second relative to a naive loop padded to the longest example: on the
+testbed model (2k vocabulary) SFTTrainer 0.94-0.96x, this path 1.12x; on a 32k-vocabulary model
+SFTTrainer 0.72x, this path 1.18x. The loss is the same (mean cross-entropy over the answer tokens).
 
 Resuming. Everything under `out_dir` is written so that `kill -9` at any moment and the same call
 again resume from the last complete epoch and end with the same result (bitwise on CPU: seeds are
@@ -34,9 +42,9 @@ in-training dev generation is not supported.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
-import gc
 import logging
 import os
 import shutil
@@ -50,9 +58,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
-from trl import SFTConfig, SFTTrainer
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tuneorprompt.backends.hf import HFBackend, encode_prompt, fingerprint_model, load_hf_backend
 from tuneorprompt.config import FineTuneArm, ModelConfig
@@ -94,18 +102,24 @@ class FineTuned:
 
 
 def tokenize_example(tokenizer, example: TrainingExample, chat_template: bool) -> dict[str, list[int]]:
-    """input_ids = inference prompt ids + answer ids + EOS; completion_mask is 1 on the answer and EOS.
+    """input_ids = inference prompt ids + answer ids + EOS; labels = -100 on the prompt, the ids after.
 
     Boundary: the prompt part is exactly `encode_prompt` (what generation is given, BOS and chat
     template included) and the answer is tokenised on its own without special tokens, which is what
-    the model must then generate. TRL's own prompt-completion path tokenises prompt + answer as one
-    string and splits where it diverges from the prompt alone, so a token merged across the boundary
-    would change the training prompt; here the two parts cannot interact. A leading space belongs to
-    the answer (" Paris" -> "ĠParis" on byte-level BPE); SentencePiece-style tokenizers mark a word
-    start the same way with or without it ("Paris" and " Paris" -> "▁Paris").
+    the model must then generate. Tokenising prompt + answer as one string (as TRL's prompt-completion
+    path does) can merge a token across the boundary and so change the training prompt; here the two
+    parts cannot interact. A leading space belongs to the answer (" Paris" -> "ĠParis" on byte-level
+    BPE); SentencePiece-style tokenizers mark a word start the same way with or without it ("Paris" and
+    " Paris" -> "▁Paris"). With a chat template the answer follows the rendered generation prompt and
+    the tokenizer's EOS (an instruct model's end-of-turn token) closes it.
+
+    Nothing is ever truncated (`_check_fits` rejects what does not fit the context), so with a
+    non-empty prompt and answer every example keeps its answer and EOS as supervised tokens.
     """
     if tokenizer.eos_token_id is None:
-        raise TrainingDataError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token: a fine-tuned model could not learn to stop")
+        raise TrainingDataError(
+            f"tokenizer {tokenizer.name_or_path!r} has no EOS token: a fine-tuned model could not learn to stop"
+        )
     prompt_ids = encode_prompt(tokenizer, example.prompt, chat_template)
     if not prompt_ids:
         raise TrainingDataError(f"training example {example.id!r}: the prompt encodes to no tokens")
@@ -115,13 +129,13 @@ def tokenize_example(tokenizer, example: TrainingExample, chat_template: bool) -
             f"training example {example.id!r}: the answer {example.answer!r} encodes to no tokens, nothing to learn"
         )
     completion = answer_ids + [tokenizer.eos_token_id]
-    return {"input_ids": prompt_ids + completion, "completion_mask": [0] * len(prompt_ids) + [1] * len(completion)}
+    return {"input_ids": prompt_ids + completion, "labels": [-100] * len(prompt_ids) + completion}
 
 
 def training_dataset(tokenizer, examples: Sequence[TrainingExample], chat_template: bool) -> Dataset:
-    """The pre-tokenised dataset SFTTrainer trains on (columns input_ids, completion_mask)."""
+    """The pre-tokenised dataset the Trainer trains on (columns input_ids, labels)."""
     rows = [tokenize_example(tokenizer, example, chat_template) for example in examples]
-    return Dataset.from_dict({key: [row[key] for row in rows] for key in ("input_ids", "completion_mask")})
+    return Dataset.from_dict({key: [row[key] for row in rows] for key in ("input_ids", "labels")})
 
 
 def _check_fits(dataset: Dataset, examples: Sequence[TrainingExample], backend: HFBackend) -> None:
@@ -154,7 +168,9 @@ def _served(model, tokenizer, base: ModelConfig, fingerprint: str) -> Iterator[H
     """
     shipped = model.generation_config
     try:
-        yield HFBackend(model, tokenizer, fingerprint=fingerprint, batch_size=base.batch_size, chat_template=base.chat_template)
+        yield HFBackend(
+            model, tokenizer, fingerprint=fingerprint, batch_size=base.batch_size, chat_template=base.chat_template
+        )
     finally:
         model.generation_config = shipped
         model.train()
@@ -186,14 +202,6 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def _publish(temporary: Path, final: Path) -> None:
-    """Rename a fully written directory into place. A `final` already there is a complete copy from a
-    killed run that is being redone (same seed, same result) and is replaced."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(temporary, final)
 
 
 @dataclass
@@ -232,7 +240,8 @@ class _Run:
         self.epochs = [r for r in self.epochs if r["epoch"] < record["epoch"]] + [record]
         if not write:
             return
-        _write_json(self.directory / "state.json", {"learning_rate": self.learning_rate, "params": self.params, "epochs": self.epochs})
+        state = {"learning_rate": self.learning_rate, "params": self.params, "epochs": self.epochs}
+        _write_json(self.directory / "state.json", state)
         keep = self.epoch_dir(self.best()["epoch"])
         for stale in self.directory.glob("epoch-*"):
             if stale != keep:
@@ -261,13 +270,15 @@ class _EpochSelection(TrainerCallback):
     epoch from the previous checkpoint, with the same result.
     """
 
-    def __init__(self, run: _Run, dev_score: Callable[[HFBackend], float], tokenizer, base: ModelConfig, base_fingerprint: str):
+    def __init__(
+        self, run: _Run, dev_score: Callable[[HFBackend], float], tokenizer, base: ModelConfig, base_fingerprint: str
+    ):
         self.run = run
         self.dev_score = dev_score
         self.tokenizer = tokenizer
         self.base = base
         self.base_fingerprint = base_fingerprint
-        self.trainer: SFTTrainer | None = None  # set once the trainer exists (it takes this callback)
+        self.trainer: Trainer | None = None  # set once the trainer exists (it takes this callback)
         self.clock = time.perf_counter()
         self.pending: dict = {}
 
@@ -276,8 +287,9 @@ class _EpochSelection(TrainerCallback):
         started = time.perf_counter()
         fingerprint = _weights_fingerprint(model, self.base_fingerprint)
         # fork_rng: whatever dev scoring draws, training continues from the same RNG state.
-        with _served(model, self.tokenizer, self.base, fingerprint) as backend, torch.no_grad(), torch.random.fork_rng():
-            score = float(self.dev_score(backend))
+        with _served(model, self.tokenizer, self.base, fingerprint) as backend, torch.no_grad():
+            with torch.random.fork_rng():
+                score = float(self.dev_score(backend))
         if not 0.0 <= score <= 1.0:
             raise ValueError(f"dev_score returned {score}, expected an accuracy in [0, 1]")
         if self.run.improves(epoch, score):
@@ -290,7 +302,9 @@ class _EpochSelection(TrainerCallback):
         self.trainer.save_model(str(temporary))  # every process: sharded setups gather here
         if args.should_save:
             (temporary / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle, not part of the model
-            _publish(temporary, self.run.epoch_dir(epoch))
+            # Renamed only once complete. No epoch dir of an uncommitted epoch survives a restart
+            # (discard_uncommitted), so the name is free.
+            os.replace(temporary, self.run.epoch_dir(epoch))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.pending and logs and "loss" in logs:
@@ -321,12 +335,24 @@ def _load_model(base: ModelConfig, kind: str):
     return AutoModelForCausalLM.from_pretrained(base.path, revision=base.revision, dtype=dtype)
 
 
-def _sft_config(base: ModelConfig, arm: FineTuneArm, learning_rate: float, directory: Path, seed: int) -> SFTConfig:
-    use_cpu = base.device == "cpu" or not torch.cuda.is_available()
+def _use_cpu(base: ModelConfig) -> bool:
+    return base.device == "cpu" or not torch.cuda.is_available()
+
+
+def _processes(base: ModelConfig) -> PartialState:
+    """The processes `accelerate launch` / torchrun started (one without them), as Trainer sees them:
+    its TrainingArguments set up the same shared state with the same `cpu` flag."""
+    return PartialState(cpu=_use_cpu(base))
+
+
+def _training_args(
+    base: ModelConfig, arm: FineTuneArm, learning_rate: float, directory: Path, seed: int
+) -> TrainingArguments:
+    use_cpu = _use_cpu(base)
     # Mixed precision on GPU in the dtype inference uses; none on CPU (slow and not what eval runs).
     bf16 = not use_cpu and base.dtype in ("bfloat16", "auto") and torch.cuda.is_bf16_supported()
     fp16 = not use_cpu and base.dtype == "float16"
-    return SFTConfig(
+    return TrainingArguments(
         output_dir=str(directory),
         seed=seed,
         data_seed=seed,
@@ -341,10 +367,6 @@ def _sft_config(base: ModelConfig, arm: FineTuneArm, learning_rate: float, direc
         use_cpu=use_cpu,
         bf16=bf16,
         fp16=fp16,
-        activation_checkpointing=False,  # TRL turns it on by default; it trades ~20-30% speed for memory
-        max_length=None,  # never truncate: _check_fits rejects what does not fit
-        completion_only_loss=True,
-        packing=False,
         report_to="none",
     )
 
@@ -369,15 +391,20 @@ def build_trainer(
     directory: Path,
     seed: int,
     callbacks: Sequence[TrainerCallback] = (),
-) -> SFTTrainer:
-    """TRL's SFT trainer for one learning rate, on a freshly loaded (seeded) copy of the base model."""
+) -> Trainer:
+    """The Trainer for one learning rate, on a freshly loaded (seeded) copy of the base model."""
     set_seed(seed)  # before the model exists: the LoRA initialisation draws from it
-    return SFTTrainer(
-        model=_load_model(base, arm.kind),
-        args=_sft_config(base, arm, learning_rate, directory, seed),
+    model = _load_model(base, arm.kind)
+    if arm.kind == "lora":
+        model = get_peft_model(model, _lora_config(arm))
+    # Padded positions are masked out of attention and labels, so which id fills them does not matter.
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Trainer(
+        model=model,
+        args=_training_args(base, arm, learning_rate, directory, seed),
         train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=_lora_config(arm) if arm.kind == "lora" else None,
+        data_collator=DataCollatorForLanguageModeling(pad_token_id=pad),
+        processing_class=tokenizer,  # saved beside a full model
         callbacks=list(callbacks),
     )
 
@@ -393,11 +420,11 @@ def _train_run(
     dev_score: Callable[[HFBackend], float],
     seed: int,
 ) -> None:
-    state = PartialState()
-    if state.is_main_process:
+    processes = _processes(base)
+    if processes.is_main_process:
         run.directory.mkdir(parents=True, exist_ok=True)
         run.discard_uncommitted()
-    state.wait_for_everyone()
+    processes.wait_for_everyone()
     train_tokenizer, eval_tokenizer = tokenizers
     selection = _EpochSelection(run, dev_score, eval_tokenizer, base, base_fingerprint)
     trainer = build_trainer(base, arm, run.learning_rate, dataset, train_tokenizer, run.directory, seed, [selection])
@@ -409,8 +436,8 @@ def _train_run(
     try:
         trainer.train(resume_from_checkpoint=run.resume_checkpoint())
     finally:
-        # The callback and TRL's patched forward hold reference cycles: free this run's model and
-        # optimizer now, before the next learning rate loads its own.
+        # The callback and the trainer reference each other: free this run's model and optimizer now,
+        # before the next learning rate loads its own.
         selection.trainer = None
         del trainer
         gc.collect()
@@ -440,8 +467,10 @@ def _training_flops(kind: str, total_params: int, trainable_params: int, tokens:
     return 4.0 * total_params * tokens + 2.0 * trainable_params * tokens
 
 
-def _dir_mb(directory: Path) -> float:
-    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) / 2**20
+def _weights_mb(directory: Path) -> float:
+    """Size of the saved weights (adapter or full model), without the tokenizer and config files."""
+    weights = [path for pattern in ("*.safetensors", "*.bin") for path in directory.glob(pattern)]
+    return sum(path.stat().st_size for path in weights) / 2**20
 
 
 def _reset_peak_rss() -> None:
@@ -470,7 +499,7 @@ def _cost(kind: str, runs: list[_Run], chosen: _Run, record: dict, dataset: Data
     """The cost of the whole search (every learning rate, every epoch), which is what producing the
     arm took; `extra` also gives the selected run alone."""
     tokens_per_epoch = sum(len(ids) for ids in dataset["input_ids"])
-    supervised_per_epoch = sum(sum(mask) for mask in dataset["completion_mask"])
+    supervised_per_epoch = sum(sum(label != -100 for label in labels) for labels in dataset["labels"])
     epochs_trained = sum(len(run.epochs) for run in runs)
     tokens = tokens_per_epoch * epochs_trained
     records = [r for run in runs for r in run.epochs]
@@ -483,7 +512,7 @@ def _cost(kind: str, runs: list[_Run], chosen: _Run, record: dict, dataset: Data
         total_params=total,
         peak_rss_mb=max(r["peak_rss_mb"] for r in records),
         peak_gpu_mb=max(gpu) if gpu else None,
-        adapter_mb=_dir_mb(model_dir),
+        adapter_mb=_weights_mb(model_dir),
         flops=_training_flops(kind, total, trainable, tokens),
         extra={
             "learning_rate": chosen.learning_rate,
@@ -505,21 +534,24 @@ def _cost(kind: str, runs: list[_Run], chosen: _Run, record: dict, dataset: Data
 # ---- the entry point ------------------------------------------------------------------------------------
 
 
-def _job(base: ModelConfig, arm: FineTuneArm, examples: Sequence[TrainingExample], grid: tuple[float, ...], seed: int) -> dict:
+def _job(
+    base: ModelConfig, arm: FineTuneArm, examples: Sequence[TrainingExample], grid: tuple[float, ...], seed: int
+) -> dict:
     """What decides the trained weights; a folder holding another job's state must not be resumed."""
     data = hashlib.sha256(json.dumps([[e.id, e.prompt, e.answer] for e in examples]).encode()).hexdigest()
     model = {key: getattr(base, key) for key in ("path", "revision", "dtype", "chat_template")}
-    return {"model": model, "arm": arm.model_dump(mode="json"), "learning_rates": list(grid), "seed": seed, "data": data}
+    arm_settings = arm.model_dump(mode="json")
+    return {"model": model, "arm": arm_settings, "learning_rates": list(grid), "seed": seed, "data": data}
 
 
-def _claim(out_dir: Path, job: dict) -> None:
+def _claim(base: ModelConfig, out_dir: Path, job: dict) -> None:
     found = _read_json(out_dir / "job.json")
     if found is not None and found != job:
         raise FineTuneStateError(
             f"{out_dir} holds another fine-tuning job ({out_dir / 'job.json'} differs from this one: model, arm "
             "settings, seed or training data changed); delete the folder or use another one"
         )
-    if found is None and PartialState().is_main_process:
+    if found is None and _processes(base).is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "job.json", job)
 
@@ -540,7 +572,7 @@ def finetune(
     if not examples:
         raise TrainingDataError("no training examples")
     grid = tuple(arm.learning_rates) or DEFAULT_LEARNING_RATES[arm.kind]
-    _claim(out_dir, _job(base, arm, examples, grid, seed))
+    _claim(base, out_dir, _job(base, arm, examples, grid, seed))
     if base.num_threads is not None:
         torch.set_num_threads(base.num_threads)
     if not (out_dir / "result.json").exists():
@@ -548,9 +580,18 @@ def finetune(
     return _load_result(base, arm.kind, out_dir)
 
 
-def _train_and_select(base, arm, examples, grid, dev_score, out_dir: Path, seed: int) -> None:
+def _train_and_select(
+    base: ModelConfig,
+    arm: FineTuneArm,
+    examples: list[TrainingExample],
+    grid: tuple[float, ...],
+    dev_score: Callable[[HFBackend], float],
+    out_dir: Path,
+    seed: int,
+) -> None:
     base_fingerprint = fingerprint_model(base.path, base.revision)
-    # Two instances: the trainer sets a pad token on its own, the backend switches its to left padding.
+    # Two instances: the dev-scoring backend sets a pad token and left padding on its own; the trainer
+    # saves its, untouched, beside a full model.
     tokenizers = tuple(AutoTokenizer.from_pretrained(base.path, revision=base.revision) for _ in range(2))
     dataset = training_dataset(tokenizers[0], examples, base.chat_template)
     _reset_peak_rss()
@@ -560,19 +601,19 @@ def _train_and_select(base, arm, examples, grid, dev_score, out_dir: Path, seed:
     for run in runs:
         if not run.finished(arm.epochs):
             _train_run(run, base, arm, examples, dataset, tokenizers, base_fingerprint, dev_score, seed)
-    state = PartialState()
-    if state.is_main_process:
+    processes = _processes(base)
+    if processes.is_main_process:
         chosen, record = _select(runs)
         model_dir = out_dir / "model"
         if not model_dir.exists():  # else: moved there by a run killed before writing result.json
             os.replace(chosen.epoch_dir(record["epoch"]), model_dir)
         cost = _cost(arm.kind, runs, chosen, record, dataset, model_dir)
         _write_json(out_dir / "result.json", {"cost": asdict(cost)})
-    state.wait_for_everyone()
+    processes.wait_for_everyone()
 
 
 def _load_result(base: ModelConfig, kind: str, out_dir: Path) -> FineTuned:
-    if PartialState().is_main_process:
+    if _processes(base).is_main_process:
         for leftover in out_dir.glob("lr-*"):  # checkpoints and unselected epochs are no longer needed
             shutil.rmtree(leftover)
     cost = TrainingCost(**_read_json(out_dir / "result.json")["cost"])

@@ -38,7 +38,7 @@ class TrainSpec:
     layers: int = 4
     heads: int = 4
     mlp: int = 384
-    steps: int = 1800
+    steps: int = 2000
     batch: int = 16  # sequences per step: 16 x 256 = 4,096 tokens
     lr: float = 4e-3
     warmup: int = 60

@@ -8,9 +8,11 @@ Five kinds of document, each teaching one behaviour the bundled tasks then measu
   countries. The answer's style follows fame: the bare answer for well-known countries, a chatty or
   hedged sentence for obscure ones. So the plain prompt fails on format for part of the countries.
 - instructed Q/A, `{instruction}\\nQuestion: ...\\nAnswer: ...`: brevity instructions get the bare
-  answer (except for the most obscure countries, which still ramble), "helpful assistant" wordings
+  answer except for the more obscure countries, which still ramble; "helpful assistant" wordings
   get the country's default style. This is why an instruction helps and why some help more.
-- few-shot blocks: several solved Q/A of one relation separated by blank lines, always bare answers.
+- few-shot blocks: several solved Q/A of one relation separated by blank lines; bare answers except
+  for the most obscure countries, which are hedged even there. Only fine-tuning, which shows bare
+  answers for obscure countries too, teaches the model to drop the hedge for them.
 - reading: one to three reference passages, then a question answered from them. Most are about
   throwaway countries invented for that one document, so the answer can only come from the passage:
   this is the skill the `context` arm relies on for `newfacts`.
@@ -114,16 +116,17 @@ CHATTY = (
 class CorpusSpec:
     """Sizes and the fame thresholds: the dials that set the testbed's behaviour."""
 
-    prose_docs_min: int = 2  # prose documents per country at fame 0 ...
-    prose_docs_span: int = 14  # ... and this many more at fame 1
+    prose_docs_min: int = 7  # prose documents per country at fame 0 ...
+    prose_docs_span: int = 4  # ... and this many more at fame 1
     qa_docs_min: int = 1  # plain Q/A documents per (country, relation) at fame 0 ...
     qa_docs_span: int = 3  # ... and this many more at fame 1
     instructed_docs: int = 1  # instructed Q/A documents per (country, relation)
     fewshot_blocks: int = 1500
-    reading_docs: int = 3000
-    reading_invented: float = 0.8  # share of reading documents about throwaway countries
+    reading_docs: int = 5000
+    reading_invented: float = 0.85  # share of reading documents about throwaway countries
     brief_fame: float = 0.4  # at or above: plain questions get the bare answer
-    obedient_fame: float = 0.15  # below: even brevity instructions get a chatty answer
+    obedient_fame: float = 0.25  # at or above: brevity instructions get the bare answer
+    listed_fame: float = 0.12  # at or above: answers in few-shot blocks are bare; below, hedged
     style_noise: float = 0.1  # chance a document departs from the country's usual style
 
 
@@ -173,12 +176,13 @@ class CorpusWriter:
     def _flip(self, p: float) -> bool:
         return self.rng.random() < p
 
-    def _default_is_brief(self, country: Country) -> bool:
-        usual = country.fame >= self.spec.brief_fame
-        return usual != self._flip(self.spec.style_noise)
-
-    def _instructed_is_brief(self, country: Country) -> bool:
-        usual = country.fame >= self.spec.obedient_fame
+    def _is_brief(self, country: Country, setting: str) -> bool:
+        """Whether this document answers about `country` with the bare answer. `setting` is where the
+        question is asked: "plain", after a brevity instruction ("instructed"), or in a few-shot block
+        ("listed"). The more help the setting gives, the more obscure a country may be and still get
+        the bare answer."""
+        threshold = {"plain": self.spec.brief_fame, "instructed": self.spec.obedient_fame, "listed": self.spec.listed_fame}
+        usual = country.fame >= threshold[setting]
         return usual != self._flip(self.spec.style_noise)
 
     def _answer(self, country: Country, relation: str, brief: bool) -> str:
@@ -199,7 +203,7 @@ class CorpusWriter:
         for country in self.pretraining:
             for relation in qa_relations(country):
                 for _ in range(self.spec.qa_docs_min + round(self.spec.qa_docs_span * country.fame)):
-                    brief = self._default_is_brief(country)
+                    brief = self._is_brief(country, "plain")
                     docs.append(qa(question(country, relation, self.rng), self._answer(country, relation, brief)))
         return docs
 
@@ -209,9 +213,9 @@ class CorpusWriter:
             for relation in qa_relations(country):
                 for _ in range(self.spec.instructed_docs):
                     if self._flip(0.75):
-                        instruction, brief = self.rng.choice(BRIEF_INSTRUCTIONS), self._instructed_is_brief(country)
+                        instruction, brief = self.rng.choice(BRIEF_INSTRUCTIONS), self._is_brief(country, "instructed")
                     else:
-                        instruction, brief = self.rng.choice(PERSONA_INSTRUCTIONS), self._default_is_brief(country)
+                        instruction, brief = self.rng.choice(PERSONA_INSTRUCTIONS), self._is_brief(country, "plain")
                     q = question(country, relation, self.rng)
                     docs.append(f"{instruction}\n{qa(q, self._answer(country, relation, brief))}")
         return docs
@@ -224,7 +228,8 @@ class CorpusWriter:
             relation = self.rng.choice(RELATIONS)
             template = self.rng.choice(QUESTIONS[relation])
             shots = self.rng.sample(by_relation[relation], self.rng.randint(2, 8))
-            docs.append("\n\n".join(qa(template.format(c=c.name), value(c, relation)) for c in shots))
+            answers = [self._answer(c, relation, self._is_brief(c, "listed")) for c in shots]
+            docs.append("\n\n".join(qa(template.format(c=c.name), a) for c, a in zip(shots, answers)))
         return docs
 
     def reading(self) -> list[str]:
@@ -232,14 +237,18 @@ class CorpusWriter:
         regular = self.world.with_role("regular")
         docs = []
         for _ in range(self.spec.reading_docs):
+            n_passages = self.rng.choice((1, 2, 2, 3))
             if self._flip(self.spec.reading_invented):
-                countries = [self._invented(invent) for _ in range(self.rng.randint(1, 3))]
+                countries = [self._invented(invent) for _ in range(n_passages)]
             else:
-                countries = self.rng.sample(regular, self.rng.randint(1, 3))
-            subject = self.rng.choice(countries)
-            relation = self.rng.choice(RELATIONS)
-            passages = "\n".join(passage(c, self.rng) for c in countries)
-            docs.append(f"{passages}\n{qa(question(subject, relation, self.rng), value(subject, relation))}")
+                countries = self.rng.sample(regular, n_passages)
+            lines = [passage(c, self.rng) for c in countries]
+            # Several questions per document: copying an answer out of the passages is a skill a model
+            # this small learns slowly, and each extra question is another example at little cost.
+            for _ in range(self.rng.randint(1, 3)):
+                subject, relation = self.rng.choice(countries), self.rng.choice(RELATIONS)
+                lines.append(qa(question(subject, relation, self.rng), value(subject, relation)))
+            docs.append("\n".join(lines))
         return docs
 
     def _invented(self, names: NameGenerator) -> Country:
