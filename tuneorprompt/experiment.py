@@ -9,6 +9,7 @@ run picks up where it stopped and an unchanged re-run recomputes nothing.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from tuneorprompt.evaluate import Scorer, evaluate
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, make_matcher
 from tuneorprompt.prompts import PromptFormat
 from tuneorprompt.records import ExampleRecord, GenerationSettings
-from tuneorprompt.report import write_report
+from tuneorprompt.report import build_report, write_report
 from tuneorprompt.store import CachedBackend, Store
 from tuneorprompt.summary import outcome_matrix, summarize_arm
 
@@ -69,7 +70,10 @@ def run_experiment(
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
     run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved_config(config, run_dir)
-    store = Store(run_dir / "store.sqlite")
+    # Under `accelerate launch` every process runs this function: they fine-tune together (Trainer
+    # shards the batches) and each evaluates; only the main process writes the run's store and report.
+    rank = int(os.environ.get("RANK", "0"))
+    store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))
     base = CachedBackend(backend or load_hf_backend(config.model), store)
     relevance = RelevanceScorer(config.metric.relevance_model)
     scorer = Scorer(
@@ -114,8 +118,7 @@ def run_experiment(
         for arm in arms
         if arm.name in records
     ]
-    report = write_report(
-        run_dir=run_dir,
+    report_inputs = dict(
         config=config,
         summaries=summaries,
         records=records,
@@ -124,9 +127,12 @@ def run_experiment(
         environment=environment(),
         stopped_early_at=stopped_early_at,
         learning_curve=learning_curve,
-        references={e.id: e.target for e in splits.test},
-        console=console,
     )
+    if rank == 0:
+        references = {e.id: e.target for e in splits.test}
+        report = write_report(run_dir=run_dir, console=console, references=references, **report_inputs)
+    else:
+        report = build_report(**report_inputs)
     store.close()
     return Result(
         run_dir=run_dir,

@@ -50,6 +50,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,7 +60,15 @@ import torch
 from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tuneorprompt.backends.hf import HFBackend, encode_prompt, fingerprint_model, load_hf_backend
@@ -67,6 +76,10 @@ from tuneorprompt.config import FineTuneArm, ModelConfig
 from tuneorprompt.records import TrainingCost
 
 logger = logging.getLogger(__name__)
+
+# transformers 5 deprecates `is_gradient_checkpointing`, which PEFT still reads on every forward:
+# one FutureWarning per call that says nothing to a tuneorprompt user.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 # Learning-rate grids searched on dev when the arm gives none. Sized for the small models and small
 # training pools this tool is mostly run with (tens to a few thousand examples, 3 epochs at batch 8,
@@ -368,6 +381,9 @@ def _training_args(
         bf16=bf16,
         fp16=fp16,
         report_to="none",
+        # The experiment shows its own progress; Trainer's tqdm bars and printed log dicts would
+        # interleave with it (per-epoch losses are kept by _EpochSelection instead).
+        disable_tqdm=True,
     )
 
 
@@ -399,7 +415,7 @@ def build_trainer(
         model = get_peft_model(model, _lora_config(arm))
     # Padded positions are masked out of attention and labels, so which id fills them does not matter.
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Trainer(
+    trainer = Trainer(
         model=model,
         args=_training_args(base, arm, learning_rate, directory, seed),
         train_dataset=dataset,
@@ -407,6 +423,8 @@ def build_trainer(
         processing_class=tokenizer,  # saved beside a full model
         callbacks=list(callbacks),
     )
+    trainer.remove_callback(PrinterCallback)  # with tqdm off, Trainer would print every log dict
+    return trainer
 
 
 def _train_run(
