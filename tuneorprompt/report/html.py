@@ -89,6 +89,7 @@ def _bars(report: dict, metric: str, scale: float, target: float | None) -> str:
     axis.bar(range(len(arms)), values, yerr=errors, capsize=4, color="#5b8def")
     axis.set_xticks(range(len(arms)), [a["name"] for a in arms], rotation=30, ha="right")
     axis.set_ylabel(f"{metric} (95% CI)")
+    axis.set_ylim(min(0.0, min(values)), 100)  # both metrics are on a 0-100 scale here
     if target is not None:
         axis.axhline(target, color="#c33", linestyle="--", label="target")
         axis.legend()
