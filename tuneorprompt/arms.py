@@ -20,7 +20,6 @@ from tuneorprompt.config import (
     ContextArm,
     ExperimentConfig,
     FewShotArm,
-    FewShotKnnArm,
     FineTuneArm,
 )
 from tuneorprompt.evaluate import Scorer, System, accuracy, evaluate
@@ -102,48 +101,41 @@ class Instruction:
 
 @dataclass(frozen=True)
 class FewShot:
-    spec: FewShotArm
+    """k demonstrations before the query: a seeded random draw from the training pool (`few_shot`,
+    repeated per seed), or the k nearest training examples by embedding (`few_shot_knn`, deterministic)."""
+
+    spec: FewShotArm  # a FewShotKnnArm for retrieved demos
     k: int
 
-    kind = "few_shot"
-    stochastic = True
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def retrieved(self) -> bool:
+        return self.spec.kind == "few_shot_knn"
+
+    @property
+    def stochastic(self) -> bool:
+        return not self.retrieved
 
     @property
     def name(self) -> str:
-        return f"few_shot@{self.k}" + ("+instruction" if self.spec.instruction else "")
+        return f"{self.spec.kind}@{self.k}" + ("+instruction" if self.spec.instruction else "")
 
     @property
     def ladder_rank(self) -> float:
-        return 2.0 + self.k / 1000
+        return (3.0 if self.retrieved else 2.0) + self.k / 1000
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
         instruction = ctx.chosen_instruction() if self.spec.instruction else None
-        demos = RandomDemos(tuple(ctx.train), self.k, seed)
+        if self.retrieved:
+            demos, info = NearestDemos(ctx.train, self.k, ctx.embed), {}
+        else:
+            demos = RandomDemos(tuple(ctx.train), self.k, seed)
+            info = {"demo_ids": [d.id for d in demos.chosen]}
         recipe = PromptRecipe(ctx.format, instruction=instruction, demos=demos)
-        info = {"k": self.k, "demo_ids": [d.id for d in demos(ctx.train[0])], "instruction": instruction}
-        return System(self.name, seed, ctx.base, recipe, info)
-
-
-@dataclass(frozen=True)
-class FewShotKnn:
-    spec: FewShotKnnArm
-    k: int
-
-    kind = "few_shot_knn"
-    stochastic = False
-
-    @property
-    def name(self) -> str:
-        return f"few_shot_knn@{self.k}" + ("+instruction" if self.spec.instruction else "")
-
-    @property
-    def ladder_rank(self) -> float:
-        return 3.0 + self.k / 1000
-
-    def prepare(self, ctx: ArmContext, seed: int) -> System:
-        instruction = ctx.chosen_instruction() if self.spec.instruction else None
-        recipe = PromptRecipe(ctx.format, instruction=instruction, demos=NearestDemos(ctx.train, self.k, ctx.embed))
-        return System(self.name, seed, ctx.base, recipe, {"k": self.k, "instruction": instruction})
+        return System(self.name, seed, ctx.base, recipe, {"k": self.k, "instruction": instruction, **info})
 
 
 @dataclass(frozen=True)
@@ -213,7 +205,7 @@ def expand_arms(config: ExperimentConfig) -> list[Arm]:
         "baseline": lambda spec: [Baseline()],
         "instruction": lambda spec: [Instruction()],
         "few_shot": lambda spec: [FewShot(spec, k) for k in spec.k],
-        "few_shot_knn": lambda spec: [FewShotKnn(spec, k) for k in spec.k],
+        "few_shot_knn": lambda spec: [FewShot(spec, k) for k in spec.k],
         "context": lambda spec: [Context(spec)],
         "lora": lambda spec: [FineTune(spec)],
         "full": lambda spec: [FineTune(spec)],

@@ -34,10 +34,10 @@ class RandomDemos:
         if self.k > len(self.pool):
             raise ValueError(f"few_shot k={self.k} but the training pool has only {len(self.pool)} examples")
         order = np.random.default_rng(self.seed).permutation(len(self.pool))[: self.k]
-        object.__setattr__(self, "_chosen", [self.pool[i] for i in order])
+        object.__setattr__(self, "chosen", tuple(self.pool[i] for i in order))
 
     def __call__(self, example: Example) -> list[Example]:
-        return list(self._chosen)  # type: ignore[attr-defined]
+        return list(self.chosen)  # type: ignore[attr-defined]
 
 
 class NearestDemos:

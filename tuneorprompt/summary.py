@@ -41,23 +41,8 @@ def summarize_arm(
         "name": name,
         "kind": kind,
         "seeds": [records[0].seed for records in records_by_seed],
-        "accuracy": {
-            "value": accuracy.value,
-            "ci_low": accuracy.low,
-            "ci_high": accuracy.high,
-            "ci_method": accuracy.method,
-            "n": correct.shape[1],
-            "per_seed": correct.mean(axis=1).tolist(),
-            "seed_std": float(correct.mean(axis=1).std(ddof=1)) if len(correct) > 1 else 0.0,
-        },
-        "relevance": {
-            "value": relevance_ci.value,
-            "ci_low": relevance_ci.low,
-            "ci_high": relevance_ci.high,
-            "ci_method": relevance_ci.method,
-            "n": relevance.shape[1],
-            "per_seed": relevance.mean(axis=1).tolist(),
-        },
+        "accuracy": _metric(accuracy, correct),
+        "relevance": _metric(relevance_ci, relevance),
         "prompt_tokens": prompt_tokens,
         "generated_tokens": generated_tokens,
         "seconds_per_query": seconds,
@@ -67,6 +52,20 @@ def summarize_arm(
         ),
         "training": mean_training_cost(training) if training else None,
         "details": [{k: v for k, v in info.items() if k != "training"} for info in info_by_seed],
+    }
+
+
+def _metric(interval: stats.Interval, per_item: np.ndarray) -> dict:
+    """A headline figure with its CI, and the per-seed means and their spread (`per_item` is [n_seeds, n_items])."""
+    per_seed = per_item.mean(axis=1)
+    return {
+        "value": interval.value,
+        "ci_low": interval.low,
+        "ci_high": interval.high,
+        "ci_method": interval.method,
+        "n": per_item.shape[1],
+        "per_seed": per_seed.tolist(),
+        "seed_std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0,
     }
 
 
