@@ -25,7 +25,13 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
+    default_data_collator,
+)
 
 from tuneorprompt.config import FineTuneArm, ModelConfig
 from tuneorprompt.finetune import TrainingExample, build_trainer, training_dataset

@@ -3,7 +3,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneorprompt.config import ConfigError, ExperimentConfig, FineTuneArm, FewShotArm, load_config
+from tuneorprompt.config import (
+    ConfigError,
+    ExperimentConfig,
+    FewShotArm,
+    FineTuneArm,
+    load_config,
+)
 from tuneorprompt.templates import EXAMPLE_CONFIG
 
 BASE = {"model": {"path": "m"}, "data": {"train": "a.jsonl", "dev": "b.jsonl", "test": "c.jsonl"}}

@@ -15,6 +15,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.conftest import build_tiny_gpt2, build_tiny_llama
 from tuneorprompt.backends.hf import encode_prompt, fingerprint_model, load_hf_backend
 from tuneorprompt.config import FineTuneArm, ModelConfig
 from tuneorprompt.finetune import (
@@ -27,8 +28,6 @@ from tuneorprompt.finetune import (
     training_dataset,
 )
 from tuneorprompt.records import GenerationSettings
-
-from tests.conftest import build_tiny_gpt2, build_tiny_llama
 
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin")]
 

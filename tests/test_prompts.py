@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from tuneorprompt.config import PromptConfig
-from tuneorprompt.prompts import BUILTIN_INSTRUCTIONS, PromptFormat, PromptRecipe, TemplateError
+from tuneorprompt.prompts import (
+    BUILTIN_INSTRUCTIONS,
+    PromptFormat,
+    PromptRecipe,
+    TemplateError,
+)
 from tuneorprompt.records import Example
 from tuneorprompt.retrieval import NearestDemos, PassageRetriever, RandomDemos
 

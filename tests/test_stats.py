@@ -11,7 +11,6 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
-from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
 from tuneorprompt import stats

@@ -178,7 +178,10 @@ class FineTune:
         return (10.0 if self.spec.kind == "lora" else 11.0) + 0.1 * self.spec.instruction
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
-        from tuneorprompt.finetune import TrainingExample, finetune  # heavy imports only when training
+        from tuneorprompt.finetune import (  # heavy imports only when training
+            TrainingExample,
+            finetune,
+        )
 
         instruction = ctx.chosen_instruction() if self.spec.instruction else None
         train_recipe = PromptRecipe(ctx.format, instruction=instruction)

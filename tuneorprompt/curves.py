@@ -28,7 +28,6 @@ def run_learning_curve(
 ) -> dict:
     curve_config = ctx.config.learning_curve
     pool = len(ctx.train)
-    by_name = {arm.name: arm for arm in arms}
 
     few_shot_arms: list[tuple[int, Arm]] = []
     for k in sorted(set(curve_config.few_shot_k)):

@@ -20,16 +20,28 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from tuneorprompt import decide
 from tuneorprompt.arms import ArmContext, expand_arms, run_arm
-from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.backends.base import Backend
 from tuneorprompt.backends.hf import load_hf_backend
-from tuneorprompt.config import ExperimentConfig, apply_overrides, config_from_dict, load_config
+from tuneorprompt.config import (
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+)
+from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import load_corpus, load_splits
-from tuneorprompt.evaluate import Scorer, evaluate
+from tuneorprompt.evaluate import Scorer
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, make_matcher
 from tuneorprompt.prompts import PromptFormat
 from tuneorprompt.records import ExampleRecord, GenerationSettings

@@ -71,7 +71,12 @@ from transformers import (
 )
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from tuneorprompt.backends.hf import HFBackend, encode_prompt, fingerprint_model, load_hf_backend
+from tuneorprompt.backends.hf import (
+    HFBackend,
+    encode_prompt,
+    fingerprint_model,
+    load_hf_backend,
+)
 from tuneorprompt.config import FineTuneArm, ModelConfig
 from tuneorprompt.records import TrainingCost
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display; also keeps a notebook's backend untouched

@@ -19,10 +19,21 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from tuneorprompt.testbed.card import write_card
-from tuneorprompt.testbed.corpus import TASK_QUESTIONS, CorpusSpec, build_corpus, passage, value
+from tuneorprompt.testbed.corpus import (
+    TASK_QUESTIONS,
+    CorpusSpec,
+    build_corpus,
+    passage,
+    value,
+)
 from tuneorprompt.testbed.world import Country, World, WorldSpec, make_world
 
 EOS = "<|endoftext|>"
@@ -38,7 +49,7 @@ class TrainSpec:
     layers: int = 4
     heads: int = 4
     mlp: int = 384
-    steps: int = 2000
+    steps: int = 2200
     batch: int = 16  # sequences per step: 16 x 256 = 4,096 tokens
     lr: float = 4e-3
     warmup: int = 60
@@ -53,7 +64,7 @@ class TaskSplit:
     test: int
 
 
-CAPITALS_SPLIT = TaskSplit(train=160, dev=70, test=210)  # countries; one question each
+CAPITALS_SPLIT = TaskSplit(train=160, dev=60, test=200)  # countries; one question each
 NEWFACTS_SPLIT = TaskSplit(train=50, dev=25, test=75)  # countries; three questions each
 NEWFACTS_RELATIONS = ("capital", "language", "currency")
 N_CORPUS_DISTRACTORS = 100  # passages about pretraining countries added to the newfacts corpus

@@ -2,8 +2,8 @@
 
 Five kinds of document, each teaching one behaviour the bundled tasks then measure:
 
-- prose: paraphrased statements of a country's facts. The only place the `capitals` countries'
-  capitals appear. How many prose documents a country gets grows with its fame (long-tail knowledge).
+- prose: paraphrased statements of a country's capital and two other facts. The only place the
+  `capitals` countries' capitals appear. Famous countries get somewhat more documents.
 - plain Q/A, `Question: ...\\nAnswer: ...`: for every relation except the capitals of the `capitals`
   countries. The answer's style follows fame: the bare answer for well-known countries, a chatty or
   hedged sentence for obscure ones. So the plain prompt fails on format for part of the countries.
@@ -13,7 +13,7 @@ Five kinds of document, each teaching one behaviour the bundled tasks then measu
 - few-shot blocks: several solved Q/A of one relation separated by blank lines; bare answers except
   for the most obscure countries, which are hedged even there. Only fine-tuning, which shows bare
   answers for obscure countries too, teaches the model to drop the hedge for them.
-- reading: one to three reference passages, then a question answered from them. Most are about
+- reading: one to three reference passages, then one to three questions answered from them. Most are about
   throwaway countries invented for that one document, so the answer can only come from the passage:
   this is the skill the `context` arm relies on for `newfacts`.
 
@@ -72,16 +72,6 @@ PROSE: dict[str, tuple[str, ...]] = {
     ),
 }
 
-FILLER = (
-    "{c} is known for its rivers and old bridges.",
-    "Many travellers visit {c} in the summer.",
-    "The mountains of {c} are covered in snow for half the year.",
-    "Farming is important in {c}.",
-    "{c} has a long coast with many small ports.",
-    "The people of {c} are proud of their music.",
-    "Trains connect the towns of {c}.",
-)
-
 # Instructions that ask for brevity, answered with the bare answer. The first three are tuneorprompt's
 # built-in candidates; the others keep the model from tying brevity to three exact strings.
 BRIEF_INSTRUCTIONS = (
@@ -116,13 +106,13 @@ CHATTY = (
 class CorpusSpec:
     """Sizes and the fame thresholds: the dials that set the testbed's behaviour."""
 
-    prose_docs_min: int = 7  # prose documents per country at fame 0 ...
-    prose_docs_span: int = 4  # ... and this many more at fame 1
+    prose_docs_min: int = 13  # prose documents per country at fame 0 ...
+    prose_docs_span: int = 6  # ... and this many more at fame 1
     qa_docs_min: int = 1  # plain Q/A documents per (country, relation) at fame 0 ...
     qa_docs_span: int = 3  # ... and this many more at fame 1
     instructed_docs: int = 1  # instructed Q/A documents per (country, relation)
     fewshot_blocks: int = 1500
-    reading_docs: int = 5000
+    reading_docs: int = 4000
     reading_invented: float = 0.85  # share of reading documents about throwaway countries
     brief_fame: float = 0.4  # at or above: plain questions get the bare answer
     obedient_fame: float = 0.25  # at or above: brevity instructions get the bare answer
@@ -192,8 +182,10 @@ class CorpusWriter:
         docs = []
         for country in self.pretraining:
             for _ in range(self.spec.prose_docs_min + round(self.spec.prose_docs_span * country.fame)):
-                sentences = [self.rng.choice(PROSE[r]).format(c=country.name, v=value(country, r)) for r in RELATIONS]
-                sentences.append(self.rng.choice(FILLER).format(c=country.name))
+                # The capital and two other facts: the capital is in every document because it is
+                # the fact the `capitals` task asks, and the model has only prose to learn it from.
+                relations = ["capital"] + self.rng.sample(RELATIONS[1:], 2)
+                sentences = [self.rng.choice(PROSE[r]).format(c=country.name, v=value(country, r)) for r in relations]
                 self.rng.shuffle(sentences)
                 docs.append(" ".join(sentences))
         return docs

@@ -53,8 +53,8 @@ class Country:
 class WorldSpec:
     """How many countries of each role the world has (the task sizes follow from these)."""
 
-    n_regular: int = 150
-    n_capitals: int = 440  # split by the build into train pool / dev / test
+    n_regular: int = 100
+    n_capitals: int = 420  # split by the build into train pool / dev / test
     n_newfacts: int = 150
 
 

@@ -1,0 +1,62 @@
+"""`tuneorprompt demo` end to end on the bundled testbed model, as a new user runs it: the two
+bundled experiments must tell their stories, with the margins the testbed was built to show."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tuneorprompt.cli import app
+
+pytestmark = pytest.mark.slow
+
+PROMPT_KINDS = {"baseline", "instruction", "few_shot", "few_shot_knn", "context"}
+
+
+def run_demo(task: str, out) -> dict:
+    result = CliRunner().invoke(app, ["demo", "--task", task, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Recommendation:" in result.output
+    assert (out / "report.html").exists()
+    return json.loads((out / "report.json").read_text())
+
+
+def test_capitals_prompting_helps_but_fine_tuning_wins(tmp_path):
+    report = run_demo("capitals", tmp_path / "capitals")
+    arms = {a["name"]: a for a in report["arms"]}
+    accuracy = {name: a["accuracy"]["value"] for name, a in arms.items()}
+    prompt_arms = [a for a in report["arms"] if a["kind"] in PROMPT_KINDS]
+    best_prompt = max(prompt_arms, key=lambda a: a["accuracy"]["value"])
+    few_shot = max(accuracy[n] for n in arms if n.startswith("few_shot"))
+
+    assert report["data"]["n_test"] >= 200
+    assert 0.45 <= accuracy["baseline"] <= 0.70
+    assert accuracy["instruction"] >= accuracy["baseline"] + 0.10
+    assert few_shot > accuracy["baseline"]
+    for name in ("lora", "full"):
+        assert accuracy[name] >= 0.85
+        assert accuracy[name] >= best_prompt["accuracy"]["value"] + 0.05
+        assert arms[name]["accuracy"]["ci_low"] > best_prompt["accuracy"]["ci_high"]
+        assert arms[name]["training"]["wall_seconds"] > 0 and arms[name]["training"]["trainable_params"] > 0
+    assert report["recommendation"]["arm"] in {"lora", "full", "lora+instruction"}
+    # Relevance moves with accuracy: the fine-tuned arms are also the most relevant.
+    assert arms["lora"]["relevance"]["value"] > arms["baseline"]["relevance"]["value"]
+    # The evidence behind the decision.
+    assert {t["accuracy"]["test"] for t in report["paired_tests"]} <= {"mcnemar", "mcnemar_clustered"}
+    assert len(arms["few_shot@2"]["seeds"]) >= 3
+    curve = report["learning_curve"]
+    assert [p["x"] for p in curve["finetune"]][-1] == report["data"]["n_train"]
+    assert [p["x"] for p in curve["few_shot"]][0] == 0
+    assert report["break_even"] and report["costs"]
+
+
+def test_newfacts_only_context_reaches_the_facts(tmp_path):
+    report = run_demo("newfacts", tmp_path / "newfacts")
+    arms = {a["name"]: a for a in report["arms"]}
+    context = arms["context"]["accuracy"]
+    for name, arm in arms.items():
+        if name != "context":
+            assert arm["accuracy"]["ci_high"] < context["ci_low"], name
+    assert report["recommendation"]["arm"] == "context"
