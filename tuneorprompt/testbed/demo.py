@@ -1,5 +1,5 @@
-"""The bundled experiments that `tuneorprompt demo` runs: each task folder holds its data and an
-`experiment.yaml` whose paths are relative to it, so the demo is an ordinary config run."""
+"""The bundled experiments that `tuneorprompt demo` runs: `experiments/<task>.yaml`, ordinary
+configs whose paths are relative to them (the model and task files written by the testbed build)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 from tuneorprompt.config import ExperimentConfig, load_config
 
-TASKS_DIR = Path(__file__).parent / "tasks"
+EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
 DEMO_TASKS = ("capitals", "newfacts")
 
 
 def demo_config(task: str) -> ExperimentConfig:
     if task not in DEMO_TASKS:
         raise ValueError(f"unknown demo task {task!r}: choose one of {', '.join(DEMO_TASKS)}")
-    return load_config(TASKS_DIR / task / "experiment.yaml")
+    return load_config(EXPERIMENTS_DIR / f"{task}.yaml")
