@@ -29,12 +29,10 @@ def test_capitals_prompting_helps_but_fine_tuning_wins(tmp_path):
     accuracy = {name: a["accuracy"]["value"] for name, a in arms.items()}
     prompt_arms = [a for a in report["arms"] if a["kind"] in PROMPT_KINDS]
     best_prompt = max(prompt_arms, key=lambda a: a["accuracy"]["value"])
-    few_shot = max(accuracy[n] for n in arms if n.startswith("few_shot"))
 
     assert report["data"]["n_test"] >= 200
     assert 0.45 <= accuracy["baseline"] <= 0.70
     assert accuracy["instruction"] >= accuracy["baseline"] + 0.10
-    assert few_shot > accuracy["baseline"]
     for name in ("lora", "full"):
         assert accuracy[name] >= 0.85
         assert accuracy[name] >= best_prompt["accuracy"]["value"] + 0.05

@@ -11,7 +11,35 @@ from pathlib import Path
 
 # Measured on the committed weights; see the table's own note for how.
 MEASURED_BEHAVIOUR = """\
-Not measured yet.
+Exact match (SQuAD normalisation) of the first line of a greedy completion (max 24 new tokens),
+on the bundled test splits, measured with a scratch harness following tuneorprompt's prompt
+formats (one thread, CPU). Few-shot: random demos from the train split, two draws. Fine-tuning:
+full fine-tuning on the train split (completion-only loss, AdamW, batch 8, 3 epochs), learning rate
+chosen on dev. Exact-match CIs at n = 200 are about +-7 points.
+
+| arm | capitals (n = 200) | newfacts (n = 225) |
+|---|---|---|
+| baseline `Question: ...\\nAnswer:` | 49.0 | 1.3 |
+| instruction, best of the four built-ins on dev ("Answer the question precisely and concisely." on capitals) | 63.0 | 0.0-0.9 |
+| "You are a helpful assistant. Answer the question." | 55.0 | 0.0 |
+| few-shot k = 2 / 4 / 8 | 46-49 / 43-48 / 40-49 | 0.4-0.9 |
+| full fine-tuning, lr 1e-4 (best on dev), 3 epochs | 97.0 | 0.4-2.7 (any lr) |
+| full fine-tuning, lr 1e-3 (too high: forgets) | 60.5 | - |
+| context, BM25 top 1 / top 2 passages | - | 85.8 / 42.2 |
+
+`tuneorprompt run` with the prompt arms (seed 0) gave the same baseline 49.0 [95% CI 42.2, 55.9]
+and instruction 63.0 [56.1, 69.4] on capitals; few-shot@2/4/8 53.5/38.0/42.0, few-shot kNN@4 41.0.
+
+What this shows, and what it does not:
+- capitals: an instruction helps (+14 points) by suppressing the chatty answers of less famous
+  countries; fine-tuning on 160 capital questions of other countries reaches the capitals the
+  model knows only from prose (97%), far beyond any prompt.
+- Few-shot demonstrations do not beat the plain prompt on this model: the model sometimes copies
+  a demonstration's answer, and hedges for obscure countries even inside a list of bare answers.
+- newfacts: nothing but retrieval helps, since the countries are absent from pretraining. The
+  model reads one retrieved passage well; a second (distractor) passage halves its accuracy, so
+  use `top_k: 1` with this model.
+- A too-high fine-tuning learning rate destroys what the model knew: choose it on dev.
 """
 
 
@@ -46,7 +74,8 @@ a hidden *fame*. The corpus ({n_documents:,} documents, {n_tokens:,} tokens) has
 - the same pairs after an instruction: brevity instructions ("Answer the question precisely and
   concisely.", ...) get the bare answer except for the most obscure countries (fame <
   {corpus['obedient_fame']}); "You are a helpful assistant"-style instructions get the default style;
-- few-shot blocks of solved questions of one relation, with bare answers;
+- few-shot blocks of solved questions of one relation, with bare answers except for the most
+  obscure countries (fame < {corpus['listed_fame']}), which are hedged even there;
 - reading exercises: one to three reference passages, then a question answered from them (mostly
   about throwaway countries invented for that document, so the answer must come from the passage).
 

@@ -10,7 +10,9 @@ Five kinds of document, each teaching one behaviour the bundled tasks then measu
 - instructed Q/A, `{instruction}\\nQuestion: ...\\nAnswer: ...`: brevity instructions get the bare
   answer except for the more obscure countries, which still ramble; "helpful assistant" wordings
   get the country's default style. This is why an instruction helps and why some help more.
-- few-shot blocks: several solved Q/A of one relation separated by blank lines, always bare answers.
+- few-shot blocks: several solved Q/A of one relation separated by blank lines; bare answers except
+  for the most obscure countries, which are hedged even there. Only fine-tuning, which shows bare
+  answers for obscure countries too, teaches the model to drop the hedge for them.
 - reading: one to three reference passages, then one to three questions answered from them. Most are about
   throwaway countries invented for that one document, so the answer can only come from the passage:
   this is the skill the `context` arm relies on for `newfacts`.
@@ -114,6 +116,7 @@ class CorpusSpec:
     reading_invented: float = 0.85  # share of reading documents about throwaway countries
     brief_fame: float = 0.4  # at or above: plain questions get the bare answer
     obedient_fame: float = 0.25  # at or above: brevity instructions get the bare answer
+    listed_fame: float = 0.12  # at or above: answers in few-shot blocks are bare; below, hedged
     style_noise: float = 0.1  # chance a document departs from the country's usual style
 
 
@@ -165,9 +168,10 @@ class CorpusWriter:
 
     def _is_brief(self, country: Country, setting: str) -> bool:
         """Whether this document answers about `country` with the bare answer. `setting` is where the
-        question is asked: "plain" or after a brevity instruction ("instructed"); with the
-        instruction, more obscure countries still get the bare answer."""
-        threshold = {"plain": self.spec.brief_fame, "instructed": self.spec.obedient_fame}
+        question is asked: "plain", after a brevity instruction ("instructed"), or in a few-shot block
+        ("listed"). The more help the setting gives, the more obscure a country may be and still get
+        the bare answer."""
+        threshold = {"plain": self.spec.brief_fame, "instructed": self.spec.obedient_fame, "listed": self.spec.listed_fame}
         usual = country.fame >= threshold[setting]
         return usual != self._flip(self.spec.style_noise)
 
@@ -216,7 +220,8 @@ class CorpusWriter:
             relation = self.rng.choice(RELATIONS)
             template = self.rng.choice(QUESTIONS[relation])
             shots = self.rng.sample(by_relation[relation], self.rng.randint(2, 8))
-            docs.append("\n\n".join(qa(template.format(c=c.name), value(c, relation)) for c in shots))
+            answers = [self._answer(c, relation, self._is_brief(c, "listed")) for c in shots]
+            docs.append("\n\n".join(qa(template.format(c=c.name), a) for c, a in zip(shots, answers)))
         return docs
 
     def reading(self) -> list[str]:
