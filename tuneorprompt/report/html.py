@@ -109,6 +109,9 @@ def _learning_curve(curve: dict) -> str:
     if curve.get("crossover"):
         axis.axvline(curve["crossover"], color="#888", linestyle=":", label="crossover")
     axis.set_xscale("log", base=2)
+    xs = sorted({p["x"] for key in ("few_shot", "finetune") for p in curve[key]})
+    axis.set_xticks([max(x, 0.5) for x in xs], [str(x) for x in xs])  # plain counts, k=0 at 0.5
+    axis.minorticks_off()
     axis.set_xlabel(curve["x_label"])
     axis.set_ylabel("accuracy %")
     axis.legend()
