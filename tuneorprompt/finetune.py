@@ -79,6 +79,7 @@ from tuneorprompt.backends.hf import (
 )
 from tuneorprompt.config import FineTuneArm, ModelConfig
 from tuneorprompt.records import TrainingCost
+from tuneorprompt.stats import training_flops
 
 logger = logging.getLogger(__name__)
 
@@ -478,18 +479,6 @@ def _select(runs: list[_Run]) -> tuple[_Run, dict]:
     return run, record
 
 
-def _training_flops(kind: str, total_params: int, trainable_params: int, tokens: int) -> float:
-    """Kaplan et al. (2020) estimate, counting every parameter (embeddings included) and no attention term.
-
-    full: forward 2NT + backward 4NT (activation and weight gradients) = 6NT.
-    LoRA: forward 2NT + activation gradients through the frozen base 2NT + weight gradients for the
-    adapter only 2·N_trainable·T (N counts the adapter too).
-    """
-    if kind == "full":
-        return 6.0 * total_params * tokens
-    return 4.0 * total_params * tokens + 2.0 * trainable_params * tokens
-
-
 def _weights_mb(directory: Path) -> float:
     """Size of the saved weights (adapter or full model), without the tokenizer and config files."""
     weights = [path for pattern in ("*.safetensors", "*.bin") for path in directory.glob(pattern)]
@@ -536,7 +525,7 @@ def _cost(kind: str, runs: list[_Run], chosen: _Run, record: dict, dataset: Data
         peak_rss_mb=max(r["peak_rss_mb"] for r in records),
         peak_gpu_mb=max(gpu) if gpu else None,
         adapter_mb=_weights_mb(model_dir),
-        flops=_training_flops(kind, total, trainable, tokens),
+        flops=training_flops(total, tokens, trainable),
         extra={
             "learning_rate": chosen.learning_rate,
             "epoch": record["epoch"],
@@ -549,7 +538,7 @@ def _cost(kind: str, runs: list[_Run], chosen: _Run, record: dict, dataset: Data
             "tokens_per_epoch": tokens_per_epoch,
             "supervised_tokens_per_epoch": supervised_per_epoch,
             "selected_train_tokens": tokens_per_epoch * record["epoch"],
-            "selected_flops": _training_flops(kind, total, trainable, tokens_per_epoch * record["epoch"]),
+            "selected_flops": training_flops(total, tokens_per_epoch * record["epoch"], trainable),
         },
     )
 
