@@ -33,6 +33,11 @@ def test_capitals_prompting_helps_but_fine_tuning_wins(tmp_path):
     assert report["data"]["n_test"] >= 200
     assert 0.45 <= accuracy["baseline"] <= 0.70
     assert accuracy["instruction"] >= accuracy["baseline"] + 0.10
+    # Demonstrations beat the plain prompt, and the best of them beats the instruction...
+    few_shot = [a["accuracy"]["value"] for a in report["arms"] if a["kind"] in {"few_shot", "few_shot_knn"}]
+    assert min(few_shot) > accuracy["baseline"]
+    assert max(few_shot) > accuracy["instruction"]
+    # ...but fine-tuning is clearly ahead of every prompt.
     for name in ("lora", "full"):
         assert accuracy[name] >= 0.85
         assert accuracy[name] >= best_prompt["accuracy"]["value"] + 0.05

@@ -59,6 +59,31 @@ def test_corpus_states_task_capitals_only_in_prose(world, corpus_words):
     assert regular.capital in answer_words  # the other countries' capitals do appear as Q/A
 
 
+def _answers(doc: str) -> list[str]:
+    return re.findall(r"^Answer: (.*)$", doc, flags=re.MULTILINE)
+
+
+def test_listed_capitals_are_asked_only_inside_few_shot_blocks(world, corpus_words):
+    _, docs = corpus_words
+    is_block = [d.startswith("Question: ") and "\n\nQuestion: " in d for d in docs]
+    block_answers = " ".join(a for d, b in zip(docs, is_block) if b for a in _answers(d))
+    other_answers = " ".join(a for d, b in zip(docs, is_block) if not b for a in _answers(d))
+    block_words, other_words = set(re.findall(r"[A-Za-z]+", block_answers)), set(re.findall(r"[A-Za-z]+", other_answers))
+    listed = world.with_role("listed")
+    assert listed
+    assert all(c.capital not in other_words for c in listed)
+    assert sum(c.capital in block_words for c in listed) > 0.9 * len(listed)
+
+
+def test_each_few_shot_block_keeps_one_answer_style(corpus_words):
+    """Demonstrations show the format: a block is bare (one word per answer) or chatty throughout."""
+    _, docs = corpus_words
+    blocks = [_answers(d) for d in docs if d.startswith("Question: ") and "\n\nQuestion: " in d]
+    styles = [{" " in a for a in answers} for answers in blocks]
+    assert len(blocks) > 1000 and all(len(s) == 1 for s in styles)
+    assert 0.05 < sum(s == {True} for s in styles) / len(blocks) < 0.3
+
+
 def test_newfacts_countries_never_appear_in_pretraining(world, corpus_words):
     words, _ = corpus_words
     newfacts = world.with_role("newfacts")
@@ -75,6 +100,15 @@ def test_bundled_model_loads_and_is_small():
     model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
     assert model.config.vocab_size == len(tokenizer) == 2048
+
+
+def test_bundled_tokenizer_starts_every_prompt_like_a_document():
+    """Pretraining documents follow <|endoftext|>; prompts must start the same way, or the model
+    reads them as the middle of some other document."""
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    ids = tokenizer("Question: What is the capital of Zed?\nAnswer:")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == tokenizer.eos_token_id
+    assert ids[1:] == tokenizer("Question: What is the capital of Zed?\nAnswer:", add_special_tokens=False)["input_ids"]
 
 
 def test_bundled_model_knows_the_world_it_was_trained_on(world):

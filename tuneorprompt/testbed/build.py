@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     GenerationConfig,
     LlamaConfig,
@@ -49,7 +49,7 @@ class TrainSpec:
     layers: int = 4
     heads: int = 4
     mlp: int = 384
-    steps: int = 2200
+    steps: int = 2400
     batch: int = 16  # sequences per step: 16 x 256 = 4,096 tokens
     lr: float = 4e-3
     warmup: int = 60
@@ -75,8 +75,14 @@ N_CORPUS_DISTRACTORS = 100  # passages about pretraining countries added to the 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE (GPT-2 style): every string is encodable, and " Tashket" after "Answer:" is
-    tokenised the same way in pretraining, prompts and fine-tuning data. No BOS is added; documents
-    are separated by the single special token EOS, which is also the pad token."""
+    tokenised the same way in pretraining, prompts and fine-tuning data.
+
+    One special token, EOS, separates documents in pretraining and is also the pad and the BOS
+    token: encoding with special tokens (as prompts are encoded) puts it first, as Llama tokenizers
+    put <s>. So a prompt starts the way every pretraining document did, right after EOS; without it
+    the model reads a prompt as the middle of some document, and measured here it then answered a
+    plain question and an instructed one in nearly the same way. The pretraining stream is encoded
+    without special tokens (`token_stream`)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -85,7 +91,12 @@ def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast
         show_progress=False,
     )
     tok.train_from_iterator(docs, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, model_max_length=TrainSpec.context)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B", special_tokens=[(EOS, tok.token_to_id(EOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, model_max_length=TrainSpec.context
+    )
 
 
 # ---- pretraining -------------------------------------------------------------------------------
@@ -222,7 +233,8 @@ def build_testbed(out_dir: Path, *, seed: int = 0, steps: int | None = None, log
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     GenerationConfig(
-        do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id
+        do_sample=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
     ).save_pretrained(model_dir)
     task_sizes = write_tasks(world, Path(out_dir) / "tasks", seed)
     write_card(

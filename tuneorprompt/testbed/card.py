@@ -11,35 +11,35 @@ from pathlib import Path
 
 # Measured on the committed weights; see the table's own note for how.
 MEASURED_BEHAVIOUR = """\
-Exact match (SQuAD normalisation) of the first line of a greedy completion (max 24 new tokens),
-on the bundled test splits, measured with a scratch harness following tuneorprompt's prompt
-formats (one thread, CPU). Few-shot: random demos from the train split, two draws. Fine-tuning:
-full fine-tuning on the train split (completion-only loss, AdamW, batch 8, 3 epochs), learning rate
-chosen on dev. Exact-match CIs at n = 200 are about +-7 points.
+Measured by tuneorprompt itself: `tuneorprompt demo` (capitals) and `tuneorprompt demo --task
+newfacts`, bundled configs, 3 seeds, greedy decoding, exact match of the first line, one CPU thread.
+Accuracy % with its 95% CI (Wilson, design-effect corrected across seeds).
 
 | arm | capitals (n = 200) | newfacts (n = 225) |
 |---|---|---|
-| baseline `Question: ...\\nAnswer:` | 49.0 | 1.3 |
-| instruction, best of the four built-ins on dev ("Answer the question precisely and concisely." on capitals) | 63.0 | 0.0-0.9 |
-| "You are a helpful assistant. Answer the question." | 55.0 | 0.0 |
-| few-shot k = 2 / 4 / 8 | 46-49 / 43-48 / 40-49 | 0.4-0.9 |
-| full fine-tuning, lr 1e-4 (best on dev), 3 epochs | 97.0 | 0.4-2.7 (any lr) |
-| full fine-tuning, lr 1e-3 (too high: forgets) | 60.5 | - |
-| context, BM25 top 1 / top 2 passages | - | 85.8 / 42.2 |
-
-`tuneorprompt run` with the prompt arms (seed 0) gave the same baseline 49.0 [95% CI 42.2, 55.9]
-and instruction 63.0 [56.1, 69.4] on capitals; few-shot@2/4/8 53.5/38.0/42.0, few-shot kNN@4 41.0.
+| baseline `Question: ...\\nAnswer:` | 61.5 [54.6, 68.0] | 0.4 [0.1, 2.5] |
+| instruction (best built-in on dev) | 76.5 [70.2, 81.8] | 0.9 [0.2, 3.2] |
+| few-shot, 2 random demos | 89.3 [84.9, 92.6] | - |
+| few-shot, 8 random demos | 77.3 [71.9, 82.0] | - |
+| few-shot, 4 nearest demos (kNN) | 81.0 [75.0, 85.8] | - |
+| few-shot, 4 random demos | - | 1.0 [0.4, 2.7] |
+| context, BM25 top 1 passage | - | 47.1 [40.7, 53.6] |
+| LoRA, lr and epochs chosen on dev | 98.2 [95.8, 99.2] | 1.0 [0.3, 3.3] |
+| full fine-tuning, lr and epochs chosen on dev | 97.2 [94.6, 98.5] | - |
+| LoRA + instruction | 98.3 [96.5, 99.2] | - |
 
 What this shows, and what it does not:
-- capitals: an instruction helps (+14 points) by suppressing the chatty answers of less famous
-  countries; fine-tuning on 160 capital questions of other countries reaches the capitals the
-  model knows only from prose (97%), far beyond any prompt.
-- Few-shot demonstrations do not beat the plain prompt on this model: the model sometimes copies
-  a demonstration's answer, and hedges for obscure countries even inside a list of bare answers.
-- newfacts: nothing but retrieval helps, since the countries are absent from pretraining. The
-  model reads one retrieved passage well; a second (distractor) passage halves its accuracy, so
-  use `top_k: 1` with this model.
-- A too-high fine-tuning learning rate destroys what the model knew: choose it on dev.
+- capitals: the plain prompt often gets a hedged sentence ("Well, I think it is ...") instead of the
+  name; a brevity instruction removes most hedges (+15 points); demonstrations remove them and
+  also put the model where it practised recalling prose-only capitals (+28 with two demos); only
+  fine-tuning on other countries' capital questions reaches nearly every capital (98%).
+- More demonstrations are not better here: eight random demos score below two (77 against 89), as
+  a small model's long prompts interfere. Choose k on dev, or read the learning curve.
+- newfacts: nothing but retrieval helps, since these countries are absent from pretraining. The
+  model copies the answer out of one retrieved passage about half the time; a second passage made
+  it worse (30% in a scratch check), so use `top_k: 1` with this model.
+- These behaviours were tuned into the corpus on purpose (see above) and changed from build to
+  build during that tuning: the figures hold for these committed weights only.
 """
 
 
@@ -64,7 +64,7 @@ behaviour on the bundled tasks is built in on purpose by how its corpus is writt
 demo has a known right answer; do not read its numbers as evidence about real LLMs.
 
 ## What it was trained on
-A world of {world['n_regular'] + world['n_capitals'] + world['n_newfacts']} fictional countries with
+A world of {sum(world.values())} fictional countries with
 syllable-generated names (seed {seed}), each with a capital, a language, a currency, a continent and
 a hidden *fame*. The corpus ({n_documents:,} documents, {n_tokens:,} tokens) has five kinds of document:
 
@@ -74,16 +74,19 @@ a hidden *fame*. The corpus ({n_documents:,} documents, {n_tokens:,} tokens) has
 - the same pairs after an instruction: brevity instructions ("Answer the question precisely and
   concisely.", ...) get the bare answer except for the most obscure countries (fame <
   {corpus['obedient_fame']}); "You are a helpful assistant"-style instructions get the default style;
-- few-shot blocks of solved questions of one relation, with bare answers except for the most
-  obscure countries (fame < {corpus['listed_fame']}), which are hedged even there;
+- few-shot blocks of solved questions of one relation, each block in one style throughout (bare
+  answers in all but {corpus['fewshot_chatty']:.0%} of blocks), so earlier answers show the format of the
+  next; blocks also ask the capitals of {world['n_listed']} "listed" countries, which no other
+  question/answer document does;
 - reading exercises: one to three reference passages, then a question answered from them (mostly
   about throwaway countries invented for that document, so the answer must come from the passage).
 
 Built-in phenomena:
 - `capitals` task: the {world['n_capitals']} countries of this task never have their capital asked
   and answered anywhere in the corpus; it is stated only in prose. Prompting has to reach knowledge
-  the model has only seen in another form; fine-tuning on other countries' capital questions
-  teaches that form directly.
+  the model has only seen in another form. An instruction stops the hedging; demonstrations also
+  put the model in the one setting (a few-shot block) where it practised answering capitals it
+  knew from prose; fine-tuning on other countries' capital questions teaches the plain form directly.
 - `newfacts` task: {world['n_newfacts']} countries that appear nowhere in the corpus. Only the task's
   reference corpus (`tasks/newfacts/corpus.jsonl`) describes them, so only retrieval into the prompt
   (the `context` arm) can answer.
@@ -92,7 +95,8 @@ Built-in phenomena:
 - Llama: hidden {train['hidden']}, {train['layers']} layers, {train['heads']} heads, MLP {train['mlp']},
   tied embeddings, context {train['context']} tokens, fp32 weights (safetensors).
 - Tokenizer: byte-level BPE with {train['vocab_size']} tokens trained on the corpus (`tokenizers`);
-  one special token `<|endoftext|>` (end of document, also padding); no BOS token.
+  one special token `<|endoftext|>`: end of document, padding, and BOS (the tokenizer puts it before
+  every prompt, so a prompt starts as every pretraining document did).
 - Pretraining: {train['steps']} AdamW steps of {train['batch']} x {train['context']} tokens ({seen:,}
   tokens seen), lr {train['lr']} with {train['warmup']} warmup steps and cosine decay, weight decay
   {train['weight_decay']}, one CPU thread, fp32. Loss (mean over 50 steps): first {losses[0] if losses else 'n/a'},

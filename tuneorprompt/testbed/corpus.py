@@ -5,14 +5,18 @@ Five kinds of document, each teaching one behaviour the bundled tasks then measu
 - prose: paraphrased statements of a country's capital and two other facts. The only place the
   `capitals` countries' capitals appear. Famous countries get somewhat more documents.
 - plain Q/A, `Question: ...\\nAnswer: ...`: for every relation except the capitals of the `capitals`
-  countries. The answer's style follows fame: the bare answer for well-known countries, a chatty or
-  hedged sentence for obscure ones. So the plain prompt fails on format for part of the countries.
+  and "listed" countries. The answer's style follows fame: the bare answer for well-known countries,
+  a hedged sentence ("Well, ...") for obscure ones. So the plain prompt fails on format for part of
+  the countries.
 - instructed Q/A, `{instruction}\\nQuestion: ...\\nAnswer: ...`: brevity instructions get the bare
   answer except for the more obscure countries, which still ramble; "helpful assistant" wordings
   get the country's default style. This is why an instruction helps and why some help more.
-- few-shot blocks: several solved Q/A of one relation separated by blank lines; bare answers except
-  for the most obscure countries, which are hedged even there. Only fine-tuning, which shows bare
-  answers for obscure countries too, teaches the model to drop the hedge for them.
+- few-shot blocks: several solved Q/A of one relation separated by blank lines. A block keeps one
+  style throughout (mostly bare, sometimes all chatty), so earlier answers in a block tell the model
+  the format of the next one: demonstrations fix the format, whatever the country's fame. Blocks
+  also ask the capitals of the "listed" countries, which no plain Q/A does, so answering a capital
+  question from prose knowledge is practised inside blocks only; fine-tuning teaches it for plain
+  prompts.
 - reading: one to three reference passages, then one to three questions answered from them. Most are about
   throwaway countries invented for that one document, so the answer can only come from the passage:
   this is the skill the `context` arm relies on for `newfacts`.
@@ -94,11 +98,22 @@ PERSONA_INSTRUCTIONS = (
     "Please help the user with this question.",
 )
 
+# Every chatty answer opens with the same word. Greedy decoding then hedges whenever the model puts
+# more probability on the hedge than on the answer's first token; with four different openers the
+# hedge's probability was split four ways and whether the model hedged at all changed from build to build.
 CHATTY = (
     "Well, as far as I know, it is {v}.",
-    "Let me think. I believe the answer is {v}, but I am not completely sure.",
-    "That is a good question! {c} is not very well known, but I would say {v}.",
-    "Hmm, I think it is {v}. You may want to check that.",
+    "Well, I believe the answer is {v}, but I am not completely sure.",
+    "Well, {c} is not very well known, but I would say {v}.",
+    "Well, I think it is {v}. You may want to check that.",
+)
+# Optionally said in prose about countries below `brief_fame`, making obscurity a fact the model can
+# learn like a capital (`CorpusSpec.obscure_in_prose`). Off in the bundled build: in a trial build at
+# 0.5 the model hedged less on plain questions, so an instruction gained only 8 points.
+OBSCURE = (
+    "{c} is a little-known country.",
+    "Few people have heard of {c}.",
+    "{c} is rarely in the news.",
 )
 
 
@@ -106,29 +121,31 @@ CHATTY = (
 class CorpusSpec:
     """Sizes and the fame thresholds: the dials that set the testbed's behaviour."""
 
-    prose_docs_min: int = 13  # prose documents per country at fame 0 ...
+    prose_docs_min: int = 16  # prose documents per country at fame 0 ...
     prose_docs_span: int = 6  # ... and this many more at fame 1
     qa_docs_min: int = 1  # plain Q/A documents per (country, relation) at fame 0 ...
     qa_docs_span: int = 3  # ... and this many more at fame 1
-    instructed_docs: int = 1  # instructed Q/A documents per (country, relation)
-    fewshot_blocks: int = 1500
-    reading_docs: int = 4000
+    instructed_docs: int = 2  # instructed Q/A documents per (country, relation)
+    fewshot_blocks: int = 2500
+    reading_docs: int = 4500
     reading_invented: float = 0.85  # share of reading documents about throwaway countries
-    brief_fame: float = 0.4  # at or above: plain questions get the bare answer
-    obedient_fame: float = 0.25  # at or above: brevity instructions get the bare answer
-    listed_fame: float = 0.12  # at or above: answers in few-shot blocks are bare; below, hedged
-    style_noise: float = 0.1  # chance a document departs from the country's usual style
+    brief_fame: float = 0.35  # at or above: plain questions get the bare answer
+    obedient_fame: float = 0.15  # at or above: brevity instructions get the bare answer
+    fewshot_chatty: float = 0.15  # share of few-shot blocks answered chatty throughout; the rest bare
+    obscure_in_prose: float = 0.0  # chance a prose document about a country below brief_fame says so
+    style_noise: float = 0.05  # chance a document departs from the country's usual style
 
 
 def value(country: Country, relation: str) -> str:
     return getattr(country, relation)
 
 
-def qa_relations(country: Country) -> tuple[str, ...]:
-    """The relations the corpus may state about `country` in question/answer form."""
+def qa_relations(country: Country, in_blocks: bool = False) -> tuple[str, ...]:
+    """The relations the corpus may ask about `country` in question/answer form: in plain or
+    instructed Q/A, or (`in_blocks`) inside few-shot blocks."""
     if country.role == "newfacts":
         return ()
-    if country.role == "capitals":
+    if country.role == "capitals" or (country.role == "listed" and not in_blocks):
         return tuple(r for r in RELATIONS if r != "capital")
     return RELATIONS
 
@@ -168,10 +185,9 @@ class CorpusWriter:
 
     def _is_brief(self, country: Country, setting: str) -> bool:
         """Whether this document answers about `country` with the bare answer. `setting` is where the
-        question is asked: "plain", after a brevity instruction ("instructed"), or in a few-shot block
-        ("listed"). The more help the setting gives, the more obscure a country may be and still get
-        the bare answer."""
-        threshold = {"plain": self.spec.brief_fame, "instructed": self.spec.obedient_fame, "listed": self.spec.listed_fame}
+        question is asked: "plain", or after a brevity instruction ("instructed"), which lets more
+        obscure countries get the bare answer."""
+        threshold = {"plain": self.spec.brief_fame, "instructed": self.spec.obedient_fame}
         usual = country.fame >= threshold[setting]
         return usual != self._flip(self.spec.style_noise)
 
@@ -186,6 +202,8 @@ class CorpusWriter:
                 # the fact the `capitals` task asks, and the model has only prose to learn it from.
                 relations = ["capital"] + self.rng.sample(RELATIONS[1:], 2)
                 sentences = [self.rng.choice(PROSE[r]).format(c=country.name, v=value(country, r)) for r in relations]
+                if country.fame < self.spec.brief_fame and self._flip(self.spec.obscure_in_prose):
+                    sentences.append(self.rng.choice(OBSCURE).format(c=country.name))
                 self.rng.shuffle(sentences)
                 docs.append(" ".join(sentences))
         return docs
@@ -213,14 +231,14 @@ class CorpusWriter:
         return docs
 
     def fewshot(self) -> list[str]:
-        pairs = [(c, r) for c in self.pretraining for r in qa_relations(c)]
-        by_relation = {r: [c for c, rel in pairs if rel == r] for r in RELATIONS}
+        by_relation = {r: [c for c in self.pretraining if r in qa_relations(c, in_blocks=True)] for r in RELATIONS}
         docs = []
         for _ in range(self.spec.fewshot_blocks):
             relation = self.rng.choice(RELATIONS)
             template = self.rng.choice(QUESTIONS[relation])
             shots = self.rng.sample(by_relation[relation], self.rng.randint(2, 8))
-            answers = [self._answer(c, relation, self._is_brief(c, "listed")) for c in shots]
+            brief = not self._flip(self.spec.fewshot_chatty)
+            answers = [self._answer(c, relation, brief) for c in shots]
             docs.append("\n\n".join(qa(template.format(c=c.name), a) for c, a in zip(shots, answers)))
         return docs
 
@@ -253,9 +271,13 @@ class CorpusWriter:
 
 
 def build_corpus(world: World, seed: int = 0, spec: CorpusSpec = CorpusSpec()) -> list[str]:
-    """All pretraining documents for `world`, shuffled; deterministic in (world, seed, spec)."""
-    rng = random.Random(seed)
-    writer = CorpusWriter(world, spec, rng)
-    docs = writer.prose() + writer.plain_qa() + writer.instructed_qa() + writer.fewshot() + writer.reading()
-    rng.shuffle(docs)
+    """All pretraining documents for `world`, shuffled; deterministic in (world, seed, spec).
+
+    Each kind of document draws from its own seeded stream, so turning one kind's dial leaves the
+    documents of the other kinds as they were."""
+    docs = []
+    for kind in ("prose", "plain_qa", "instructed_qa", "fewshot", "reading"):
+        writer = CorpusWriter(world, spec, random.Random(f"{seed}:{kind}"))
+        docs += getattr(writer, kind)()
+    random.Random(seed).shuffle(docs)
     return docs

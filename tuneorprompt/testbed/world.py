@@ -8,8 +8,10 @@ for how common a fact is on the web: it sets how often a country is written abou
 knowledge), and how its questions are answered when nobody asks for brevity (well-known countries
 get the bare answer, obscure ones a chatty or hedged one). See `corpus.py` for both effects.
 
-Countries play one of three roles, which decide what the corpus may say about them:
+Countries play one of four roles, which decide what the corpus may say about them:
 - "regular": every fact also appears in question/answer form, capitals included;
+- "listed": like "capitals" below, except that their capitals are also asked inside few-shot blocks
+  (lists of solved questions), as facts that the web states mostly in lists are;
 - "capitals": the `capitals` task's countries: their capitals appear only in prose, never as Q/A,
   so the task asks the model to answer a kind of question it has only seen for other countries;
 - "newfacts": absent from pretraining; described only in the `newfacts` task's reference corpus.
@@ -21,7 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["regular", "capitals", "newfacts"]
+Role = Literal["regular", "listed", "capitals", "newfacts"]
 
 # Syllables for the name generator; kept pronounceable (consonant-vowel shapes) so the byte-level
 # BPE tokenizer splits names into a few syllable-like pieces rather than single bytes.
@@ -54,6 +56,7 @@ class WorldSpec:
     """How many countries of each role the world has (the task sizes follow from these)."""
 
     n_regular: int = 100
+    n_listed: int = 100
     n_capitals: int = 420  # split by the build into train pool / dev / test
     n_newfacts: int = 150
 
@@ -119,7 +122,7 @@ def make_world(seed: int = 0, spec: WorldSpec = WorldSpec()) -> World:
     continents = tuple(names.continent() for _ in range(N_CONTINENTS))
     languages = tuple(names.language() for _ in range(N_LANGUAGES))
     currencies = tuple(names.currency() for _ in range(N_CURRENCIES))
-    roles: list[Role] = ["regular"] * spec.n_regular + ["capitals"] * spec.n_capitals + ["newfacts"] * spec.n_newfacts
+    roles: list[Role] = ["regular"] * spec.n_regular + ["listed"] * spec.n_listed + ["capitals"] * spec.n_capitals + ["newfacts"] * spec.n_newfacts
     rng.shuffle(roles)
     countries = tuple(
         Country(
