@@ -63,9 +63,13 @@ def _answers(doc: str) -> list[str]:
     return re.findall(r"^Answer: (.*)$", doc, flags=re.MULTILINE)
 
 
+def _is_few_shot_block(doc: str) -> bool:
+    return doc.startswith("Question: ") and "\n\nQuestion: " in doc
+
+
 def test_listed_capitals_are_asked_only_inside_few_shot_blocks(world, corpus_words):
     _, docs = corpus_words
-    is_block = [d.startswith("Question: ") and "\n\nQuestion: " in d for d in docs]
+    is_block = [_is_few_shot_block(d) for d in docs]
     block_answers = " ".join(a for d, b in zip(docs, is_block) if b for a in _answers(d))
     other_answers = " ".join(a for d, b in zip(docs, is_block) if not b for a in _answers(d))
     block_words, other_words = set(re.findall(r"[A-Za-z]+", block_answers)), set(re.findall(r"[A-Za-z]+", other_answers))
@@ -78,7 +82,7 @@ def test_listed_capitals_are_asked_only_inside_few_shot_blocks(world, corpus_wor
 def test_each_few_shot_block_keeps_one_answer_style(corpus_words):
     """Demonstrations show the format: a block is bare (one word per answer) or chatty throughout."""
     _, docs = corpus_words
-    blocks = [_answers(d) for d in docs if d.startswith("Question: ") and "\n\nQuestion: " in d]
+    blocks = [_answers(d) for d in docs if _is_few_shot_block(d)]
     styles = [{" " in a for a in answers} for answers in blocks]
     assert len(blocks) > 1000 and all(len(s) == 1 for s in styles)
     assert 0.05 < sum(s == {True} for s in styles) / len(blocks) < 0.3
@@ -130,7 +134,7 @@ def test_bundled_model_knows_the_world_it_was_trained_on(world):
 def test_task_files_are_valid_and_disjoint():
     for task, splits in TASK_FILES.items():
         rows = {s: _read_jsonl(TASKS_DIR / task / f"{s}.jsonl") for s in splits}
-        for split, items in rows.items():
+        for items in rows.values():
             for item in items:
                 assert set(item) == {"id", "input", "target"}
                 assert all(isinstance(item[k], str) and item[k] for k in item)
