@@ -7,6 +7,9 @@ loop; one unpadded forward pass for log-likelihoods) and the backend must agree 
 
 from __future__ import annotations
 
+import json
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -302,6 +305,20 @@ def test_context_length_and_too_long_prompt(tiny_gpt2_dir):
 # ---- identity and loading ------------------------------------------------------------------------------
 
 
+def test_fingerprint_follows_how_the_model_is_served(tiny_gpt2_dir, tmp_path):
+    # The generation cache is keyed by it: a float32 answer must never be served to a bfloat16 run,
+    # nor a plain prompt's answer to a chat-templated one.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with_template = tmp_path / "with-template"
+    shutil.copytree(tiny_gpt2_dir, with_template)
+    tokenizer.save_pretrained(with_template)
+    plain = load(with_template).fingerprint
+    assert load(with_template, dtype="bfloat16").fingerprint != plain
+    assert load(with_template, chat_template=True).fingerprint != plain
+    assert load(with_template).fingerprint == plain
+
+
 def test_fingerprint_follows_the_weights(tiny_gpt2_dir, tmp_path):
     assert load(tiny_gpt2_dir).fingerprint == load(tiny_gpt2_dir).fingerprint
     copied = shutil.copytree(tiny_gpt2_dir, tmp_path / "copy")
@@ -320,7 +337,7 @@ def test_hub_id_resolves_from_the_local_cache(tiny_gpt2_dir, tmp_path, monkeypat
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
 
     backend = load_hf_backend(ModelConfig(path="local/tiny-gpt2", device="cpu"))
-    assert backend.fingerprint == fingerprint_model(str(tiny_gpt2_dir), None)
+    assert backend.fingerprint == load(tiny_gpt2_dir).fingerprint  # the same files, served the same way
 
 
 def test_load_errors_name_the_path_and_what_was_tried(tmp_path, monkeypatch):
@@ -357,3 +374,101 @@ def test_adapter_changes_outputs_and_fingerprint(tiny_llama_dir, tmp_path):
     assert completion.text == adapted.tokenizer.decode(expected, skip_special_tokens=True)
     with pytest.raises(ModelLoadError, match="no adapter_config.json"):
         load_hf_backend(ModelConfig(path=str(tiny_llama_dir), device="cpu"), adapter=tmp_path / "missing")
+
+
+# ---- weights and code that can run on load ---------------------------------------------------------------
+
+REQUEST = [("Question: What is the capital of France?\nAnswer:", " Paris")]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def pickle_only_copy(model_dir: Path, directory: Path) -> Path:
+    """The model with its weights in a pickle pytorch_model.bin instead of model.safetensors, as older
+    checkpoints ship (transformers 5 saves safetensors even with safe_serialization=False)."""
+    shutil.copytree(model_dir, directory)
+    torch.save(AutoModelForCausalLM.from_pretrained(model_dir).state_dict(), directory / "pytorch_model.bin")
+    (directory / "model.safetensors").unlink()
+    return directory
+
+
+class _OpensAFile:
+    """Unpickled, this calls open(path, "w"): a harmless stand-in for any code a pickle can run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_pickle_weights_load_only_when_allowed(tiny_gpt2_dir, tmp_path):
+    pickled = pickle_only_copy(tiny_gpt2_dir, tmp_path / "pickled")
+    with pytest.raises(ModelLoadError) as refused:
+        load(pickled)
+    assert str(refused.value) == (
+        f"model '{pickled}': {pickled} holds only pickle weights (pytorch_model.bin), and loading pickle can run "
+        "code; set model.allow_pickle: true if you trust these files, or convert them to safetensors"
+    )
+    allowed = load(pickled, allow_pickle=True)
+    assert allowed.loglikelihood(REQUEST) == pytest.approx(load(tiny_gpt2_dir).loglikelihood(REQUEST), abs=1e-5)
+
+
+def test_pickle_only_hub_model_in_the_cache_is_refused_unless_allowed(tiny_gpt2_dir, tmp_path, monkeypatch):
+    snapshot = tmp_path / "hub" / "models--local--tiny-pickled" / "snapshots" / COMMIT
+    pickle_only_copy(tiny_gpt2_dir, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelLoadError, match=re.escape(f"{snapshot} holds only pickle weights (pytorch_model.bin)")):
+        load_hf_backend(ModelConfig(path="local/tiny-pickled", device="cpu"))
+    assert load_hf_backend(ModelConfig(path="local/tiny-pickled", device="cpu", allow_pickle=True)).fingerprint
+
+
+@pytest.mark.parametrize("write", ["torch.save", "bare pickle", "corrupt"])
+def test_pickle_that_would_run_code_is_refused_before_it_runs(tiny_gpt2_dir, tmp_path, write):
+    model_dir = pickle_only_copy(tiny_gpt2_dir, tmp_path / "model")
+    weights, marker = model_dir / "pytorch_model.bin", tmp_path / "code-ran"
+    payload = {"transformer.wte.weight": _OpensAFile(marker)}
+    if write == "torch.save":  # the zip format of current checkpoints
+        torch.save(payload, weights)
+    elif write == "bare pickle":  # a plain pickle stream (protocol 2, which torch's loader parses up to the call)
+        weights.write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        weights.write_bytes(b"truncated download")
+    with pytest.raises(ModelLoadError, match=r"pickle weights \(\*\.bin\) in the local directory .* are corrupt"):
+        load(model_dir, allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_corrupt_safetensors_is_a_load_error(tiny_gpt2_dir, tmp_path):
+    model_dir = shutil.copytree(tiny_gpt2_dir, tmp_path / "model")
+    (model_dir / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelLoadError, match=r"cannot load model .*tried the local directory .*deserializing header"):
+        load(model_dir)
+
+
+def with_own_code(model_dir: Path, directory: Path, marker: Path) -> Path:
+    """The model plus a modelling file of its own, mapped in config.json as hub repos with custom
+    architectures do; importing that file creates `marker`."""
+    shutil.copytree(model_dir, directory)
+    (directory / "custom_gpt2.py").write_text(
+        "from pathlib import Path\n"
+        "from transformers import GPT2LMHeadModel\n"
+        f"Path({str(marker)!r}).touch()\n"
+        "class CustomGPT2(GPT2LMHeadModel):\n"
+        "    pass\n"
+    )
+    config = json.loads((directory / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "custom_gpt2.CustomGPT2"}
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_model_code_runs_only_with_trust_remote_code(tiny_gpt2_dir, tmp_path):
+    marker = tmp_path / "code-ran"
+    model_dir = with_own_code(tiny_gpt2_dir, tmp_path / "custom", marker)
+    # A known architecture falls back to transformers' own class; the repository's file is not imported.
+    assert type(load(model_dir, revision=COMMIT).model).__name__ == "GPT2LMHeadModel"
+    assert not marker.exists()
+    assert type(load(model_dir, revision=COMMIT, trust_remote_code=True).model).__name__ == "CustomGPT2"
+    assert marker.exists()

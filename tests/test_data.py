@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow
+import pyarrow.parquet
 import pytest
 
 from tuneorprompt.config import DataConfig
@@ -206,6 +208,44 @@ def test_csv_errors_name_header_based_lines_and_columns(tmp_path):
     assert f"{csv_test}:4: field 'target' item 1 must be a string" in message
     assert f"{csv_test}:5: field 'target' looks like a list but is not valid JSON" in message
     assert f"{bad_columns}: no column 'input' (columns: id, question, target)" in message
+
+
+def test_csv_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    config = three_files(tmp_path)
+    bom_test = tmp_path / "test.csv"
+    bom_test.write_bytes(b"\xef\xbb\xbfid,input,target\nq1,Capital of Chile?,Santiago\n")
+    splits, _ = load_splits(config.model_copy(update={"test": bom_test}))
+    assert splits.test[0].id == "q1"
+
+
+def test_non_utf8_csv_is_named_by_line_not_a_crash(tmp_path):
+    # A Latin-1 spreadsheet export: the bad byte lies far past the csv reader's first read-ahead chunk.
+    config = three_files(tmp_path)
+    lines = [b"\xef\xbb\xbfid,input,target"] + [f"q{i},Capital of place {i}?,City {i}".encode() for i in range(2, 3000)]
+    lines[1499] = b"q1500,Capital of S\xe3o Tom\xe9?,S\xe3o Tom\xe9"
+    latin1 = tmp_path / "test.csv"
+    latin1.write_bytes(b"\n".join(lines) + b"\n")
+    message = error_of(config.model_copy(update={"test": latin1}))
+    byte = lines[1499].index(b"\xe3")
+    assert f"{latin1}:1500: not UTF-8 text (invalid continuation byte at byte {byte})" in message
+
+
+def test_non_utf8_parquet_string_is_named_by_row_and_column(tmp_path):
+    config = three_files(tmp_path)
+    inputs = pyarrow.array([b"Capital of Chile?", b"Capital of S\xe3o Tom\xe9?"], type=pyarrow.binary())
+    table = pyarrow.table({"id": ["q1", "q2"], "input": inputs.view(pyarrow.string()), "target": ["Santiago", "x"]})
+    parquet = tmp_path / "test.parquet"
+    pyarrow.parquet.write_table(table, parquet)  # pyarrow writes the bytes unchecked, as other writers may
+    message = error_of(config.model_copy(update={"test": parquet}))
+    assert f"{parquet} row 2, column 'input': not UTF-8 text (invalid continuation byte)" in message
+
+
+def test_json_nested_too_deep_or_with_huge_numbers_is_named_by_line(tmp_path):
+    config = three_files(tmp_path)
+    config.dev.write_text(config.dev.read_text() + '{"id": ' + "9" * 5000 + "}\n" + '{"id": ' + "[" * 100_000 + "\n")
+    message = error_of(config)
+    assert f"{config.dev}:3: unreadable JSON (Exceeds the limit (4300 digits)" in message
+    assert f"{config.dev}:4: unreadable JSON (maximum recursion depth exceeded" in message
 
 
 def test_explicit_id_column_must_exist(tmp_path):

@@ -42,7 +42,9 @@ def test_run_writes_the_run_directory_and_report(tmp_path, tiny_gpt2_dir):
     for name in ("config.yaml", "environment.json", "store.sqlite", "report.json", "report.html"):
         assert (run / name).exists(), name
     report = json.loads((run / "report.json").read_text())
-    assert [a["name"] for a in report["arms"]] == ["baseline", "instruction", "few_shot@1", "few_shot_knn@2"]
+    # Cheapest first, by the cost estimated before the run (the order the ladder and the recommendation use).
+    assert [a["name"] for a in report["arms"]] == [e["name"] for e in report["cost_order"]]
+    assert sorted(a["name"] for a in report["arms"]) == ["baseline", "few_shot@1", "few_shot_knn@2", "instruction"]
     assert all(a["accuracy"]["n"] == 3 and a["prompt_tokens"] > 0 for a in report["arms"])
     # Demos lengthen prompts: the cost columns must show it.
     arms = {a["name"]: a for a in report["arms"]}
@@ -67,6 +69,6 @@ def test_unchanged_rerun_generates_nothing_and_a_changed_model_misses(tmp_path, 
     import sqlite3
 
     with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:
-        db.execute("DELETE FROM arms")  # force every arm to ask again in the same store
+        db.execute("DELETE FROM arm_results")  # force every arm to ask again in the same store
     third = run_experiment(other_config, tmp_path / "run")
     assert third.cache_hits == 0 and third.cache_misses > 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.fakes import ScriptedBackend
@@ -105,7 +107,7 @@ def test_rerun_hits_the_cache_for_every_generation_and_a_new_model_misses(tmp_pa
     import sqlite3
 
     with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:
-        db.execute("DELETE FROM arms")
+        db.execute("DELETE FROM arm_results")
     again = ScriptedBackend(answer_by_instruction)
     second = run_experiment(config(tmp_path), tmp_path / "run", backend=again)
     assert second.cache_misses == 0 and second.cache_hits > 0 and again.prompts_seen == []
@@ -160,3 +162,134 @@ def test_cli_init_writes_a_config_check_data_accepts(tmp_path):
     target = tmp_path / "experiment.yaml"
     assert run_cli("init", str(target)).exit_code == 0
     assert run_cli("init", str(target)).exit_code == 2  # no silent overwrite
+
+
+# ---- one cost order ------------------------------------------------------------------------------
+
+
+def test_ladder_runs_cheapest_first_by_estimate_and_stops_at_the_recommended_arm(tmp_path):
+    # Right whenever the prompt carries a demonstration: both few-shot arms meet the target, the
+    # baseline does not. few_shot_knn@1 has the shorter prompts, so it is cheaper than few_shot@8
+    # although it is listed (and was once laddered) after it.
+    with_demos = ScriptedBackend(lambda p: (" Place " + p.rsplit("item ", 1)[1].split("?")[0]) if "\n\n" in p else " ?")
+    arms = ["baseline", {"kind": "few_shot", "k": [8]}, {"kind": "few_shot_knn", "k": [1]}]
+    ladder = run_experiment(config(tmp_path, arms=arms, strategy="ladder"), tmp_path / "ladder", backend=with_demos)
+    report = ladder.report
+    assert [e["name"] for e in report["cost_order"]] == ["baseline", "few_shot_knn@1", "few_shot@8"]
+    assert [a["name"] for a in report["arms"]] == ["baseline", "few_shot_knn@1"]
+    assert report["stopped_early_at"] == report["recommendation"]["arm"] == "few_shot_knn@1"
+
+    full = run_experiment(config(tmp_path, arms=arms), tmp_path / "full", backend=with_demos).report
+    assert full["recommendation"]["arm"] == "few_shot_knn@1"
+    assert list(full["recommendation"]["order"]) == ["baseline", "few_shot_knn@1", "few_shot@8"]
+
+
+# ---- run lifecycle -------------------------------------------------------------------------------
+
+
+def run_statuses(run_dir: Path) -> list[tuple[str, str | None]]:
+    from tuneorprompt.store import Store
+
+    store = Store(run_dir / "store.sqlite")
+    try:
+        return [(row.status, row.error) for row in store.runs()]
+    finally:
+        store.close()
+
+
+def test_each_run_records_how_it_ended_and_a_reuse_says_so(tmp_path):
+    def broken(prompt: str) -> str:
+        if "item te" in prompt:
+            raise RuntimeError("the server went away")
+        return " no idea"
+
+    with pytest.raises(RuntimeError):
+        run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(broken))
+
+    def interrupted(prompt: str) -> str:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(interrupted))
+
+    console = Console(record=True, width=200)
+    run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction), console=console)
+    shown = console.export_text()
+    assert "the previous run" in shown and "interrupted" in shown
+    statuses = run_statuses(tmp_path / "run")
+    assert [s for s, _ in statuses] == ["failed", "interrupted", "finished"]
+    assert "RuntimeError: the server went away" in statuses[0][1]
+
+
+def test_a_second_run_into_a_directory_in_use_fails_at_once(tmp_path):
+    from tuneorprompt.rundir import RunDirError, RunLock
+
+    (tmp_path / "run").mkdir()
+    backend = ScriptedBackend(answer_by_instruction)
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunDirError, match=f"in use by pid {os.getpid()}"):
+            run_experiment(config(tmp_path), tmp_path / "run", backend=backend)
+    assert backend.prompts_seen == []  # refused before anything ran
+
+
+# ---- checked before anything is written ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"arms": [{"kind": "few_shot", "k": [31]}]}, "k=31 but the training pool has only 30"),
+        ({"arms": ["context"]}, "needs data.corpus"),
+        ({"prompt": {"template": "Question: {{ inptu }}"}}, "inptu"),
+        ({"prompt": {"template": "{% if %}"}}, "prompt.template: template syntax error"),
+        ({"prompt": {"instructions": [], "builtin_instructions": False}}, "nothing to try"),
+    ],
+)
+def test_a_run_that_cannot_work_fails_before_its_directory_exists(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        run_experiment(config(tmp_path, **change), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    assert not (tmp_path / "run").exists()
+
+
+def test_prompts_that_cannot_fit_the_context_are_named_before_the_run(tmp_path):
+    raw = config(tmp_path)
+    test_file = Path(raw["data"]["test"])
+    rows = test_file.read_text().splitlines()
+    long_row = json.loads(rows[4]) | {"input": "Where is item te4? " + "very " * 50}
+    test_file.write_text("\n".join(rows[:4] + [json.dumps(long_row)] + rows[5:]) + "\n")
+    short_context = ScriptedBackend(answer_by_instruction, context_length=40)
+    with pytest.raises(ValueError, match=r"arm baseline: 1 prompts do not fit .* 'te4' \(.*test.jsonl:5\)"):
+        run_experiment(raw, tmp_path / "run", backend=short_context)
+    assert not (tmp_path / "run").exists() and short_context.prompts_seen == []
+
+
+# ---- clear errors on what a run reads back ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["not a database", "truncated"])
+def test_a_damaged_store_is_one_clear_error_naming_it(tmp_path, damage):
+    store = tmp_path / "run" / "store.sqlite"
+    if damage == "truncated":
+        run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+        data = store.read_bytes()
+        store.write_bytes(data[: len(data) // 3])
+        for journal in store.parent.glob("store.sqlite-*"):  # the write-ahead log would repair nothing
+            journal.unlink()
+    else:
+        store.parent.mkdir()
+        store.write_text("these are my notes, not a database\n")
+    with pytest.raises(ValueError, match=r"store\.sqlite: not a readable tuneorprompt store"):
+        run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+
+
+def test_a_user_metric_that_raises_names_the_example(tmp_path, monkeypatch):
+    (tmp_path / "my_metric.py").write_text(
+        "def score(answer, targets):\n"
+        "    if answer == 'no idea':\n"
+        "        raise KeyError('unexpected answer')\n"
+        "    return answer in targets\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = config(tmp_path, metric={"accuracy": "my_metric:score"}, arms=["baseline"])
+    with pytest.raises(ValueError, match=r"example 'te1' \(.*test.jsonl:2\).*my_metric:score.*KeyError"):
+        run_experiment(raw, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))

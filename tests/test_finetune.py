@@ -198,7 +198,9 @@ def test_overfit_reproduces_the_examples_and_stops_at_eos(kind, family, batch_si
 
     assert tuned.backend.fingerprint != fingerprint_model(base.path, None)
     assert not any(tuned.model_dir.glob("*.pt")) and not (tuned.model_dir / "training_args.bin").exists()
-    assert sorted(p.name for p in tuned.model_dir.parent.iterdir()) == ["job.json", "model", "result.json"]
+    assert sorted(p.name for p in tuned.model_dir.parent.iterdir()) == ["model", "result.json"]
+    # Finished runs keep their state and best epoch (another grid may select it), not their checkpoints.
+    assert not list(tuned.model_dir.parents[1].glob("lr-*/checkpoint-*"))
 
     cost = tuned.cost
     assert cost.train_tokens == cost.extra["tokens_per_epoch"] * epochs
@@ -298,7 +300,7 @@ def test_kill_9_then_rerun_resumes_and_ends_as_an_uninterrupted_run(tiny_gpt2_di
         child.kill()
         child.wait()
     run_dir = out / "lr-0.001"
-    assert (run_dir / "checkpoint-2").is_dir() and not (out / "result.json").exists()
+    assert (run_dir / "checkpoint-2").is_dir() and not list(out.glob("grid-*/result.json"))
     # As if the kill had also hit Trainer in the middle of writing the next checkpoint.
     (run_dir / "checkpoint-4").mkdir()
     (run_dir / "checkpoint-4" / "optimizer.pt").write_bytes(b"half written")
@@ -319,3 +321,62 @@ def test_kill_9_then_rerun_resumes_and_ends_as_an_uninterrupted_run(tiny_gpt2_di
     assert resumed.cost.train_tokens == reference.cost.train_tokens
     for (name, a), (_, b) in zip(resumed.backend.model.named_parameters(), reference.backend.model.named_parameters()):
         assert torch.equal(a, b), name
+
+
+# ---- keys: what a finished job is re-used for ------------------------------------------------------------
+
+
+def test_a_wider_grid_trains_only_its_new_learning_rates(tiny_gpt2_dir, tmp_path):
+    scored = []
+
+    def counting(backend) -> float:
+        scored.append(backend.fingerprint)
+        return exact_match(capitals())(backend)
+
+    narrow = FineTuneArm(kind="full", learning_rates=[1e-3], epochs=2, batch_size=2)
+    first = finetune(cpu(tiny_gpt2_dir), narrow, capitals(), counting, tmp_path / "run", seed=0)
+    assert len(scored) == 2
+    wide = narrow.model_copy(update={"learning_rates": [1e-3, 3e-3]})
+    second = finetune(cpu(tiny_gpt2_dir), wide, capitals(), counting, tmp_path / "run", seed=0)
+    assert len(scored) == 4  # two epochs of 3e-3 only: 1e-3 came back from its committed state
+    assert second.cost.extra["dev_scores"]["0.001"] == first.cost.extra["dev_scores"]["0.001"]
+    assert second.cost.extra["learning_rates"] == [1e-3, 3e-3]
+    assert first.model_dir != second.model_dir and first.model_dir.is_dir()  # each grid keeps its selection
+
+
+def test_a_changed_dev_scoring_is_another_job(tiny_gpt2_dir, tmp_path):
+    arm = FineTuneArm(kind="full", learning_rates=[1e-3], epochs=1, batch_size=2)
+    finetune(cpu(tiny_gpt2_dir), arm, capitals(), exact_match(capitals()), tmp_path / "run", seed=0, dev_key="exact")
+    with pytest.raises(FineTuneStateError, match="dev scoring"):
+        finetune(cpu(tiny_gpt2_dir), arm, capitals(), exact_match(capitals()), tmp_path / "run", seed=0,
+                 dev_key="contains")
+
+
+FINGERPRINT_CHILD = """
+import sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {root!r})
+from tests.test_finetune import capitals, cpu, exact_match
+from tuneorprompt.config import FineTuneArm
+from tuneorprompt.finetune import finetune
+
+arm = FineTuneArm(kind="lora", learning_rates=[1e-3], epochs=1, batch_size=2, target_modules=["c_attn", "c_proj", "c_fc"])
+print(finetune(cpu(Path({model!r})), arm, capitals(), exact_match(capitals()), Path({out!r}), seed=0).backend.fingerprint)
+"""
+
+
+def test_the_same_lora_job_has_the_same_fingerprint_in_every_process(tiny_gpt2_dir, tmp_path):
+    # PEFT writes target_modules from a set: without sorting, its order (and the adapter's fingerprint,
+    # and so every cached answer of the fine-tuned model) would change with the process's hash seed.
+    fingerprints = []
+    for hash_seed in ("1", "2"):
+        script = FINGERPRINT_CHILD.format(
+            root=str(Path(__file__).parents[1]), model=str(tiny_gpt2_dir), out=str(tmp_path / f"run-{hash_seed}")
+        )
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        fingerprints.append(done.stdout.strip().splitlines()[-1])
+    assert fingerprints[0] == fingerprints[1]

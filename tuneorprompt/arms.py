@@ -4,29 +4,38 @@ and returns a `System` that the one evaluator scores on the test split.
 Like an optimizer's `compile(student, trainset)`, prompt arms and weight arms share one signature:
 `prepare(context, seed) -> System`. The context carries train and dev but not test, so no arm can
 choose anything on the test split.
+
+An arm's test result is stored under a content key (`arm_key`): the protocol key of the run (model,
+data, prompt, decoding and scoring settings) plus the arm's own spec and seed. A re-run reads it back
+only when nothing that determined it has changed.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import jinja2
-from rich.progress import Progress
+import numpy as np
+from pydantic import BaseModel
 
+from tuneorprompt import stats
 from tuneorprompt.backends.base import Backend
+from tuneorprompt.backends.cached import CachedBackend
 from tuneorprompt.config import (
     ContextArm,
     ExperimentConfig,
     FewShotArm,
     FineTuneArm,
 )
-from tuneorprompt.evaluate import Scorer, System, accuracy, evaluate
+from tuneorprompt.decide import CostEstimate
+from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
+from tuneorprompt.keys import content_key, jsonable
 from tuneorprompt.prompts import PromptFormat, PromptRecipe, compile_template
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
 from tuneorprompt.retrieval import Embed, NearestDemos, PassageRetriever, RandomDemos
-from tuneorprompt.store import CachedBackend, Store
+from tuneorprompt.store import Store
 
 
 @dataclass
@@ -40,39 +49,63 @@ class ArmContext:
     format: PromptFormat
     settings: GenerationSettings
     scorer: Scorer
-    store: Store
+    store: Store | None  # None while the run is planned; set when it starts (nothing is stored before)
     run_dir: Path
     embed: Embed
+    protocol_key: str  # content key of what every arm's result depends on (see experiment.protocol_key)
     corpus: list[str] | None = None
     progress: Progress | None = None
     _instruction: str | None = field(default=None, repr=False)
     instruction_scores: dict[str, float] = field(default_factory=dict)
 
-    def dev_accuracy(self, system: System) -> float:
-        records = evaluate(system, self.dev, "dev", self.settings, self.scorer, self.progress)
-        self.store.put_records(records)
+    def dev_accuracy(self, system: System, key: str) -> float:
+        """Accuracy of `system` on dev; its records are stored under `key`. Relevance is not computed:
+        no choice uses it."""
+        records = evaluate(system, self.dev, "dev", self.settings, replace(self.scorer, relevance=None), self.progress)
+        self.store.put_records(key, records)
         return accuracy(records)
+
+    def dev_key(self, recipe: PromptRecipe) -> str:
+        """Content key of a dev score: the exact dev prompts and targets, decoding and scoring settings.
+        The model is not in it: the caller scores several models (fine-tuning epochs) under one key."""
+        prompts = [recipe.build(e) for e in self.dev]
+        targets = [list(e.targets) for e in self.dev]
+        return content_key(prompts, targets, self.config.generation, self.config.metric)
 
     def chosen_instruction(self) -> str:
         """The candidate instruction with the best dev accuracy (ties: the earlier candidate), chosen
         once per run and shared by every arm that uses an instruction."""
         if self._instruction is None:
+            key = content_key(self.protocol_key, "instruction-choice")
             for i, candidate in enumerate(self.format.instruction_candidates()):
                 recipe = PromptRecipe(self.format, instruction=candidate)
                 self.instruction_scores[candidate] = self.dev_accuracy(
-                    System(f"instruction-candidate-{i}", 0, self.base, recipe)
+                    System(f"instruction-candidate-{i}", 0, self.base, recipe), key
                 )
             self._instruction = max(self.instruction_scores, key=self.instruction_scores.__getitem__)
         return self._instruction
+
+    def longest_instruction(self) -> str:
+        """For cost estimates made before any dev scoring: the candidate with the most tokens."""
+        return max(self.format.instruction_candidates(), key=self.base.count_tokens)
 
 
 class Arm(Protocol):
     name: str
     kind: str
     stochastic: bool  # repeated for every configured seed
-    ladder_rank: float  # position in the cheapest-first order of the `ladder` strategy
+    uses_instruction: bool  # queried with the instruction chosen on dev
+    spec: BaseModel | None  # the arm's settings, part of its result's key
+
+    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+        """How the arm's queries are prompted, given the instruction (None unless `uses_instruction`)."""
+        ...
 
     def prepare(self, ctx: ArmContext, seed: int) -> System: ...
+
+
+def _instruction_for(arm: Arm, ctx: ArmContext) -> str | None:
+    return ctx.chosen_instruction() if arm.uses_instruction else None
 
 
 @dataclass(frozen=True)
@@ -80,10 +113,14 @@ class Baseline:
     name: str = "baseline"
     kind: str = "baseline"
     stochastic: bool = False
-    ladder_rank: float = 0.0
+    uses_instruction: bool = False
+    spec: None = None
+
+    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+        return PromptRecipe(ctx.format)
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
-        return System(self.name, seed, ctx.base, PromptRecipe(ctx.format))
+        return System(self.name, seed, ctx.base, self.recipe(ctx, seed, None))
 
 
 @dataclass(frozen=True)
@@ -91,12 +128,16 @@ class Instruction:
     name: str = "instruction"
     kind: str = "instruction"
     stochastic: bool = False
-    ladder_rank: float = 1.0
+    uses_instruction: bool = True
+    spec: None = None
+
+    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+        return PromptRecipe(ctx.format, instruction=instruction)
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
         instruction = ctx.chosen_instruction()
         info = {"instruction": instruction, "dev_accuracy_by_instruction": dict(ctx.instruction_scores)}
-        return System(self.name, seed, ctx.base, PromptRecipe(ctx.format, instruction=instruction), info)
+        return System(self.name, seed, ctx.base, self.recipe(ctx, seed, instruction), info)
 
 
 @dataclass(frozen=True)
@@ -120,22 +161,24 @@ class FewShot:
         return not self.retrieved
 
     @property
+    def uses_instruction(self) -> bool:
+        return self.spec.instruction
+
+    @property
     def name(self) -> str:
         return f"{self.spec.kind}@{self.k}" + ("+instruction" if self.spec.instruction else "")
 
-    @property
-    def ladder_rank(self) -> float:
-        return (3.0 if self.retrieved else 2.0) + self.k / 1000
+    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+        demos = NearestDemos(ctx.train, self.k, ctx.embed) if self.retrieved else RandomDemos(tuple(ctx.train), self.k, seed)
+        return PromptRecipe(ctx.format, instruction=instruction, demos=demos)
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
-        instruction = ctx.chosen_instruction() if self.spec.instruction else None
-        if self.retrieved:
-            demos, info = NearestDemos(ctx.train, self.k, ctx.embed), {}
-        else:
-            demos = RandomDemos(tuple(ctx.train), self.k, seed)
-            info = {"demo_ids": [d.id for d in demos.chosen]}
-        recipe = PromptRecipe(ctx.format, instruction=instruction, demos=demos)
-        return System(self.name, seed, ctx.base, recipe, {"k": self.k, "instruction": instruction, **info})
+        instruction = _instruction_for(self, ctx)
+        recipe = self.recipe(ctx, seed, instruction)
+        info: dict[str, Any] = {"k": self.k, "instruction": instruction}
+        if isinstance(recipe.demos, RandomDemos):
+            info["demo_ids"] = [d.id for d in recipe.demos.chosen]
+        return System(self.name, seed, ctx.base, recipe, info)
 
 
 @dataclass(frozen=True)
@@ -145,15 +188,18 @@ class Context:
     name = "context"
     kind = "context"
     stochastic = False
-    ladder_rank = 4.0
+    uses_instruction = False
 
-    def prepare(self, ctx: ArmContext, seed: int) -> System:
+    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
         if not ctx.corpus:
             raise ValueError("the context arm needs data.corpus (reference documents) in the config")
         retriever = PassageRetriever(ctx.corpus, self.spec.top_k, self.spec.retriever, ctx.embed)
         template: jinja2.Template = compile_template(self.spec.template, "context.template")
-        recipe = PromptRecipe(ctx.format, passages=retriever, context_template=template)
-        return System(self.name, seed, ctx.base, recipe, {"top_k": self.spec.top_k, "retriever": self.spec.retriever})
+        return PromptRecipe(ctx.format, passages=retriever, context_template=template)
+
+    def prepare(self, ctx: ArmContext, seed: int) -> System:
+        info = {"top_k": self.spec.top_k, "retriever": self.spec.retriever}
+        return System(self.name, seed, ctx.base, self.recipe(ctx, seed, None), info)
 
 
 @dataclass(frozen=True)
@@ -174,8 +220,15 @@ class FineTune:
         return self.spec.name + self.name_suffix
 
     @property
-    def ladder_rank(self) -> float:
-        return (10.0 if self.spec.kind == "lora" else 11.0) + 0.1 * self.spec.instruction
+    def uses_instruction(self) -> bool:
+        return self.spec.instruction
+
+    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+        demos = RandomDemos(tuple(ctx.train), self.spec.few_shot_k, seed) if self.spec.few_shot_k else None
+        return PromptRecipe(ctx.format, instruction=instruction, demos=demos)
+
+    def training_pool(self, ctx: ArmContext) -> list[Example]:
+        return ctx.train[: self.spec.max_train_examples] if self.spec.max_train_examples else ctx.train
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
         from tuneorprompt.finetune import (  # heavy imports only when training
@@ -183,22 +236,27 @@ class FineTune:
             finetune,
         )
 
-        instruction = ctx.chosen_instruction() if self.spec.instruction else None
+        instruction = _instruction_for(self, ctx)
         train_recipe = PromptRecipe(ctx.format, instruction=instruction)
-        pool = ctx.train[: self.spec.max_train_examples] if self.spec.max_train_examples else ctx.train
-        examples = [TrainingExample(e.id, train_recipe.build(e), ctx.format.answer(e)) for e in pool]
-        demos = RandomDemos(tuple(ctx.train), self.spec.few_shot_k, seed) if self.spec.few_shot_k else None
-        query_recipe = PromptRecipe(ctx.format, instruction=instruction, demos=demos)
+        examples = [TrainingExample(e.id, train_recipe.build(e), ctx.format.answer(e)) for e in self.training_pool(ctx)]
+        query_recipe = self.recipe(ctx, seed, instruction)
+        dev_key = ctx.dev_key(query_recipe)
 
         def dev_score(backend: Backend) -> float:
-            return ctx.dev_accuracy(System(f"{self.name}-dev", seed, CachedBackend(backend, ctx.store), query_recipe))
+            system = System(f"{self.name}-dev", seed, CachedBackend(backend, ctx.store), query_recipe)
+            return ctx.dev_accuracy(system, content_key(dev_key, backend.fingerprint))
 
-        out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}"
-        tuned = finetune(ctx.config.model, self.spec, examples, dev_score, out_dir, seed)
-        info = {"instruction": instruction, "train_examples": len(examples), "model_dir": str(tuned.model_dir)}
-        system = System(self.name, seed, CachedBackend(tuned.backend, ctx.store), query_recipe, info)
-        system.info["training"] = tuned.cost
-        return system
+        # The folder is named by the job's content, so a changed model, data, setting or dev scoring
+        # trains into a new folder instead of resuming (or re-using) another job's state.
+        job = content_key(
+            ctx.base.fingerprint, [[e.id, e.prompt, e.answer] for e in examples],
+            self.spec.model_dump(mode="json", exclude={"learning_rates"}), seed, dev_key,
+        )
+        out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}-{job[:12]}"
+        tuned = finetune(ctx.config.model, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
+        info = {"instruction": instruction, "train_examples": len(examples), "model_dir": str(tuned.model_dir),
+                "training": tuned.cost}
+        return System(self.name, seed, CachedBackend(tuned.backend, ctx.store), query_recipe, info)
 
 
 def expand_arms(config: ExperimentConfig) -> list[Arm]:
@@ -222,28 +280,70 @@ def expand_arms(config: ExperimentConfig) -> list[Arm]:
     return arms
 
 
+def seeds_of(arm: Arm, seeds: list[int]) -> list[int]:
+    """The seeds an arm runs under: all of them when it draws at random, else the first."""
+    return list(seeds) if arm.stochastic else list(seeds[:1])
+
+
+def arm_key(arm: Arm, seed: int, protocol_key: str) -> str:
+    spec = arm.spec.model_dump(mode="json") if arm.spec is not None else None
+    return content_key(protocol_key, arm.name, spec, seed)
+
+
 def run_arm(arm: Arm, seed: int, ctx: ArmContext, test: list[Example]) -> tuple[list[ExampleRecord], dict]:
-    """Test records of one arm and seed: read back when the store has them, else prepare and evaluate.
+    """Test records of one arm and seed: read back when the store has them under this arm's content
+    key, else prepare and evaluate.
 
     The test split enters here only, after the arm has finished all of its choices on train/dev."""
-    info = ctx.store.finished_arm(arm.name, seed)
+    key = arm_key(arm, seed, ctx.protocol_key)
+    info = ctx.store.finished_arm(key)
     if info is not None:
-        return ctx.store.records(arm.name, seed, "test"), info
+        return ctx.store.records(key, "test"), info
     system = arm.prepare(ctx, seed)
     arm_records = evaluate(system, test, "test", ctx.settings, ctx.scorer, ctx.progress)
-    ctx.store.put_records(arm_records)
-    info = _jsonable(system.info)
-    ctx.store.finish_arm(arm.name, seed, info)
+    ctx.store.put_records(key, arm_records)
+    info = jsonable(system.info)
+    ctx.store.finish_arm(key, arm.name, seed, info)
     return arm_records, info
 
 
-def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+# ---- cost estimates, before anything runs ------------------------------------------------------------
+
+
+def estimate_cost(arm: Arm, ctx: ArmContext, seed: int) -> CostEstimate:
+    """What the arm will cost, from token counts on dev and the model's size, without generating or
+    training: the order the `ladder` strategy runs arms in and the recommendation ranks them by.
+
+    Per query: 2 * params * (mean dev prompt tokens + mean reference answer tokens + 1 for the stop).
+    The answer length is the same for every arm: what differs before running is the prompt. An arm
+    queried with an instruction is estimated with the longest candidate (the choice is made on dev
+    later). Once: fine-tuning's forward and backward passes over the training tokens, every epoch of
+    every learning rate in the grid (LoRA as frozen weights: its adapters are a rounding error).
+    """
+    params = ctx.base.num_parameters or 0
+    instruction = ctx.longest_instruction() if arm.uses_instruction else None
+    recipe = arm.recipe(ctx, seed, instruction)
+    budget = ctx.base.context_length - ctx.settings.max_new_tokens
+    prompts = [recipe.build(e) for e in ctx.dev]
+    prompt_tokens = np.mean([min(ctx.base.count_tokens(p), budget) for p in prompts])
+    answer_tokens = np.mean([_answer_tokens(ctx, p, e) + 1 for p, e in zip(prompts, ctx.dev)])
+    per_query = stats.inference_flops(params, float(prompt_tokens), float(answer_tokens))
+    one_time = 0.0
+    if isinstance(arm, FineTune):
+        from tuneorprompt.finetune import DEFAULT_LEARNING_RATES  # heavy imports only with fine-tuning arms
+
+        train_recipe = PromptRecipe(ctx.format, instruction=instruction)
+        tokens_per_epoch = 0
+        for example in arm.training_pool(ctx):
+            prompt = train_recipe.build(example)
+            tokens_per_epoch += ctx.base.count_tokens(prompt) + _answer_tokens(ctx, prompt, example) + 1
+        grid = arm.spec.learning_rates or DEFAULT_LEARNING_RATES[arm.kind]
+        trainable = params if arm.kind == "full" else 0
+        one_time = stats.training_flops(params, tokens_per_epoch * arm.spec.epochs * len(grid), trainable)
+    return CostEstimate(arm.name, per_query, one_time)
+
+
+def _answer_tokens(ctx: ArmContext, prompt: str, example: Example) -> int:
+    """Tokens the reference answer adds after `prompt`, counted as the model would see the two together
+    (a chat template wraps both, so the answer alone would be counted with a wrapper of its own)."""
+    return max(1, ctx.base.count_tokens(prompt + ctx.format.answer(example)) - ctx.base.count_tokens(prompt))

@@ -43,6 +43,14 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _interrupted(run_dir: str) -> None:
+    console.print(
+        f"[bold yellow]interrupted:[/] every finished result is kept in {rich_escape(run_dir)}; "
+        "run the same command again to resume"
+    )
+    raise typer.Exit(code=130)  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
 def _quiet_loading() -> None:
     """Per-tensor "Loading weights" bars from transformers drown the run's own progress bars."""
     from transformers.utils import logging as hf_logging
@@ -64,12 +72,19 @@ def run(
         result = run_experiment(config, out, overrides=set_ or [], console=console)
     except USER_ERRORS as error:
         _fail(error)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the store has recorded the run as interrupted
+        _interrupted(str(out) if out else "the run directory")
     console.print(f"Run directory: {result.run_dir}")
 
 
 @app.command("check-data")
-def check_data(config: Annotated[Path, typer.Argument(help="Experiment YAML.")], set_: Overrides = None) -> None:
-    """Validate the data files and report train/test overlap; trains and generates nothing."""
+def check_data(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
+    set_: Overrides = None,
+    data_only: Annotated[bool, typer.Option("--data-only", help="Check the data files only; load no model.")] = False,
+) -> None:
+    """Check an experiment without running it: data files and train/test overlap, then the model,
+    templates, every arm, and every prompt against the model's context; trains and generates nothing."""
     from tuneorprompt.config import load_config
     from tuneorprompt.data import load_corpus, load_splits
 
@@ -83,6 +98,19 @@ def check_data(config: Annotated[Path, typer.Argument(help="Experiment YAML.")],
     if corpus is not None:
         console.print(f"corpus {len(corpus)} passages")
     console.print(overlap.describe())
+    if data_only:
+        return
+
+    from tuneorprompt.experiment import plan_run
+
+    _quiet_loading()
+    try:
+        plan = plan_run(cfg, Path("runs") / cfg.name)
+    except USER_ERRORS as error:
+        _fail(error)
+    console.print(f"model {cfg.model.path}: loads; every arm's prompts fit its context of {plan.base.context_length} tokens")
+    order = ", ".join(estimate.name for estimate in plan.estimates)
+    console.print(f"arms, cheapest first by estimated cost (the ladder's order): {order}")
 
 
 @app.command()
@@ -95,7 +123,10 @@ def init(
 
     if path.exists() and not force:
         _fail(FileExistsError(f"{path} exists (use --force to overwrite)"))
-    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    try:
+        path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    except OSError as error:  # a missing folder, no permission
+        _fail(error)
     console.print(f"Wrote {path}. Edit model.path and data.*, then: tuneorprompt run {path}")
 
 
@@ -115,6 +146,8 @@ def demo(
                                 console=console)
     except USER_ERRORS as error:
         _fail(error)
+    except KeyboardInterrupt:
+        _interrupted(str(out or Path("runs") / f"demo-{task}"))
     console.print(f"Run directory: {result.run_dir}")
 
 

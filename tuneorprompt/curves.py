@@ -3,7 +3,7 @@ k demonstrations in the prompt, or n training examples for fine-tuning — on th
 where (if anywhere within the data) fine-tuning overtakes prompting.
 
 Points re-use the main arms' runs where they coincide (few_shot@k, the full-pool fine-tune) and
-go through the same store, so a resumed run recomputes none of them.
+go through the same store under the same content keys, so a resumed run recomputes none of them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from tuneorprompt import stats
-from tuneorprompt.arms import Arm, ArmContext, Baseline, FewShot, FineTune, run_arm
+from tuneorprompt.arms import Arm, ArmContext, Baseline, FewShot, FineTune, run_arm, seeds_of
 from tuneorprompt.config import FewShotArm, FineTuneArm
 from tuneorprompt.records import Example, ExampleRecord
 from tuneorprompt.summary import outcome_matrix
@@ -50,8 +50,7 @@ def run_learning_curve(
 
     def point(x: int, arm: Arm) -> dict:
         if arm.name not in records:  # not a main arm: run it (or read it back) for the curve only
-            seeds = ctx.config.seeds if arm.stochastic else ctx.config.seeds[:1]
-            runs = [run_arm(arm, seed, ctx, test) for seed in seeds]
+            runs = [run_arm(arm, seed, ctx, test) for seed in seeds_of(arm, ctx.config.seeds)]
             records[arm.name] = [r for r, _ in runs]
             infos[arm.name] = [i for _, i in runs]
         interval = stats.accuracy_interval(outcome_matrix(records[arm.name], "correct"))

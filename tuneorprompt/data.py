@@ -6,6 +6,8 @@ optional id. Problems are collected over all files and reported together (file, 
 a user fixes a data file in one pass instead of one error per run.
 
 Decisions a user may need to know:
+- Files must be UTF-8 (a leading byte-order mark is allowed); the first byte that is not valid UTF-8
+  is reported by line (JSONL, CSV) or by row and column (Parquet).
 - Blank lines in JSONL and blank rows in CSV are skipped; they are not records.
 - Locations are as an editor shows them: JSONL `file:line` (1-based); CSV `file:line` with the header
   on line 1 (a record spanning several lines is named by its first line); Parquet `file row N`
@@ -24,6 +26,7 @@ Decisions a user may need to know:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -85,6 +88,8 @@ def _parse_json_line(raw: bytes, first: bool) -> dict[str, Any] | str | None:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         return f"malformed JSON ({error.msg} at column {error.colno})"
+    except (ValueError, RecursionError) as error:  # an integer of over 4300 digits; nesting too deep to parse
+        return f"unreadable JSON ({error})"
     return record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
 
 
@@ -95,32 +100,52 @@ def _read_jsonl(path: Path, problems: list[str]) -> _Table:
     return _Table(path, "jsonl", [(where, row) for where, row in parsed if row is not None], columns=None)
 
 
+def _decode_csv(path: Path, problems: list[str]) -> str | None:
+    """The file's text, or None with the first undecodable byte's line recorded.
+
+    Decoded whole before parsing: decoding while the csv reader reads would fail inside a read-ahead
+    chunk, far from the line the bad byte is on.
+    """
+    raw = path.read_bytes()
+    try:
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark that would stick to the first column.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        # Line and byte as for JSONL; utf-8-sig counts error.start from after a byte-order mark.
+        start = error.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line_start = raw.rfind(b"\n", 0, start) + 1
+        line = raw.count(b"\n", 0, start) + 1
+        problems.append(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {start - line_start})")
+        return None
+
+
 def _read_csv(path: Path, problems: list[str]) -> _Table:
+    text = _decode_csv(path, problems)
+    if text is None:
+        return _Table(path, "csv", [], frozenset())
     rows: list[tuple[str, dict[str, Any] | str]] = []
-    # utf-8-sig: spreadsheet exports often start with a byte-order mark that would stick to the first column.
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader, None)
-            if header is None:
-                problems.append(f"{path}: empty CSV file (no header row)")
-                return _Table(path, "csv", [], frozenset())
-            if len(set(header)) != len(header):
-                problems.append(f"{path}:1: repeated column names in the header {header}")
-            start = reader.line_num + 1  # first line of the next record (a quoted cell may span lines)
-            for cells in reader:
-                where = f"{path}:{start}"
-                start = reader.line_num + 1
-                if not cells:  # blank line
-                    continue
-                if len(cells) != len(header):
-                    rows.append((where, f"expected {len(header)} cells as in the header, found {len(cells)}"))
-                else:
-                    rows.append((where, dict(zip(header, cells))))
-        except csv.Error as error:
-            problems.append(f"{path}:{reader.line_num}: malformed CSV ({error})")
-        except UnicodeDecodeError as error:
-            problems.append(f"{path}: not UTF-8 text ({error.reason}) after line {reader.line_num}")
+    # newline="": the csv module sees line ends as written, so a quoted cell may hold a line break.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    try:
+        header = next(reader, None)
+        if header is None:
+            problems.append(f"{path}: empty CSV file (no header row)")
+            return _Table(path, "csv", [], frozenset())
+        if len(set(header)) != len(header):
+            problems.append(f"{path}:1: repeated column names in the header {header}")
+        start = reader.line_num + 1  # first line of the next record (a quoted cell may span lines)
+        for cells in reader:
+            where = f"{path}:{start}"
+            start = reader.line_num + 1
+            if not cells:  # blank line
+                continue
+            if len(cells) != len(header):
+                rows.append((where, f"expected {len(header)} cells as in the header, found {len(cells)}"))
+            else:
+                rows.append((where, dict(zip(header, cells))))
+    except csv.Error as error:
+        problems.append(f"{path}:{reader.line_num}: malformed CSV ({error})")
     return _Table(path, "csv", rows, frozenset(header or ()))
 
 
@@ -130,9 +155,25 @@ def _read_parquet(path: Path, problems: list[str]) -> _Table:
     except pyarrow.ArrowException as error:
         problems.append(f"{path}: cannot read Parquet ({error})")
         return _Table(path, "parquet", [], frozenset())
-    # to_pylist keeps list columns as Python lists and nulls as None (pandas would give arrays and NaN).
-    rows = [(f"{path} row {number}", record) for number, record in enumerate(table.to_pylist(), start=1)]
+    try:
+        # to_pylist keeps list columns as Python lists and nulls as None (pandas would give arrays and NaN).
+        records = table.to_pylist()
+    except UnicodeDecodeError as error:  # Parquet writers need not check that string columns hold UTF-8
+        problems.append(f"{_undecodable_cell(path, table)}: not UTF-8 text ({error.reason})")
+        return _Table(path, "parquet", [], frozenset(table.column_names))
+    rows = [(f"{path} row {number}", record) for number, record in enumerate(records, start=1)]
     return _Table(path, "parquet", rows, frozenset(table.column_names))
+
+
+def _undecodable_cell(path: Path, table: pyarrow.Table) -> str:
+    """Where the first string that is not UTF-8 lies, found cell by cell (only once reading failed)."""
+    for name in table.column_names:
+        for number, value in enumerate(table.column(name), start=1):
+            try:
+                value.as_py()
+            except UnicodeDecodeError:
+                return f"{path} row {number}, column {name!r}"
+    return str(path)
 
 
 _READERS = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}

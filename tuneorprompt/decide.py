@@ -3,9 +3,13 @@
 Arms are ordered by cost (`ladder_order`); the recommended arm is the first in that order that
 `meets_target`; the reason sentence gives its accuracy and interval, its cost, the runner-up, and
 the paired test between the two, worded after the test's p-value so that it never claims a
-difference the test does not support. The `ladder` strategy runs arms in the same order and stops
-at the first that meets the target, using the same rule on the same (deterministic) interval, so
-the arm it stops at is the arm recommended.
+difference the test does not support.
+
+One cost order: a run estimates every arm's cost before anything runs (`CostEstimate`, from token
+counts on dev and the model's size; see `arms.estimate_cost`) and orders the arms once with
+`ladder_order`. The `ladder` strategy runs them in that order and stops at the first that meets the
+target; the recommendation is given the same order, and applies the same rule to the same
+(deterministic) interval, so the arm the ladder stops at is the arm recommended.
 """
 
 from __future__ import annotations
@@ -42,6 +46,18 @@ class ArmOutcome:
             value = getattr(self, field)
             if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
                 raise DecisionError(f"arm {self.name!r}: {field} = {value!r}, expected a non-negative number")
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """An arm's cost as estimated before it runs, in FLOPs (see `arms.estimate_cost`)."""
+
+    name: str
+    per_query_flops: float
+    one_time_flops: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class Costed(Protocol):
@@ -140,16 +156,19 @@ def recommend(
     resamples: int = stats.DEFAULT_RESAMPLES,
     seed: int = stats.DEFAULT_SEED,
     learning_curve_hint: str | None = None,
+    order: Sequence[str] | None = None,
 ) -> Recommendation:
     """The cheapest arm that meets `target`, or None with the best arm and its shortfall.
 
     outcomes: every arm scored on the same test items. expected_queries: order arms by total cost
-    at that query volume (see `cost_key`). resamples, seed: for the bootstrap interval of the
-    paired difference. learning_curve_hint: appended to the reason when no arm meets the target.
+    at that query volume (see `cost_key`). order: the arms' names cheapest first, as the run
+    estimated them before running (the ladder's order); without it, arms are ordered by the costs in
+    `outcomes`. resamples, seed: for the bootstrap interval of the paired difference.
+    learning_curve_hint: appended to the reason when no arm meets the target.
     """
     _check_target(target)
     _check_arms(outcomes)
-    ordered = ladder_order(outcomes, expected_queries)
+    ordered = _in_order(outcomes, order) if order is not None else ladder_order(outcomes, expected_queries)
     accuracy = {arm.name: stats.accuracy_interval(arm.correct, level=level) for arm in ordered}
     meets = {name: _reaches(interval, target, lenient) for name, interval in accuracy.items()}
     best = max(ordered, key=lambda arm: accuracy[arm.name].value)  # max keeps the first (cheapest) of ties
@@ -186,6 +205,14 @@ def recommend(
         level=level,
         expected_queries=expected_queries,
     )
+
+
+def _in_order(outcomes: Sequence[ArmOutcome], order: Sequence[str]) -> list[ArmOutcome]:
+    rank = {name: i for i, name in enumerate(order)}
+    missing = [arm.name for arm in outcomes if arm.name not in rank]
+    if missing:
+        raise DecisionError(f"arms {', '.join(missing)} are not in the cost order {list(order)}")
+    return sorted(outcomes, key=lambda arm: rank[arm.name])
 
 
 def _check_arms(outcomes: Sequence[ArmOutcome]) -> None:

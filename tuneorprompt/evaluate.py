@@ -6,18 +6,28 @@ answers and how its prompts are built (a `System`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
-from rich.progress import Progress
 
-from tuneorprompt.backends.base import Backend
+from tuneorprompt.backends.base import Backend, PromptTooLongError
+from tuneorprompt.metrics import MetricError
 from tuneorprompt.prompts import PromptRecipe
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
 
 # Prompts handed to the backend per call: large enough for the backend to sort by length and fill
 # its batches, small enough that the progress bar moves and an interrupt loses little.
 CHUNK = 64
+
+
+class Progress(Protocol):
+    """What the evaluator reports progress to (`progress.make_progress`: a bar on a terminal, log lines elsewhere)."""
+
+    def add_task(self, description: str, total: float | None = ...) -> int: ...
+
+    def advance(self, task: int, advance: float = ...) -> None: ...
+
+    def remove_task(self, task: int) -> None: ...
 
 
 @dataclass
@@ -38,20 +48,53 @@ class Scorer:
     relevance: Callable[[list[str], list[str]], np.ndarray] | None  # (responses, references) -> cosine [-1, 1]
 
 
+def _fit(recipe: PromptRecipe, example: Example, backend: Backend, budget: int) -> tuple[str, int, bool]:
+    """The example's prompt with the least relevant demos dropped until it is at most `budget` tokens
+    (or no demo is left): (prompt, its tokens, whether demos were dropped)."""
+    prompt = recipe.build(example)
+    demos = recipe.num_demos
+    while (length := backend.count_tokens(prompt)) > budget and demos > 0:
+        demos -= 1
+        prompt = recipe.build(example, max_demos=demos)
+    return prompt, length, demos < recipe.num_demos
+
+
+def overlong_prompts(
+    recipe: PromptRecipe, examples: Sequence[Example], backend: Backend, settings: GenerationSettings
+) -> list[tuple[Example, int]]:
+    """(example, prompt tokens) for each example whose prompt leaves no room for `max_new_tokens` in
+    the model's context even without demos."""
+    budget = backend.context_length - settings.max_new_tokens
+    lengths = [(example, _fit(recipe, example, backend, budget)[1]) for example in examples]
+    return [(example, length) for example, length in lengths if length > budget]
+
+
 def fit_prompts(recipe: PromptRecipe, examples: Sequence[Example], backend: Backend, settings: GenerationSettings):
     """Prompts for `examples`, dropping the least relevant demos where a prompt would not leave
-    room for `max_new_tokens` in the model's context. Returns (prompts, number of prompts shortened)."""
+    room for `max_new_tokens` in the model's context. Returns (prompts, number of prompts shortened).
+
+    A prompt that does not fit even without demos is an error naming the example (a run checks
+    this before it starts; see `experiment.check_prompts_fit`): nothing is ever truncated."""
     budget = backend.context_length - settings.max_new_tokens
     prompts, shortened = [], 0
     for example in examples:
-        prompt = recipe.build(example)
-        demos = recipe.num_demos
-        while demos > 0 and backend.count_tokens(prompt) > budget:
-            demos -= 1
-            prompt = recipe.build(example, max_demos=demos)
-        shortened += demos < recipe.num_demos
+        prompt, length, dropped = _fit(recipe, example, backend, budget)
+        if length > budget:
+            raise PromptTooLongError(
+                f"example {example.id!r} ({example.source or 'data'}): its prompt is {length} tokens, and with "
+                f"generation.max_new_tokens = {settings.max_new_tokens} it exceeds the model's context of "
+                f"{backend.context_length} tokens"
+            )
+        shortened += dropped
         prompts.append(prompt)
     return prompts, shortened
+
+
+def _score(scorer: Scorer, answer: str, example: Example) -> float:
+    try:
+        return scorer.matcher(answer, example.targets)
+    except MetricError as error:
+        raise MetricError(f"example {example.id!r} ({example.source or 'data'}): {error}") from None
 
 
 def evaluate(
@@ -75,7 +118,7 @@ def evaluate(
         progress.remove_task(task)
 
     answers = [scorer.extract(c.text) for c in completions]
-    correct = [scorer.matcher(a, e.targets) for a, e in zip(answers, examples)]
+    correct = [_score(scorer, a, e) for a, e in zip(answers, examples)]
     if scorer.relevance is not None:
         relevance = scorer.relevance(answers, [e.target for e in examples]).tolist()
     else:

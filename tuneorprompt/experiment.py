@@ -1,9 +1,12 @@
-"""One experiment, top to bottom: set up (config, data, model, store) -> run every arm on the same
-test split -> aggregate -> decide -> write the report.
+"""One experiment, top to bottom: check and plan (config, data, model, arms, prompt lengths, cost
+order; nothing written) -> lock the run directory -> run every arm on the same test split, cheapest
+first -> aggregate -> decide -> write the report.
 
 `run_experiment` is the Python API; `tuneorprompt run` is a thin wrapper around it. A run directory
-can be re-used: finished arms and every generation are read back from its store, so an interrupted
-run picks up where it stopped and an unchanged re-run recomputes nothing.
+can be re-used: every result is stored under a content key of what produced it (`keys.py`), so an
+interrupted run picks up where it stopped, an unchanged re-run recomputes nothing, and a changed
+setting recomputes exactly the results it affects. The store records how each run ended (finished,
+failed, interrupted); a second run into a directory in use fails at once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import json
 import os
 import platform
 import subprocess
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -20,18 +24,19 @@ from typing import Any
 
 import yaml
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from tuneorprompt import decide
-from tuneorprompt.arms import ArmContext, expand_arms, run_arm
-from tuneorprompt.backends.base import Backend
+from tuneorprompt.arms import (
+    Arm,
+    ArmContext,
+    FineTune,
+    estimate_cost,
+    expand_arms,
+    run_arm,
+    seeds_of,
+)
+from tuneorprompt.backends.base import Backend, PromptTooLongError
+from tuneorprompt.backends.cached import CachedBackend
 from tuneorprompt.backends.hf import load_hf_backend
 from tuneorprompt.config import (
     ExperimentConfig,
@@ -40,16 +45,23 @@ from tuneorprompt.config import (
     load_config,
 )
 from tuneorprompt.curves import run_learning_curve
-from tuneorprompt.data import load_corpus, load_splits
-from tuneorprompt.evaluate import Scorer
+from tuneorprompt.data import OverlapReport, load_corpus, load_splits
+from tuneorprompt.evaluate import Scorer, overlong_prompts
+from tuneorprompt.keys import content_key, examples_key, file_sha256, texts_key
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, make_matcher
+from tuneorprompt.progress import make_progress
 from tuneorprompt.prompts import PromptFormat
-from tuneorprompt.records import ExampleRecord, GenerationSettings
+from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
 from tuneorprompt.report import build_report, write_report
-from tuneorprompt.store import CachedBackend, Store
+from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
+from tuneorprompt.store import Store
 from tuneorprompt.summary import outcome_matrix, summarize_arm
 
 PACKAGES = ("tuneorprompt", "torch", "transformers", "peft", "trl", "accelerate", "sentence-transformers")
+
+# Part of every stored result's key: bumped when a change to prompting, decoding or scoring code
+# changes what a stored result means, so results of the old code are not read back as current.
+PROTOCOL_VERSION = 1
 
 
 @dataclass
@@ -77,43 +89,120 @@ def run_experiment(
     config = _as_config(config, overrides)
     run_dir = Path(out_dir or Path("runs") / config.name)
 
-    # ---- setup: data first (cheap, and most user errors are here), then the model ----------------
+    # ---- check everything that can be checked before the run directory exists --------------------
+    plan = plan_run(config, run_dir, backend)
+
+    # ---- run: every arm on the same test split, cheapest first -----------------------------------
+    # Under `accelerate launch` every process runs this function: they fine-tune together (Trainer
+    # shards the batches) and each evaluates; only the main process locks the directory and writes
+    # the run's store and report.
+    rank = int(os.environ.get("RANK", "0"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir) if rank == 0 else nullcontext(), terminate_as_interrupt():
+        store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))
+        try:
+            for previous in list(store.runs())[-1:]:
+                console.print(f"Re-using {run_dir}: {previous.describe()}")
+            run_id = store.begin_run(content_key(config))
+            try:
+                save_resolved_config(config, run_dir)
+                report, records = _run(plan, store, console, rank)
+            except KeyboardInterrupt as error:
+                store.end_run(run_id, "interrupted", str(error) or "interrupted (Ctrl-C)")
+                raise
+            except BaseException as error:
+                store.end_run(run_id, "failed", f"{type(error).__name__}: {error}")
+                raise
+            store.end_run(run_id, "finished")
+            return Result(run_dir, report, records, store.cache_stats.hits, store.cache_stats.misses)
+        finally:
+            store.close()
+
+
+@dataclass
+class RunPlan:
+    """A checked experiment, ready to run: data loaded, model loaded, templates compiled, every arm
+    feasible and its cost estimated, every prompt known to fit the model's context."""
+
+    config: ExperimentConfig
+    run_dir: Path
+    splits: Splits
+    overlap: OverlapReport
+    base: Backend  # not cached yet: the store does not exist until the run starts
+    ctx: ArmContext
+    arms: list[Arm]  # cheapest first, by `estimates`
+    estimates: list[decide.CostEstimate]  # in the same order
+    protocol: dict[str, Any]  # what every arm's result depends on, as recorded in report.json
+
+
+def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = None) -> RunPlan:
+    """Every check that needs no generation or training, in the order that finds a user's mistake
+    soonest: data, templates and arms, the model, then each arm's prompts against its context.
+    Nothing is written. `tuneorprompt check-data` runs this too."""
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(config, run_dir)
-    # Under `accelerate launch` every process runs this function: they fine-tune together (Trainer
-    # shards the batches) and each evaluates; only the main process writes the run's store and report.
-    rank = int(os.environ.get("RANK", "0"))
-    store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))
-    base = CachedBackend(backend or load_hf_backend(config.model), store)
+    prompt_format = PromptFormat(config.prompt)
+    arms = expand_arms(config)
+    if any(arm.uses_instruction for arm in arms):
+        prompt_format.instruction_candidates()  # none to try is an error now, not after the first arms
+    if backend is None:
+        backend = load_hf_backend(config.model)
+    if any(isinstance(arm, FineTune) for arm in arms) or config.learning_curve.enabled:
+        from tuneorprompt.finetune import check_trainable  # heavy imports only with fine-tuning arms
+
+        check_trainable(config.model)
     relevance = RelevanceScorer(config.metric.relevance_model)
     scorer = Scorer(
         extract=partial(extract_answer, rule=config.generation.extract, regex=config.generation.extract_regex),
         matcher=make_matcher(config.metric),
         relevance=relevance.score,
     )
-    settings = GenerationSettings(config.generation.max_new_tokens, tuple(config.generation.stop))
+    protocol = protocol_record(config, backend.fingerprint, splits, corpus)
     ctx = ArmContext(
-        config=config, train=splits.train, dev=splits.dev, base=base, format=PromptFormat(config.prompt),
-        settings=settings, scorer=scorer, store=store, run_dir=run_dir, embed=relevance.embed, corpus=corpus,
+        config=config, train=splits.train, dev=splits.dev, base=backend, format=prompt_format,
+        settings=GenerationSettings(config.generation.max_new_tokens, tuple(config.generation.stop)),
+        scorer=scorer, store=None, run_dir=run_dir, embed=relevance.embed, corpus=corpus,
+        protocol_key=protocol["key"],
     )
+    seed = config.seeds[0]
+    for arm in arms:
+        check_prompts_fit(arm, ctx, seed, splits.test)
+    estimates = decide.ladder_order([estimate_cost(arm, ctx, seed) for arm in arms], config.costs.expected_queries)
+    by_name = {arm.name: arm for arm in arms}
+    return RunPlan(config, run_dir, splits, overlap, backend, ctx, [by_name[e.name] for e in estimates], estimates,
+                   protocol)
 
-    # ---- run: every arm on the same test split ---------------------------------------------------
-    arms = expand_arms(config)
-    if config.strategy == "ladder":
-        arms = sorted(arms, key=lambda a: a.ladder_rank)
+
+def check_prompts_fit(arm: Arm, ctx: ArmContext, seed: int, test: list[Example]) -> None:
+    """Every dev and test prompt of `arm` fits the model's context once its demos are dropped, with
+    room for `max_new_tokens`; else one error listing the examples that do not (by id and line).
+    Instruction arms are checked with the longest candidate."""
+    instruction = ctx.longest_instruction() if arm.uses_instruction else None
+    recipe = arm.recipe(ctx, seed, instruction)
+    too_long = overlong_prompts(recipe, [*ctx.dev, *test], ctx.base, ctx.settings)
+    if too_long:
+        listed = "; ".join(f"{e.id!r} ({e.source or 'data'}): {n} tokens" for e, n in too_long[:MAX_LISTED])
+        more = f" and {len(too_long) - MAX_LISTED} more" if len(too_long) > MAX_LISTED else ""
+        raise PromptTooLongError(
+            f"arm {arm.name}: {len(too_long)} prompts do not fit the model's context of {ctx.base.context_length} "
+            f"tokens with generation.max_new_tokens = {ctx.settings.max_new_tokens}: {listed}{more}"
+        )
+
+
+MAX_LISTED = 10
+
+
+def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict, dict[str, list[list[ExampleRecord]]]]:
+    config, splits = plan.config, plan.splits
+    ctx = replace(plan.ctx, base=CachedBackend(plan.base, store), store=store)
     records: dict[str, list[list[ExampleRecord]]] = {}
     infos: dict[str, list[dict]] = {}
     stopped_early_at: str | None = None
-    with _progress(console) as progress:
+    with make_progress(console) as progress:
         ctx.progress = progress
-        for arm in arms:
-            records[arm.name], infos[arm.name] = [], []
-            for seed in config.seeds if arm.stochastic else config.seeds[:1]:
-                arm_records, info = run_arm(arm, seed, ctx, splits.test)
-                records[arm.name].append(arm_records)
-                infos[arm.name].append(info)
+        for arm in plan.arms:
+            runs = [run_arm(arm, seed, ctx, splits.test) for seed in seeds_of(arm, config.seeds)]
+            records[arm.name], infos[arm.name] = [r for r, _ in runs], [i for _, i in runs]
             if config.strategy == "ladder" and decide.meets_target(
                 outcome_matrix(records[arm.name], "correct"), config.target.accuracy, lenient=config.target.lenient
             ):
@@ -122,37 +211,58 @@ def run_experiment(
 
         learning_curve = None
         if config.learning_curve.enabled and stopped_early_at is None:
-            learning_curve = run_learning_curve(ctx, splits.test, arms, records, infos)
+            learning_curve = run_learning_curve(ctx, splits.test, plan.arms, records, infos)
 
     # ---- aggregate, decide, report ---------------------------------------------------------------
     summaries = [
-        summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], base.num_parameters)
-        for arm in arms
+        summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], ctx.base.num_parameters)
+        for arm in plan.arms
         if arm.name in records
     ]
     report_inputs = dict(
         config=config,
         summaries=summaries,
         records=records,
-        overlap=overlap,
+        overlap=plan.overlap,
         split_sizes={"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
         environment=environment(),
         stopped_early_at=stopped_early_at,
         learning_curve=learning_curve,
+        cost_order=plan.estimates,
+        protocol=plan.protocol,
     )
     if rank == 0:
         references = {e.id: e.target for e in splits.test}
-        report = write_report(run_dir=run_dir, console=console, references=references, **report_inputs)
+        report = write_report(run_dir=plan.run_dir, console=console, references=references, **report_inputs)
     else:
         report = build_report(**report_inputs)
-    store.close()
-    return Result(
-        run_dir=run_dir,
-        report=report,
-        records=records,
-        cache_hits=store.cache_stats.hits,
-        cache_misses=store.cache_stats.misses,
-    )
+    return report, records
+
+
+def protocol_record(
+    config: ExperimentConfig, fingerprint: str, splits: Splits, corpus: list[str] | None
+) -> dict[str, Any]:
+    """What every arm's result depends on, and its content key (`key`): the model as served, the
+    data as the run reads it (after `fields`, the seeded split and `max_test`), and the prompt,
+    decoding, extraction and metric settings. `report.json` records it, so a report always states
+    the settings and data its numbers came from."""
+    record = {
+        "version": PROTOCOL_VERSION,
+        "model_fingerprint": fingerprint,
+        "model": config.model.model_dump(mode="json", include={"dtype", "device", "chat_template", "revision"}),
+        "data": {split: examples_key(getattr(splits, split)) for split in ("train", "dev", "test")},
+        "data_files": {
+            name: file_sha256(path)
+            for name in ("file", "train", "dev", "test", "corpus")
+            if (path := getattr(config.data, name)) is not None
+        },
+        "corpus": texts_key(corpus) if corpus is not None else None,
+        "prompt": config.prompt.model_dump(mode="json"),
+        "generation": config.generation.model_dump(mode="json"),
+        "metric": config.metric.model_dump(mode="json"),
+    }
+    # The file hashes are provenance only: the parsed data above is what results depend on.
+    return {**record, "key": content_key({k: v for k, v in record.items() if k != "data_files"})}
 
 
 def _as_config(config: ExperimentConfig | dict | str | Path, overrides: list[str] | None) -> ExperimentConfig:
@@ -163,13 +273,6 @@ def _as_config(config: ExperimentConfig | dict | str | Path, overrides: list[str
     if isinstance(config, dict):
         return config_from_dict(apply_overrides(dict(config), overrides or []))
     return load_config(config, overrides)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console, transient=True,
-    )
 
 
 # ---- provenance ------------------------------------------------------------------------------------
@@ -200,5 +303,5 @@ def git_commit() -> str | None:
 def save_resolved_config(config: ExperimentConfig, run_dir: Path) -> None:
     """config.yaml: every key with its resolved value (defaults included), plus versions and commit."""
     resolved = config.model_dump(mode="json")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-    (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2), encoding="utf-8")
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    write_text_atomic(run_dir / "environment.json", json.dumps(environment(), indent=2))

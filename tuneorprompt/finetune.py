@@ -10,9 +10,9 @@ setup -> train -> select -> write results:
    After every epoch the in-memory model is scored on dev by the caller's `dev_score` and, if it is
    this learning rate's best epoch so far, saved.
 3. The best (learning rate, epoch) on dev wins; ties go to the earlier epoch, then the earlier learning
-   rate of the grid. It is moved to `out_dir/model` and loaded through the same loader as any model
-   (`load_hf_backend`), so its fingerprint covers the new weights and the test split is read by the
-   caller's evaluator alone.
+   rate of the grid. It is linked into `out_dir/grid-<key>/model` and loaded through the same loader as
+   any model (`load_hf_backend`), so its fingerprint covers the new weights and the test split is read
+   by the caller's evaluator alone.
 
 Why transformers' Trainer and not TRL's SFTTrainer: SFTTrainer (TRL 1.16) always computes the loss
 through its chunked log-prob kernel, which runs as plain torch ops where there is no Triton (CPU).
@@ -20,6 +20,13 @@ Measured with benchmarks/bench_training.py (one CPU thread, full fine-tuning, 16
 batch 8), in real tokens per second relative to a naive loop padded to the longest example: on the
 testbed model (2k vocabulary) SFTTrainer 0.94-0.96x, this path 1.12x; on a 32k-vocabulary model
 SFTTrainer 0.72x, this path 1.18x. The loss is the same (mean cross-entropy over the answer tokens).
+
+Keys and reuse. A learning rate's run depends on the model, the training data, the arm's settings
+(all but the grid: epochs shape the schedule), the seed, and how dev is scored (`dev_key`: dev
+prompts, decoding, extraction, metric), since that decides which epoch is kept. Those make the job
+(`job.json`); the grid only decides which runs are compared. So one `out_dir` serves every grid:
+widening the grid trains only the new learning rates, and each grid's selection lives under its own
+`grid-<key>/`. The caller names `out_dir` by a content key of the same inputs (see `arms.FineTune`).
 
 Resuming. Everything under `out_dir` is written so that `kill -9` at any moment and the same call
 again resume from the last complete epoch and end with the same result (bitwise on CPU: seeds are
@@ -30,9 +37,10 @@ fixed, Trainer checkpoints carry the optimizer, scheduler and RNG states):
   lr-<lr>/checkpoint-<step>/ Trainer checkpoints; one not listed in state.json may be half written
                              and is deleted before resuming
   lr-<lr>/epoch-<e>/         the learning rate's best epoch so far (saved under a temporary name, then
-                             renamed)
-  model/                     the selected model: a PEFT adapter or a transformers model directory
-  result.json                the training cost; once it exists, `finetune` only loads the model
+                             renamed); kept once the run is finished, its checkpoints are deleted
+  grid-<key>/model/          the grid's selected model (hard links to the chosen epoch's files): a
+                             PEFT adapter or a transformers model directory
+  grid-<key>/result.json     the training cost; once it exists, `finetune` only loads the model
 
 Several GPUs: `accelerate launch` runs this same code in every process; Trainer shards the batches and
 saves from the main process, which alone writes the files above. Every process scores dev on its own
@@ -61,6 +69,7 @@ from accelerate import PartialState
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PrinterCallback,
@@ -73,11 +82,14 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tuneorprompt.backends.hf import (
     HFBackend,
+    ModelLoadError,
     encode_prompt,
     fingerprint_model,
     load_hf_backend,
+    model_load_options,
 )
 from tuneorprompt.config import FineTuneArm, ModelConfig
+from tuneorprompt.keys import content_key
 from tuneorprompt.records import TrainingCost
 from tuneorprompt.stats import training_flops
 
@@ -321,6 +333,7 @@ class _EpochSelection(TrainerCallback):
         self.trainer.save_model(str(temporary))  # every process: sharded setups gather here
         if args.should_save:
             (temporary / "training_args.bin").unlink(missing_ok=True)  # Trainer's pickle, not part of the model
+            _sort_target_modules(temporary / "adapter_config.json")
             # Renamed only once complete. No epoch dir of an uncommitted epoch survives a restart
             # (discard_uncommitted), so the name is free.
             os.replace(temporary, self.run.epoch_dir(epoch))
@@ -344,6 +357,17 @@ class _EpochSelection(TrainerCallback):
         self.clock, self.pending = now, {}
 
 
+def _sort_target_modules(adapter_config: Path) -> None:
+    """PEFT writes `target_modules` from a set, in an order that changes with each process's string
+    hashing; sorted, the same adapter has the same bytes, and so the same fingerprint, every time."""
+    if not adapter_config.is_file():  # full fine-tuning saves no adapter
+        return
+    config = json.loads(adapter_config.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        _write_json(adapter_config, config)
+
+
 def _load_model(base: ModelConfig, kind: str):
     """Full fine-tuning keeps float32 master weights (AdamW steps vanish in bf16); LoRA freezes the base
     in its inference dtype and PEFT keeps the adapter in float32."""
@@ -351,7 +375,7 @@ def _load_model(base: ModelConfig, kind: str):
         dtype = torch.float32
     else:
         dtype = "auto" if base.dtype == "auto" else getattr(torch, base.dtype)
-    return AutoModelForCausalLM.from_pretrained(base.path, revision=base.revision, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype, **model_load_options(base))
 
 
 def _use_cpu(base: ModelConfig) -> bool:
@@ -546,14 +570,39 @@ def _cost(kind: str, runs: list[_Run], chosen: _Run, record: dict, dataset: Data
 # ---- the entry point ------------------------------------------------------------------------------------
 
 
-def _job(
-    base: ModelConfig, arm: FineTuneArm, examples: Sequence[TrainingExample], grid: tuple[float, ...], seed: int
-) -> dict:
-    """What decides the trained weights; a folder holding another job's state must not be resumed."""
-    data = hashlib.sha256(json.dumps([[e.id, e.prompt, e.answer] for e in examples]).encode()).hexdigest()
+def check_trainable(base: ModelConfig) -> None:
+    """Before any arm runs: the model fine-tuning arms will load exists, is not quantized (its
+    weights could not be trained), and has an EOS token a fine-tuned model can learn to stop at."""
+    try:
+        config = AutoConfig.from_pretrained(base.path, revision=base.revision, trust_remote_code=base.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            base.path, revision=base.revision, trust_remote_code=base.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"fine-tuning arms: cannot load the config and tokenizer of {base.path!r}: {error}") from None
+    quantization = getattr(config, "quantization_config", None)
+    if quantization:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else type(quantization).__name__
+        raise TrainingDataError(
+            f"fine-tuning arms: model {base.path!r} is quantized ({method}); its weights cannot be trained. "
+            "Give an unquantized copy of the model, or drop the lora/full arms"
+        )
+    if tokenizer.eos_token_id is None:
+        raise TrainingDataError(
+            f"fine-tuning arms: the tokenizer of {base.path!r} has no EOS token, so a fine-tuned model could not "
+            "learn to stop"
+        )
+
+
+
+
+def _job(base: ModelConfig, arm: FineTuneArm, examples: Sequence[TrainingExample], seed: int, dev_key: str) -> dict:
+    """What decides each learning rate's run (see "Keys and reuse" above); a folder holding another
+    job's state must not be resumed. The grid is not part of it."""
+    data = content_key([[e.id, e.prompt, e.answer] for e in examples])
     model = {key: getattr(base, key) for key in ("path", "revision", "dtype", "chat_template")}
-    arm_settings = arm.model_dump(mode="json")
-    return {"model": model, "arm": arm_settings, "learning_rates": list(grid), "seed": seed, "data": data}
+    arm_settings = arm.model_dump(mode="json", exclude={"learning_rates"})
+    return {"model": model, "arm": arm_settings, "seed": seed, "data": data, "dev": dev_key}
 
 
 def _claim(base: ModelConfig, out_dir: Path, job: dict) -> None:
@@ -561,7 +610,7 @@ def _claim(base: ModelConfig, out_dir: Path, job: dict) -> None:
     if found is not None and found != job:
         raise FineTuneStateError(
             f"{out_dir} holds another fine-tuning job ({out_dir / 'job.json'} differs from this one: model, arm "
-            "settings, seed or training data changed); delete the folder or use another one"
+            "settings, seed, training data or dev scoring changed); delete the folder or use another one"
         )
     if found is None and _processes(base).is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -575,21 +624,24 @@ def finetune(
     dev_score: Callable[[HFBackend], float],
     out_dir: Path,
     seed: int,
+    dev_key: str = "",
 ) -> FineTuned:
     """Fine-tune `base` on `train` (LoRA or full, as `arm` says), choosing the learning rate and epoch
-    by `dev_score` (an accuracy in [0, 1] of a backend on the dev split). Resumes whatever `out_dir`
-    holds of the same job."""
+    by `dev_score` (an accuracy in [0, 1] of a backend on the dev split). `dev_key` is a content key
+    of everything that decides that score (dev prompts and targets, decoding, extraction, metric).
+    Resumes whatever `out_dir` holds of the same job, and re-uses its finished learning rates."""
     out_dir = Path(out_dir)
     examples = list(train[: arm.max_train_examples]) if arm.max_train_examples else list(train)
     if not examples:
         raise TrainingDataError("no training examples")
     grid = tuple(arm.learning_rates) or DEFAULT_LEARNING_RATES[arm.kind]
-    _claim(base, out_dir, _job(base, arm, examples, grid, seed))
+    _claim(base, out_dir, _job(base, arm, examples, seed, dev_key))
     if base.num_threads is not None:
         torch.set_num_threads(base.num_threads)
-    if not (out_dir / "result.json").exists():
-        _train_and_select(base, arm, examples, grid, dev_score, out_dir, seed)
-    return _load_result(base, arm.kind, out_dir)
+    grid_dir = out_dir / f"grid-{content_key(grid)[:12]}"
+    if not (grid_dir / "result.json").exists():
+        _train_and_select(base, arm, examples, grid, dev_score, out_dir, grid_dir, seed)
+    return _load_result(base, arm.kind, [out_dir / f"lr-{lr:g}" for lr in grid], grid_dir)
 
 
 def _train_and_select(
@@ -599,12 +651,16 @@ def _train_and_select(
     grid: tuple[float, ...],
     dev_score: Callable[[HFBackend], float],
     out_dir: Path,
+    grid_dir: Path,
     seed: int,
 ) -> None:
     base_fingerprint = fingerprint_model(base.path, base.revision)
     # Two instances: the dev-scoring backend sets a pad token and left padding on its own; the trainer
     # saves its, untouched, beside a full model.
-    tokenizers = tuple(AutoTokenizer.from_pretrained(base.path, revision=base.revision) for _ in range(2))
+    tokenizers = tuple(
+        AutoTokenizer.from_pretrained(base.path, revision=base.revision, trust_remote_code=base.trust_remote_code)
+        for _ in range(2)
+    )
     dataset = training_dataset(tokenizers[0], examples, base.chat_template)
     _reset_peak_rss()
     if torch.cuda.is_available():
@@ -616,20 +672,34 @@ def _train_and_select(
     processes = _processes(base)
     if processes.is_main_process:
         chosen, record = _select(runs)
-        model_dir = out_dir / "model"
-        if not model_dir.exists():  # else: moved there by a run killed before writing result.json
-            os.replace(chosen.epoch_dir(record["epoch"]), model_dir)
+        model_dir = grid_dir / "model"
+        if not model_dir.exists():  # else: linked there by a run killed before writing result.json
+            _link_tree(chosen.epoch_dir(record["epoch"]), model_dir)
         cost = _cost(arm.kind, runs, chosen, record, dataset, model_dir)
-        _write_json(out_dir / "result.json", {"cost": asdict(cost)})
+        _write_json(grid_dir / "result.json", {"cost": asdict(cost)})
     processes.wait_for_everyone()
 
 
-def _load_result(base: ModelConfig, kind: str, out_dir: Path) -> FineTuned:
+def _link_tree(source: Path, target: Path) -> None:
+    """`target` as a copy of `source` made of hard links (no second copy of the weights on disk),
+    built under a temporary name and renamed once complete. The epoch stays in its run, where
+    another grid's selection may pick it too."""
+    temporary = target.with_name(target.name + ".tmp")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    shutil.copytree(source, temporary, copy_function=os.link)
+    os.replace(temporary, target)
+
+
+def _load_result(base: ModelConfig, kind: str, grid_runs: list[Path], grid_dir: Path) -> FineTuned:
     if _processes(base).is_main_process:
-        for leftover in out_dir.glob("lr-*"):  # checkpoints and unselected epochs are no longer needed
-            shutil.rmtree(leftover)
-    cost = TrainingCost(**_read_json(out_dir / "result.json")["cost"])
-    model_dir = out_dir / "model"
+        # The grid's runs are finished: their Trainer checkpoints (optimizer state, the bulk of the disk)
+        # are never resumed. Each run's state.json and best epoch stay for other grids.
+        for run in grid_runs:
+            for checkpoint in run.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
+    cost = TrainingCost(**_read_json(grid_dir / "result.json")["cost"])
+    model_dir = grid_dir / "model"
     if kind == "lora":
         backend = load_hf_backend(base, adapter=model_dir)
     else:

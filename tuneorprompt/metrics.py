@@ -120,10 +120,7 @@ def _f1_matcher(threshold: float) -> Matcher:
 
 
 def _regex_matcher(pattern: str) -> Matcher:
-    try:
-        compiled = re.compile(pattern)
-    except re.error as error:
-        raise MetricError(f"metric.regex {pattern!r} is not a valid regular expression: {error}") from None
+    compiled = re.compile(pattern)  # MetricConfig has checked that it compiles
     # The targets are not consulted: the answer is right when it has the required form.
     return lambda answer, targets: float(compiled.fullmatch(answer) is not None)
 
@@ -160,13 +157,15 @@ def _user_matcher(spec: str) -> Matcher:
         raise MetricError(f"metric.accuracy {spec!r}: module {module_name!r} has no function {function_name!r}")
 
     def matcher(answer: str, targets: tuple[str, ...]) -> float:
-        value = function(answer, list(targets))
+        called = f"metric.accuracy {spec!r} for answer {answer!r} and targets {list(targets)!r}"
+        try:
+            value = function(answer, list(targets))
+        except Exception as error:
+            # The user's bug, not ours: one line naming the call (the caller adds the example id).
+            raise MetricError(f"{called} raised {type(error).__name__}: {error}") from None
         # bool is a Real: `return answer == targets[0]` is a natural user function.
         if not isinstance(value, numbers.Real) or math.isnan(value) or not 0 <= value <= 1:
-            raise MetricError(
-                f"metric.accuracy {spec!r} returned {value!r} for answer {answer!r} and targets {list(targets)!r}; "
-                "it must return a number in [0, 1]"
-            )
+            raise MetricError(f"{called} returned {value!r}; it must return a number in [0, 1]")
         return float(value)
 
     return matcher

@@ -1,26 +1,36 @@
-"""The run's SQLite store: the generation cache, per-example records and finished arms.
+"""The run's SQLite store: the generation cache, per-example records, finished arms and the runs
+that used the directory.
+
+Every stored result is keyed by a content key (`keys.py`): a generation by the serving identity of
+the model, the decoding settings and the exact prompt; an arm's records and notes by everything
+that determined them. A re-run with other settings therefore never reads a result its settings did
+not produce, and reads back every one they did.
 
 One file per run directory, in WAL mode so a reader (a notebook, `sqlite3`) can look while a run
-writes. Every write is committed at once: an interrupted run loses at most the batch in flight,
-and a re-run takes every finished generation and arm from here instead of recomputing it.
+writes. Every write is committed at once: an interrupted run loses at most the batch in flight.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import sqlite3
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
-from tuneorprompt.backends.base import Backend
+from tuneorprompt.keys import content_key
 from tuneorprompt.records import Completion, ExampleRecord, GenerationSettings
+
+# Bumped whenever a table or a key's meaning changes: a store of another layout is refused rather
+# than read with the wrong meaning.
+LAYOUT = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
-    key TEXT PRIMARY KEY,          -- sha256(fingerprint, settings, prompt)
-    fingerprint TEXT NOT NULL,     -- model weights (+ adapter)
+    key TEXT PRIMARY KEY,          -- content_key(serving identity, settings, prompt)
+    fingerprint TEXT NOT NULL,     -- serving identity: weights (+ adapter), dtype, device type, chat template
     settings TEXT NOT NULL,        -- decoding settings as JSON
     prompt TEXT NOT NULL,
     text TEXT NOT NULL,
@@ -29,18 +39,36 @@ CREATE TABLE IF NOT EXISTS generations (
     seconds REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS records (
+    key TEXT NOT NULL,             -- the arm result (or dev selection) these records belong to
     arm TEXT NOT NULL, seed INTEGER NOT NULL, split TEXT NOT NULL, example_id TEXT NOT NULL,
     prompt TEXT NOT NULL, completion TEXT NOT NULL, answer TEXT NOT NULL,
-    correct REAL NOT NULL, relevance REAL NOT NULL,
+    correct REAL NOT NULL,
+    relevance REAL,                -- NULL where not computed (dev records: no choice uses relevance)
     prompt_tokens INTEGER NOT NULL, generated_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
-    PRIMARY KEY (arm, seed, split, example_id)
+    PRIMARY KEY (key, arm, split, example_id)
 );
-CREATE TABLE IF NOT EXISTS arms (
+CREATE TABLE IF NOT EXISTS arm_results (
+    key TEXT PRIMARY KEY,          -- content_key of everything that determined the arm's test records
     arm TEXT NOT NULL, seed INTEGER NOT NULL,
     info TEXT NOT NULL,            -- JSON: notes (chosen instruction, k, ...) and training cost
-    PRIMARY KEY (arm, seed)
+    finished_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    status TEXT NOT NULL,          -- running | finished | failed | interrupted
+    error TEXT,                    -- the error's message for failed / interrupted runs
+    config_key TEXT NOT NULL       -- content_key of the resolved config
 );
 """
+
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+class StoreError(ValueError):
+    """A store that cannot be used (not a database, another layout, disk full); names the file."""
 
 
 @dataclass
@@ -49,14 +77,76 @@ class CacheStats:
     misses: int = 0
 
 
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    pid: int
+    started_at: float
+    ended_at: float | None
+    status: str
+    error: str | None
+    config_key: str
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started_at))
+        text = f"the previous run (pid {self.pid}, started {started}) {self.status}"
+        if self.status == "running":
+            text = f"the previous run (pid {self.pid}, started {started}) ended without recording how (killed?)"
+        return text + (f": {self.error}" if self.error else "")
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ExampleRecord))
+
+
+def _nan_if_null(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 class Store:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path = Path(path)
         self.cache_stats = CacheStats()  # generations served from / added to this store by this process
-        self._db = sqlite3.connect(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._check_layout()
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(self._explain(error)) from None
+
+    def _check_layout(self) -> None:
+        layout = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+        if tables and layout != LAYOUT:
+            raise StoreError(
+                f"{self.path}: written by another version of tuneorprompt (store layout {layout}, this one reads "
+                f"{LAYOUT}); use a new run directory (--out) or delete this one"
+            )
+        self._db.execute(f"PRAGMA user_version = {LAYOUT}")
+
+    def _explain(self, error: sqlite3.Error) -> str:
+        message = str(error)
+        if "not a database" in message or "malformed" in message:
+            return f"{self.path}: not a readable tuneorprompt store ({message}); move it away or use a new run directory"
+        if "disk is full" in message or "disk I/O" in message:
+            return f"{self.path}: cannot write ({message}); free disk space and run again: finished work is kept"
+        return f"{self.path}: {message}"
+
+    def _write(self, sql: str, args: tuple = (), *, many: Sequence[tuple] | None = None) -> sqlite3.Cursor:
+        """One committed write (of `many` rows, when given); sqlite errors (disk full, a corrupted
+        file) become StoreError."""
+        try:
+            with self._db:
+                return self._db.executemany(sql, many) if many is not None else self._db.execute(sql, args)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(self._explain(error)) from None
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise StoreError(self._explain(error)) from None
 
     def close(self) -> None:
         self._db.close()
@@ -65,84 +155,77 @@ class Store:
 
     @staticmethod
     def generation_key(fingerprint: str, settings: GenerationSettings, prompt: str) -> str:
-        payload = json.dumps([fingerprint, asdict(settings), prompt], ensure_ascii=False)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return content_key(fingerprint, settings, prompt)
 
     def cached(self, keys: Sequence[str]) -> dict[str, Completion]:
         found: dict[str, Completion] = {}
         for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
             chunk = keys[start : start + 500]
-            rows = self._db.execute(
+            rows = self._read(
                 f"SELECT key, text, prompt_tokens, generated_tokens, seconds FROM generations "
                 f"WHERE key IN ({','.join('?' * len(chunk))})",
                 chunk,
             )
-            found.update({row[0]: Completion(*row[1:]) for row in rows})
+            found.update(
+                {row["key"]: Completion(row["text"], row["prompt_tokens"], row["generated_tokens"], row["seconds"])
+                 for row in rows}
+            )
         return found
 
     def put_generations(
         self, fingerprint: str, settings: GenerationSettings, prompts: Sequence[str], completions: Sequence[Completion]
     ) -> None:
         settings_json = json.dumps(asdict(settings))
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (self.generation_key(fingerprint, settings, p), fingerprint, settings_json, p,
-                     c.text, c.prompt_tokens, c.generated_tokens, c.seconds)
-                    for p, c in zip(prompts, completions)
-                ],
-            )
+        self._write(
+            "INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?,?,?,?)",
+            many=[
+                (self.generation_key(fingerprint, settings, p), fingerprint, settings_json, p,
+                 c.text, c.prompt_tokens, c.generated_tokens, c.seconds)
+                for p, c in zip(prompts, completions)
+            ],
+        )
 
     # ---- per-example records and finished arms ---------------------------------------------
 
-    def put_records(self, records: Sequence[ExampleRecord]) -> None:
-        with self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO records VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [tuple(asdict(r).values()) for r in records],
-            )
-
-    def records(self, arm: str, seed: int, split: str) -> list[ExampleRecord]:
-        rows = self._db.execute(
-            "SELECT * FROM records WHERE arm=? AND seed=? AND split=? ORDER BY rowid", (arm, seed, split)
+    def put_records(self, key: str, records: Sequence[ExampleRecord]) -> None:
+        if not records:
+            return
+        columns = ",".join(("key",) + _RECORD_FIELDS)
+        self._write(
+            f"INSERT OR REPLACE INTO records ({columns}) VALUES ({','.join('?' * (len(_RECORD_FIELDS) + 1))})",
+            many=[(key, *(getattr(r, f) for f in _RECORD_FIELDS)) for r in records],
         )
-        return [ExampleRecord(*row) for row in rows]
 
-    def finish_arm(self, arm: str, seed: int, info: dict) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO arms VALUES (?,?,?)", (arm, seed, json.dumps(info)))
+    def records(self, key: str, split: str) -> list[ExampleRecord]:
+        rows = self._read("SELECT * FROM records WHERE key=? AND split=? ORDER BY rowid", (key, split))
+        # SQLite stores a NaN as NULL: an uncomputed relevance comes back as NaN, as it went in.
+        return [
+            ExampleRecord(**{f: row[f] for f in _RECORD_FIELDS} | {"relevance": _nan_if_null(row["relevance"])})
+            for row in rows
+        ]
 
-    def finished_arm(self, arm: str, seed: int) -> dict | None:
-        row = self._db.execute("SELECT info FROM arms WHERE arm=? AND seed=?", (arm, seed)).fetchone()
-        return json.loads(row[0]) if row else None
+    def finish_arm(self, key: str, arm: str, seed: int, info: dict) -> None:
+        self._write("INSERT OR REPLACE INTO arm_results VALUES (?,?,?,?,?)",
+                    (key, arm, seed, json.dumps(info), time.time()))
 
+    def finished_arm(self, key: str) -> dict | None:
+        rows = self._read("SELECT info FROM arm_results WHERE key=?", (key,))
+        return json.loads(rows[0]["info"]) if rows else None
 
-class CachedBackend:
-    """A backend whose generations go through the store: only prompts never seen for this model
-    and these settings reach the wrapped backend. Composition, so any backend gets a cache."""
+    # ---- runs: who used this directory, and how it ended ----------------------------------------
 
-    def __init__(self, backend: Backend, store: Store):
-        self.inner = backend
-        self.store = store
-        self.fingerprint = backend.fingerprint
-        self.context_length = backend.context_length
-        self.num_parameters = backend.num_parameters
+    def begin_run(self, config_key: str) -> int:
+        cursor = self._write(
+            "INSERT INTO runs (pid, started_at, status, config_key) VALUES (?,?,?,?)",
+            (os.getpid(), time.time(), "running", config_key),
+        )
+        return int(cursor.lastrowid)
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Completion]:
-        keys = [Store.generation_key(self.fingerprint, settings, p) for p in prompts]
-        found = self.store.cached(keys)
-        missing = list(dict.fromkeys(p for p, k in zip(prompts, keys) if k not in found))
-        self.store.cache_stats.hits += len(prompts) - len(missing)
-        self.store.cache_stats.misses += len(missing)
-        if missing:
-            fresh = self.inner.generate(missing, settings)
-            self.store.put_generations(self.fingerprint, settings, missing, fresh)
-            found.update({Store.generation_key(self.fingerprint, settings, p): c for p, c in zip(missing, fresh)})
-        return [found[k] for k in keys]
+    def end_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        if status not in RUN_STATUSES[1:]:
+            raise ValueError(f"unknown final run status {status!r}")
+        self._write("UPDATE runs SET status=?, error=?, ended_at=? WHERE id=?", (status, error, time.time(), run_id))
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
-        return self.inner.loglikelihood(requests)
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
+    def runs(self) -> Iterator[RunRow]:
+        for row in self._read("SELECT * FROM runs ORDER BY id"):
+            yield RunRow(**{name: row[name] for name in row.keys()})

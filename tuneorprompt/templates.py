@@ -12,6 +12,8 @@ model:
   batch_size: 16
   num_threads: null           # torch CPU threads; 1 is steadiest on a shared machine
   chat_template: false        # true for instruct models: each prompt becomes one user turn
+  # allow_pickle: false       # also load pickle *.bin weights; pickle can run code, so only files you trust
+  # trust_remote_code: false  # run the model repository's own Python code; needs revision: <40-hex commit>
 
 data:
   # Either three files ...

@@ -11,10 +11,15 @@ from typing import Protocol, Sequence, runtime_checkable
 from tuneorprompt.records import Completion, GenerationSettings
 
 
+class PromptTooLongError(ValueError):
+    """A prompt (plus the tokens to generate or score) that does not fit the model's context."""
+
+
 @runtime_checkable
 class Backend(Protocol):
-    # Identifies the weights (and adapter) behind the backend; generation-cache entries are keyed by it,
-    # so two models never share cached answers.
+    # Identifies everything behind the backend that decides the completion of a given prompt text:
+    # weights (and adapter), dtype, device type, chat-template use. Generation-cache entries are keyed
+    # by it, so two setups never share cached answers; it is the same in every process.
     fingerprint: str
     # Longest prompt + completion the model accepts, in tokens.
     context_length: int

@@ -10,18 +10,24 @@ Decisions that make arms comparable, and where they are made:
   padded prompt sees the positions 0..n-1 it would see alone and outputs do not depend on the batch
   size (tests/test_backend_hf.py checks this for batch sizes 1, 3 and 8 in float32). In bf16/fp16
   the padded kernels round differently and near-ties may flip; compare arms at one batch size there.
-- Identity: `fingerprint` hashes the files that determine a completion (weights, configs, tokenizer,
-  adapter); the generation cache is keyed by it.
+- Identity: `fingerprint` covers everything that determines a completion: the files (weights, configs,
+  tokenizer and its chat template, adapter), the dtype and device type the weights run in (kernels
+  round differently), and whether prompts are wrapped in the chat template. The generation cache
+  is keyed by it.
+- Safety: only safetensors weights load unless `model.allow_pickle`, and a repository's own Python code
+  runs only with `model.trust_remote_code` (which the config requires to be pinned to a commit).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+import traceback
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -30,16 +36,14 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from tuneorprompt.backends.base import PromptTooLongError
 from tuneorprompt.config import ModelConfig
+from tuneorprompt.keys import content_key
 from tuneorprompt.records import Completion, GenerationSettings
 
 
 class ModelLoadError(ValueError):
     """A model or adapter that cannot be found or loaded; the message names the path and what was tried."""
-
-
-class PromptTooLongError(ValueError):
-    """A prompt (plus the tokens to generate or score) that does not fit the model's context."""
 
 
 # Files whose bytes decide what a model answers to a given prompt text: weights, model and generation
@@ -181,6 +185,12 @@ def _context_length(model, tokenizer) -> int:
     return min(known)
 
 
+def serving_fingerprint(files_fingerprint: str, model, chat_template: bool) -> str:
+    """The backend's identity: the model's files (`fingerprint_model`, or in-memory weights during
+    training) as served here: dtype, device type and chat-template use change what it answers."""
+    return content_key(files_fingerprint, str(model.dtype), model.device.type, chat_template)
+
+
 class HFBackend:
     """A Hugging Face causal LM behind the `Backend` protocol.
 
@@ -201,7 +211,7 @@ class HFBackend:
         model.generation_config = _greedy_generation_config(model, tokenizer)
         self.model = model
         self.tokenizer = tokenizer
-        self.fingerprint = fingerprint
+        self.fingerprint = serving_fingerprint(fingerprint, model, chat_template)
         self.batch_size = batch_size
         self.chat_template = chat_template
         self.context_length = _context_length(model, tokenizer)
@@ -375,22 +385,73 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+def model_load_options(config: ModelConfig) -> dict:
+    """What every `AutoModelForCausalLM.from_pretrained` of the user's model is given, so that no
+    load runs code the user has not allowed: pickle weights (*.bin), the repository's own Python code.
+    (Not for tokenizers: they would save `use_safetensors` into their tokenizer_config.json.)"""
+    return {
+        "revision": config.revision,
+        "trust_remote_code": config.trust_remote_code,
+        # True: safetensors or nothing. None (not False, which would refuse safetensors): prefer
+        # safetensors, else *.bin, which transformers unpickles with torch.load(weights_only=True).
+        "use_safetensors": None if config.allow_pickle else True,
+    }
+
+
+def _refuse_pickle_only(config: ModelConfig, local: Path | None) -> None:
+    """A model whose only weights are pickle files is refused up front: transformers' own error
+    ("no file named model.safetensors") would not say why, nor what to do."""
+    try:
+        directory = local or _hub_snapshot(config.path, config.revision)
+    except ModelLoadError:
+        return  # neither local nor cached: transformers will say what it can find
+    if any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(path.name for path in directory.glob("*.bin"))
+    if pickles:
+        raise ModelLoadError(
+            f"model {config.path!r}: {directory} holds only pickle weights ({', '.join(pickles)}), and loading "
+            "pickle can run code; set model.allow_pickle: true if you trust these files, or convert them to safetensors"
+        )
+
+
+def _raised_in_torch_load(error: BaseException) -> bool:
+    """Whether `error` was raised inside torch.load, i.e. by a *.bin file's bytes. transformers unpickles
+    with weights_only=True, which raises UnpicklingError for anything but tensors (before a forbidden call
+    runs); a truncated or corrupt file ends in EOFError, IndexError, struct.error, ... as its bytes fall."""
+    frames = traceback.walk_tb(error.__traceback__)
+    return any(frame.f_code is torch.serialization.load.__code__ for frame, _ in frames)
+
+
 def load_hf_backend(config: ModelConfig, adapter: Path | None = None) -> HFBackend:
     """Load `config.path` (a local directory, else a hub id) and, optionally, a PEFT adapter on top."""
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     local = _local_dir(config.path)
+    if not config.allow_pickle:
+        _refuse_pickle_only(config, local)
     source = str(local) if local else config.path
     tried = f"local directory {local}" if local else f"hub id {config.path!r} (revision {config.revision or 'main'})"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, revision=config.revision, dtype=_DTYPES[config.dtype], device_map=_resolve_device(config.device)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelLoadError(
-            f"cannot load model {config.path!r}: tried the {tried} with AutoTokenizer and AutoModelForCausalLM: {error}"
-        ) from None
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=_DTYPES[config.dtype], device_map=_resolve_device(config.device), **model_load_options(config)
+        )
+    except Exception as error:
+        if _raised_in_torch_load(error):
+            raise ModelLoadError(
+                f"cannot load model {config.path!r}: the pickle weights (*.bin) in the {tried} are corrupt or hold "
+                f"more than tensors ({type(error).__name__}); torch's safe loader refused them, so no code in them "
+                "ran. Use a safetensors copy of the model."
+            ) from None
+        if isinstance(error, (OSError, ValueError, KeyError, RuntimeError, SafetensorError)):
+            raise ModelLoadError(
+                f"cannot load model {config.path!r}: tried the {tried} with AutoTokenizer and AutoModelForCausalLM: "
+                f"{error}"
+            ) from None
+        raise
     fingerprint = fingerprint_model(source, config.revision)
     if adapter is not None:
         model, fingerprint = _with_adapter(model, fingerprint, Path(adapter))

@@ -1,7 +1,8 @@
 """The report dict: arms, paired tests, costs and break-even, recommendation, provenance.
 
 `build_report` is a pure function of the run's records and summaries; `write_report` writes it as
-`report.json` and `report.html` and prints the terminal summary.
+`report.json` and `report.html` (each replaced whole, never left half-written) and prints the
+terminal summary.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tuneorprompt.config import CostConfig, ExperimentConfig
 from tuneorprompt.records import ExampleRecord
 from tuneorprompt.report.html import render_html
 from tuneorprompt.report.terminal import print_summary
+from tuneorprompt.rundir import write_text_atomic
 from tuneorprompt.summary import outcome_matrix
 
 REPORT_VERSION = 1
@@ -33,7 +35,13 @@ def build_report(
     environment: dict,
     stopped_early_at: str | None = None,
     learning_curve: dict | None = None,
+    cost_order: Sequence[decide.CostEstimate] | None = None,
+    protocol: dict | None = None,
 ) -> dict:
+    """cost_order: every arm's cost as estimated before the run, cheapest first; the order the ladder
+    ran the arms in, and the one the recommendation follows (without it, the measured costs order
+    them). protocol: what every arm's result depends on (settings, data and model keys), recorded
+    so the report states what its numbers came from."""
     outcomes = [
         decide.ArmOutcome(
             name=s["name"],
@@ -49,6 +57,7 @@ def build_report(
         lenient=config.target.lenient,
         expected_queries=config.costs.expected_queries,
         learning_curve_hint=(learning_curve or {}).get("hint"),
+        order=[estimate.name for estimate in cost_order] if cost_order is not None else None,
     )
     return {
         "report_version": REPORT_VERSION,
@@ -64,9 +73,11 @@ def build_report(
         "arms": list(summaries),
         "paired_tests": paired_tests(records, [s["name"] for s in summaries], recommendation.arm),
         "costs": costs(summaries, config.costs),
+        "cost_order": [estimate.to_dict() for estimate in cost_order] if cost_order is not None else None,
         "break_even": break_even(summaries),
         "learning_curve": learning_curve,
         "recommendation": recommendation.to_dict(),
+        "protocol": protocol,
         "environment": environment,
     }
 
@@ -142,8 +153,7 @@ def write_report(*, run_dir: Path, console: Console, references: dict[str, str],
     """Build the report; write report.json and report.html; print the terminal summary.
     `references` maps test ids to reference answers for the disagreement table."""
     report = build_report(**inputs)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    html = render_html(report, inputs["records"], references)
-    (run_dir / "report.html").write_text(html, encoding="utf-8")
+    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=str))
+    write_text_atomic(run_dir / "report.html", render_html(report, inputs["records"], references))
     print_summary(report, console)
     return report

@@ -1,8 +1,9 @@
 """`report.html`: one self-contained page (plots inlined as PNG, no network) to send to a team.
 
 Plots: accuracy and relevance per arm with 95% CIs and the target line; the learning curves on
-shared axes; accuracy against per-query cost (the frontier). Then the paired tests and examples
-where the arms disagree.
+shared axes; accuracy against per-query cost (the frontier). Under the arms table, notes on arms
+whose prompts were shortened to fit the context. Then the paired tests and examples where the arms
+disagree.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from jinja2 import select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tuneorprompt.records import ExampleRecord
+from tuneorprompt.report.notes import shortened_prompts
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuneorprompt: {{ r.name }}</title>
@@ -30,6 +32,7 @@ td:first-child, th:first-child { text-align: left; }
 .none { background: #fff6e5; border-color: #e90; }
 img { max-width: 100%; }
 code { background: #f4f4f4; padding: 1px 4px; }
+.notes { color: #8a5a00; }
 </style></head><body>
 <h1>{{ r.name }}: prompt or fine-tune?</h1>
 <p>Model <code>{{ r.model }}</code>; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
@@ -48,6 +51,7 @@ strategy {{ r.strategy }}.</p>
 <td>{{ "%.0f" | format(a.training.wall_seconds) if a.training else "-" }}</td>
 <td>{{ "%.3g" | format(a.training.flops / 1e15) if a.training else "-" }}</td></tr>
 {% endfor %}</table>
+{% if notes %}<ul class="notes">{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>{% endif %}
 {% for title, png in plots %}<h3>{{ title }}</h3><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
 {% if r.break_even %}<h2>Break-even</h2><table><tr><th>fine-tuned arm</th><th>against</th><th>queries to repay training</th></tr>
 {% for b in r.break_even %}<tr><td>{{ b.arm }}</td><td>{{ b.against }}</td>
@@ -158,4 +162,5 @@ def render_html(report: dict, records: dict[str, list[list[ExampleRecord]]], ref
         plots.append(("Accuracy against cost per query", frontier))
     shown = {a["name"]: records[a["name"]] for a in report["arms"] if a["name"] in records}
     names, rows = disagreements(shown, references)
-    return _ENV.from_string(PAGE).render(r=report, plots=plots, disagreement_arms=names, disagreements=rows)
+    return _ENV.from_string(PAGE).render(r=report, plots=plots, notes=shortened_prompts(report),
+                                         disagreement_arms=names, disagreements=rows)

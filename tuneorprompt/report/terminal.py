@@ -1,9 +1,12 @@
-"""The terminal summary: one row per arm, then the verdict."""
+"""The terminal summary: one row per arm, notes on arms whose prompts were shortened, then the verdict."""
 
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.table import Table
+
+from tuneorprompt.report.notes import shortened_prompts
 
 
 def _fmt_interval(metric: dict, scale: float, digits: int) -> str:
@@ -30,6 +33,8 @@ def print_summary(report: dict, console: Console) -> None:
             f"{training['wall_seconds']:.0f}" if training else "-",
         )
     console.print(table)
+    for note in shortened_prompts(report):
+        console.print(f"[yellow]Note:[/] {rich_escape(note)}")
     recommendation = report.get("recommendation") or {}
     style = "bold green" if recommendation.get("arm") else "bold yellow"
     console.print(f"[{style}]Recommendation:[/] {recommendation.get('reason', 'none')}")

@@ -1,0 +1,63 @@
+"""User mistakes reach the command line as one `error:` message and exit status 2, not a traceback
+(a raw exception would leave CliRunner with exit code 1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tuneorprompt.cli import app
+
+
+def write_config(tmp_path: Path, extra: dict, test_file: str = "test.jsonl") -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        rows = [{"id": f"{split}{i}", "input": f"{split} question {i}?", "target": "a"} for i in range(3)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    files = {"train": str(data / "train.jsonl"), "dev": str(data / "dev.jsonl"), "test": str(data / test_file)}
+    config = tmp_path / "experiment.yaml"
+    config.write_text(json.dumps({"model": {"path": "m"}, "data": files, **extra}))
+    return config
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """Exit code and output with rich's line wrapping undone (it wraps at 120 columns off a terminal)."""
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    "extra, overrides, named",
+    [
+        ({"generation": {"stop": [""]}}, [], "generation.stop: an empty stop string"),
+        ({"seeds": [0, 0]}, [], "seeds: seed 0 is given more than once"),
+        ({"generation": {"extract": "regex", "extract_regex": "(x"}}, [], "generation.extract_regex: '(x' is not"),
+        ({"metric": {"accuracy": "regex", "regex": "(unclosed"}}, [], "metric.regex: '(unclosed'"),
+        ({"name": "../../../x"}, [], "name: '../../../x' must be a plain folder name"),
+        ({}, ["--set", "prompt.template=Q: {{ input }}"], "quote it as a YAML string"),
+        ({"model": {"path": "m", "trust_remote_code": True}}, [], "model: trust_remote_code: true runs"),
+    ],
+)
+def test_config_mistakes_exit_2_naming_the_key(tmp_path, extra, overrides, named):
+    code, output = invoke("check-data", str(write_config(tmp_path, extra)), *overrides)
+    assert code == 2, output
+    assert output.startswith("error:") and named in output
+
+
+def test_non_utf8_data_file_exits_2_naming_file_and_line(tmp_path):
+    config = write_config(tmp_path, {}, test_file="test.csv")
+    latin1 = tmp_path / "data" / "test.csv"
+    latin1.write_bytes(b"id,input,target\nq1,Capital of S\xe3o Tom\xe9?,x\n")
+    code, output = invoke("check-data", str(config))
+    assert code == 2, output
+    assert f"{latin1}:2: not UTF-8 text" in output
+
+
+def test_init_into_a_missing_folder_exits_2(tmp_path):
+    code, output = invoke("init", str(tmp_path / "no-such-folder" / "experiment.yaml"))
+    assert code == 2
+    assert output.startswith("error:") and "no-such-folder" in output

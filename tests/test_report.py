@@ -1,0 +1,103 @@
+"""The report from small synthetic records: shortened prompts are visible in every output, and the
+files are written whole."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from tuneorprompt.config import config_from_dict
+from tuneorprompt.data import OverlapReport
+from tuneorprompt.decide import CostEstimate
+from tuneorprompt.records import ExampleRecord
+from tuneorprompt.report import build_report, write_report
+from tuneorprompt.report.notes import shortened_prompts
+from tuneorprompt.rundir import RunDirError
+from tuneorprompt.summary import summarize_arm
+
+N_TEST, N_DEV = 6, 4
+NOTE = ("few_shot@8: 2 (seed 0), 3 (seed 1) of 6 test and 0 (seed 0), 1 (seed 1) of 4 dev prompts shortened "
+        "(demos dropped to fit the context)")
+
+
+def records(arm: str, seed: int, right: int) -> list[ExampleRecord]:
+    """N_TEST test records, the first `right` of them correct."""
+    return [
+        ExampleRecord(arm=arm, seed=seed, split="test", example_id=f"te{i}", prompt=f"Q{i}", completion=f" A{i}",
+                      answer=f"A{i}" if i < right else "?", correct=float(i < right), relevance=0.5 + 0.05 * i,
+                      prompt_tokens=10, generated_tokens=2, seconds=0.01)
+        for i in range(N_TEST)
+    ]
+
+
+def report_inputs(few_shot_details: list[dict], target: float = 0.5) -> dict:
+    config = config_from_dict({
+        "name": "synthetic",
+        "model": {"path": "unused"},
+        "data": {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"},
+        "arms": ["baseline", {"kind": "few_shot", "k": [8]}],
+        "seeds": [0, 1],
+        "target": {"accuracy": target},
+    })
+    by_arm = {"baseline": [records("baseline", 0, 2)],
+              "few_shot@8": [records("few_shot@8", 0, 4), records("few_shot@8", 1, 5)]}
+    summaries = [
+        summarize_arm("baseline", "baseline", by_arm["baseline"], [{}], num_parameters=1000),
+        summarize_arm("few_shot@8", "few_shot", by_arm["few_shot@8"], few_shot_details, num_parameters=1000),
+    ]
+    return dict(config=config, summaries=summaries, records=by_arm, overlap=OverlapReport(N_TEST, ()),
+                split_sizes={"train": 20, "dev": N_DEV, "test": N_TEST},
+                environment={"packages": {"tuneorprompt": "test"}, "git_commit": None})
+
+
+SHORTENED = [{"k": 8, "prompts_shortened_test": 2}, {"k": 8, "prompts_shortened_test": 3, "prompts_shortened_dev": 1}]
+
+
+def test_notes_name_the_arm_split_and_counts_per_seed():
+    assert shortened_prompts(build_report(**report_inputs(SHORTENED))) == [NOTE]
+
+
+def test_counts_equal_across_seeds_are_given_once():
+    report = build_report(**report_inputs([{"prompts_shortened_test": 2}, {"prompts_shortened_test": 2}]))
+    assert shortened_prompts(report) == [
+        "few_shot@8: 2 of 6 test prompts shortened (demos dropped to fit the context)"
+    ]
+
+
+def test_no_note_when_no_prompt_was_shortened():
+    assert shortened_prompts(build_report(**report_inputs([{"k": 8}, {"k": 8}]))) == []
+
+
+def test_the_terminal_summary_and_the_page_show_the_note(tmp_path):
+    console = Console(file=io.StringIO(), width=300)
+    write_report(run_dir=tmp_path, console=console, references={}, **report_inputs(SHORTENED))
+    assert f"Note: {NOTE}" in console.file.getvalue()
+    assert f"<li>{NOTE}</li>" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "report.json").read_text())["arms"][1]["details"] == SHORTENED
+
+
+@pytest.mark.parametrize("name", ["report.json", "report.html"])
+def test_the_report_is_never_written_through_a_symlink(tmp_path, name):
+    """Written with write_text_atomic: a link planted in the run directory is refused, its target kept."""
+    target = tmp_path / "precious.txt"
+    target.write_text("precious")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / name).symlink_to(target)
+    with pytest.raises(RunDirError, match=f"{name} is a symbolic link"):
+        write_report(run_dir=run_dir, console=Console(file=io.StringIO()), references={}, **report_inputs(SHORTENED))
+    assert target.read_text() == "precious"
+
+
+def test_the_recommendation_follows_the_cost_order_estimated_before_the_run():
+    """With a target every arm meets, the recommendation is the first arm of the given order."""
+    inputs = report_inputs([{}, {}], target=0.0)
+    assert build_report(**inputs)["recommendation"]["arm"] == "baseline"  # measured costs tie: config order
+    order = [CostEstimate("few_shot@8", 1e3, 0.0), CostEstimate("baseline", 2e3, 0.0)]  # cheapest first
+    report = build_report(**inputs, cost_order=order, protocol={"key": "abc"})
+    assert report["recommendation"]["arm"] == "few_shot@8"
+    assert report["cost_order"] == [e.to_dict() for e in order]
+    assert report["protocol"] == {"key": "abc"}
