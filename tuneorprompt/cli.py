@@ -51,6 +51,13 @@ def _interrupted(run_dir: str) -> None:
     raise typer.Exit(code=130)  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
+def _done(result) -> None:
+    console.print(
+        f"Run directory: {rich_escape(str(result.run_dir))} ({result.cache_hits} answers read back from its store, "
+        f"{result.cache_misses} generated)"
+    )
+
+
 def _quiet_loading() -> None:
     """Per-tensor "Loading weights" bars from transformers drown the run's own progress bars."""
     from transformers.utils import logging as hf_logging
@@ -74,7 +81,7 @@ def run(
         _fail(error)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the store has recorded the run as interrupted
         _interrupted(str(out) if out else "the run directory")
-    console.print(f"Run directory: {result.run_dir}")
+    _done(result)
 
 
 @app.command("check-data")
@@ -148,7 +155,7 @@ def demo(
         _fail(error)
     except KeyboardInterrupt:
         _interrupted(str(out or Path("runs") / f"demo-{task}"))
-    console.print(f"Run directory: {result.run_dir}")
+    _done(result)
 
 
 @testbed_app.command("build")
