@@ -13,6 +13,7 @@ from tuneorprompt.metrics import (
     MetricError,
     RelevanceScorer,
     extract_answer,
+    lenient_match,
     make_matcher,
     normalize_answer,
     normalize_text,
@@ -210,3 +211,27 @@ def test_relevance_matches_pairwise_cosine_and_handles_duplicates(scorer):
     assert scorer.embed([]).shape == (0, scorer.dimension)
     with pytest.raises(ValueError, match="2 responses but 1 references"):
         scorer.score(["a", "b"], ["a"])
+
+
+# ---- the lenient view --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "target", "question", "expected"),
+    [
+        # Replies of a real chat model (SmolLM2-135M-Instruct) to real capitals questions.
+        ("The capital of Afghanistan is Kabul.", "Kabul", "What is the capital of Afghanistan?", 1.0),
+        ("Mali is a country located in West Africa.", "Bamako", "What is the capital of Mali?", 0.0),
+        ("The capital of Jamaica is Port Royal.", "Kingston", "What is the capital of Jamaica?", 0.0),
+        # Only inside the copied question: not an answer.
+        ("The capital of Vatican City State is Rome.", "Vatican City", "What is the capital of Vatican City State?", 0.0),
+        ("The capital of Vatican City State is Vatican City.", "Vatican City",
+         "What is the capital of Vatican City State?", 1.0),
+        # Sharing words with the question is not copying it.
+        ("The capital of Mexico is Mexico City.", "Mexico City", "What is the capital of Mexico?", 1.0),
+        ("Kabul", "Kabul", "What is the capital of Afghanistan?", 1.0),
+        ("Kabulistan", "Kabul", "What is the capital of Afghanistan?", 0.0),  # whole words only
+    ],
+)
+def test_lenient_view_finds_the_answer_in_a_sentence_but_not_in_the_copied_question(reply, target, question, expected):
+    assert lenient_match(reply, (target,), question) == expected

@@ -26,9 +26,10 @@ NOTE = ("few_shot@8: 2 (seed 0), 3 (seed 1) of 6 test and 0 (seed 0), 1 (seed 1)
 def records(arm: str, seed: int, right: int) -> list[ExampleRecord]:
     """N_TEST test records, the first `right` of them correct."""
     return [
-        ExampleRecord(arm=arm, seed=seed, split="test", example_id=f"te{i}", prompt=f"Q{i}", completion=f" A{i}",
-                      answer=f"A{i}" if i < right else "?", correct=float(i < right), relevance=0.5 + 0.05 * i,
-                      prompt_tokens=10, generated_tokens=2, seconds=0.01)
+        ExampleRecord(arm=arm, seed=seed, split="test", example_id=f"te{i}", targets=(f"A{i}",), prompt=f"Q{i}",
+                      completion=f" A{i}", answer=f"A{i}" if i < right else "?", correct=float(i < right),
+                      correct_lenient=float(i < right), relevance=0.5 + 0.05 * i, prompt_tokens=10,
+                      generated_tokens=2, seconds=0.01)
         for i in range(N_TEST)
     ]
 

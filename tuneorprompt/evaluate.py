@@ -45,6 +45,7 @@ class System:
 class Scorer:
     extract: Callable[[str], str]  # completion -> answer
     matcher: Callable[[str, tuple[str, ...]], float]  # (answer, acceptable targets) -> [0, 1]
+    lenient: Callable[[str, tuple[str, ...], str], float]  # (reply, acceptable targets, question) -> 0/1
     relevance: Callable[[list[str], list[str]], np.ndarray] | None  # (responses, references) -> cosine [-1, 1]
 
 
@@ -119,17 +120,18 @@ def evaluate(
 
     answers = [scorer.extract(c.text) for c in completions]
     correct = [_score(scorer, a, e) for a, e in zip(answers, examples)]
+    lenient = [scorer.lenient(c.text, e.targets, e.input) for c, e in zip(completions, examples)]
     if scorer.relevance is not None:
         relevance = scorer.relevance(answers, [e.target for e in examples]).tolist()
     else:
         relevance = [float("nan")] * len(examples)
     return [
         ExampleRecord(
-            arm=system.name, seed=system.seed, split=split, example_id=e.id, prompt=p, completion=c.text,
-            answer=a, correct=float(ok), relevance=float(r), prompt_tokens=c.prompt_tokens,
-            generated_tokens=c.generated_tokens, seconds=c.seconds,
+            arm=system.name, seed=system.seed, split=split, example_id=e.id, targets=e.targets, prompt=p,
+            completion=c.text, answer=a, correct=float(ok), correct_lenient=float(loose), relevance=float(r),
+            prompt_tokens=c.prompt_tokens, generated_tokens=c.generated_tokens, seconds=c.seconds,
         )
-        for e, p, c, a, ok, r in zip(examples, prompts, completions, answers, correct, relevance)
+        for e, p, c, a, ok, loose, r in zip(examples, prompts, completions, answers, correct, lenient, relevance)
     ]
 
 

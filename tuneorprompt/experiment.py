@@ -48,7 +48,7 @@ from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
 from tuneorprompt.evaluate import Scorer, overlong_prompts
 from tuneorprompt.keys import content_key, examples_key, file_sha256, texts_key
-from tuneorprompt.metrics import RelevanceScorer, extract_answer, make_matcher
+from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
 from tuneorprompt.progress import make_progress
 from tuneorprompt.prompts import PromptFormat
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
@@ -155,6 +155,7 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     scorer = Scorer(
         extract=partial(extract_answer, rule=config.generation.extract, regex=config.generation.extract_regex),
         matcher=make_matcher(config.metric),
+        lenient=lenient_match,
         relevance=relevance.score,
     )
     protocol = protocol_record(config, backend.fingerprint, splits, corpus)

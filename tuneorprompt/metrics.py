@@ -189,6 +189,42 @@ def make_matcher(config: MetricConfig) -> Matcher:
     raise MetricError(f"unknown matcher {name!r}")
 
 
+# ---- the lenient view ---------------------------------------------------------------------------------
+
+
+def lenient_match(reply: str, targets: Sequence[str], question: str) -> float:
+    """1.0 when a reference answer occurs in the whole reply as words (SQuAD-normalised, as
+    `contains_match`), not counting an occurrence inside text the reply copies from the question.
+
+    The second half is what keeps the view honest on chat replies that restate the question: asked
+    "What is the capital of Vatican City State?" with the answer "Vatican City", the reply "The capital
+    of Vatican City State is Rome." contains "vatican city" only inside "capital of vatican city state",
+    which it copied. An occurrence counts as copied when the question also contains it extended by a
+    word on either side (any longer copied run contains such an extension); an answer that merely
+    shares words with the question ("Mexico City" for Mexico) still counts.
+    """
+    words = normalize_answer(reply).split()
+    asked = f" {normalize_answer(question)} "
+
+    def in_question(span: list[str]) -> bool:
+        return f" {' '.join(span)} " in asked
+
+    for target in targets:
+        needle = normalize_answer(target).split()
+        if not needle:
+            continue
+        n = len(needle)
+        for start in range(len(words) - n + 1):
+            if words[start : start + n] != needle:
+                continue
+            copied = (start > 0 and in_question(words[start - 1 : start + n])) or (
+                start + n < len(words) and in_question(words[start : start + n + 1])
+            )
+            if not copied:
+                return 1.0
+    return 0.0
+
+
 # ---- relevance --------------------------------------------------------------------------------------
 
 

@@ -50,10 +50,12 @@ class ExampleRecord:
     seed: int
     split: str
     example_id: str
+    targets: tuple[str, ...]  # the example's acceptable answers, as scored
     prompt: str
     completion: str
     answer: str
-    correct: float  # 0/1 for most matchers; in [0, 1] for a user function
+    correct: float  # strict view: the task's matcher on the extracted answer; 0/1, or in [0, 1] for a user function
+    correct_lenient: float  # lenient view: a reference answer appears in the reply (see metrics.lenient_match)
     relevance: float  # cosine similarity of response and reference embeddings, in [-1, 1]
     prompt_tokens: int
     generated_tokens: int

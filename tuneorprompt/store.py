@@ -25,7 +25,7 @@ from tuneorprompt.records import Completion, ExampleRecord, GenerationSettings
 
 # Bumped whenever a table or a key's meaning changes: a store of another layout is refused rather
 # than read with the wrong meaning.
-LAYOUT = 2
+LAYOUT = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS generations (
 CREATE TABLE IF NOT EXISTS records (
     key TEXT NOT NULL,             -- the arm result (or dev selection) these records belong to
     arm TEXT NOT NULL, seed INTEGER NOT NULL, split TEXT NOT NULL, example_id TEXT NOT NULL,
+    targets TEXT NOT NULL,         -- JSON list of the acceptable answers
     prompt TEXT NOT NULL, completion TEXT NOT NULL, answer TEXT NOT NULL,
-    correct REAL NOT NULL,
+    correct REAL NOT NULL, correct_lenient REAL NOT NULL,
     relevance REAL,                -- NULL where not computed (dev records: no choice uses relevance)
     prompt_tokens INTEGER NOT NULL, generated_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
     PRIMARY KEY (key, arm, split, example_id)
@@ -96,6 +97,11 @@ class RunRow:
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(ExampleRecord))
+
+
+def _column(record: ExampleRecord, field: str):
+    value = getattr(record, field)
+    return json.dumps(list(value), ensure_ascii=False) if field == "targets" else value
 
 
 def _nan_if_null(value: float | None) -> float:
@@ -193,14 +199,16 @@ class Store:
         columns = ",".join(("key",) + _RECORD_FIELDS)
         self._write(
             f"INSERT OR REPLACE INTO records ({columns}) VALUES ({','.join('?' * (len(_RECORD_FIELDS) + 1))})",
-            many=[(key, *(getattr(r, f) for f in _RECORD_FIELDS)) for r in records],
+            many=[(key, *(_column(r, f) for f in _RECORD_FIELDS)) for r in records],
         )
 
     def records(self, key: str, split: str) -> list[ExampleRecord]:
         rows = self._read("SELECT * FROM records WHERE key=? AND split=? ORDER BY rowid", (key, split))
         # SQLite stores a NaN as NULL: an uncomputed relevance comes back as NaN, as it went in.
         return [
-            ExampleRecord(**{f: row[f] for f in _RECORD_FIELDS} | {"relevance": _nan_if_null(row["relevance"])})
+            ExampleRecord(**{f: row[f] for f in _RECORD_FIELDS} | {
+                "targets": tuple(json.loads(row["targets"])), "relevance": _nan_if_null(row["relevance"])
+            })
             for row in rows
         ]
 
