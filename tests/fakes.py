@@ -6,29 +6,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from tuneorprompt.records import Completion, GenerationSettings
+from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
 
 @dataclass
 class ScriptedBackend:
-    answer: Callable[[str], str]  # prompt -> completion text
+    answer: Callable[[str], str]  # rendered prompt -> completion text
     fingerprint: str = "scripted"
     context_length: int = 4096
     num_parameters: int | None = 1000
+    chat_template: bool = False  # with True, conversations render as "role: content" lines
     prompts_seen: list[str] = field(default_factory=list)
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Completion]:
-        self.prompts_seen += prompts
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return f"user: {prompt}\nassistant:" if self.chat_template else prompt
+        assert self.chat_template, "a conversation given to a backend without a chat template"
+        return "".join(f"{turn.role}: {turn.content}\n" for turn in prompt) + "assistant:"
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
+        texts = [self.render(p) for p in prompts]
+        self.prompts_seen += texts
         completions = []
-        for prompt in prompts:
+        for prompt in texts:
             text = self.answer(prompt)
             for stop in settings.stop:
                 text = text.split(stop, 1)[0]
             completions.append(Completion(text, self.count_tokens(prompt), len(text.split()) + 1, 0.001))
         return completions
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+    def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
         return [-float(len(continuation)) for _, continuation in requests]
 
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self.render(prompt).split())

@@ -31,7 +31,7 @@ from tuneorprompt.backends.hf import (
     load_hf_backend,
 )
 from tuneorprompt.config import ModelConfig
-from tuneorprompt.records import GenerationSettings
+from tuneorprompt.records import GenerationSettings, Message
 
 # Different lengths (1 to ~25 tokens), so batches carry real left padding.
 PROMPTS = [
@@ -276,10 +276,22 @@ def test_count_tokens_and_chat_template_carry_one_bos(tiny_llama_dir):
     assert ids.count(bos) == 1 and ids[0] == bos  # the template's BOS, not a second one added on top
 
 
-def test_chat_template_without_template_is_a_clear_error(tiny_gpt2_dir):
-    backend = load(tiny_gpt2_dir, chat_template=True)
+def test_chat_template_auto_follows_the_tokenizer_and_true_needs_one(tiny_gpt2_dir, tmp_path):
+    assert load(tiny_gpt2_dir).chat_template is False  # auto, and the tokenizer has no template
     with pytest.raises(ValueError, match="has no chat template"):
-        backend.generate(["Paris"], GenerationSettings(max_new_tokens=2))
+        load(tiny_gpt2_dir, chat_template=True)  # at load time, before any arm runs
+    with_template = shutil.copytree(tiny_gpt2_dir, tmp_path / "with-template")
+    tokenizer = AutoTokenizer.from_pretrained(with_template)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    tokenizer.save_pretrained(with_template)
+    backend = load(with_template)
+    assert backend.chat_template is True
+    assert backend.render("Paris?") == "<user>Paris?<assistant>"
+    conversation = (Message("system", "Be brief."), Message("user", "Paris?"))
+    assert backend.render(conversation) == "<system>Be brief.<user>Paris?<assistant>"
+    assert load(with_template, chat_template=False).render("Paris?") == "Paris?"
+    with pytest.raises(ValueError, match="without its chat template"):
+        load(with_template, chat_template=False).render(conversation)
 
 
 def test_empty_prompt_is_a_clear_error(tiny_gpt2_dir):
@@ -313,10 +325,10 @@ def test_fingerprint_follows_how_the_model_is_served(tiny_gpt2_dir, tmp_path):
     with_template = tmp_path / "with-template"
     shutil.copytree(tiny_gpt2_dir, with_template)
     tokenizer.save_pretrained(with_template)
-    plain = load(with_template).fingerprint
-    assert load(with_template, dtype="bfloat16").fingerprint != plain
+    plain = load(with_template, chat_template=False).fingerprint
+    assert load(with_template, chat_template=False, dtype="bfloat16").fingerprint != plain
     assert load(with_template, chat_template=True).fingerprint != plain
-    assert load(with_template).fingerprint == plain
+    assert load(with_template, chat_template=False).fingerprint == plain
 
 
 def test_fingerprint_follows_the_weights(tiny_gpt2_dir, tmp_path):

@@ -151,3 +151,69 @@ def test_bad_arms_are_named():
         ArmOutcome("x", np.ones(5), 1.0, -1.0)
     with pytest.raises(stats.StatsError, match=r"arm 'x': correct\[seed row 0, item 2\] = 2.0"):
         ArmOutcome("x", np.array([1.0, 0.0, 2.0]), 1.0)
+
+
+# ---- the lenient view: stated beside the decision, never changing it --------------------------------
+
+
+def view_arm(name: str, kind: str, strict: np.ndarray, lenient: np.ndarray, per_query: float = 1e9,
+             one_time: float = 0.0) -> ArmOutcome:
+    return ArmOutcome(name, strict, per_query_flops=per_query, one_time_flops=one_time, kind=kind,
+                      correct_lenient=lenient)
+
+
+# Chat-style prompt arms: 0% strict, right in 40% / 70% of replies; lora answers short (48% both).
+CHAT = [
+    view_arm("baseline", "baseline", right_on(0, 0), right_on(0, 80)),
+    view_arm("instruction", "instruction", right_on(0, 0), right_on(0, 140), per_query=1.2e9),
+    view_arm("lora", "lora", right_on(100, 196), right_on(100, 196), one_time=5e15),
+]
+
+
+def test_the_lenient_view_never_changes_the_decision():
+    with_views = decide.recommend(CHAT, 0.4)
+    without = decide.recommend([ArmOutcome(a.name, a.correct, a.per_query_flops, a.one_time_flops) for a in CHAT], 0.4)
+    assert with_views.arm == without.arm == "lora"
+    assert with_views.meets_target == without.meets_target and with_views.comparison == without.comparison
+    assert without.prompt_vs_finetune is None  # no kinds: nothing says which arm is fine-tuned
+
+
+def test_the_best_prompt_arm_breaks_a_strict_tie_on_the_lenient_view():
+    versus = decide.recommend(CHAT, 0.4).prompt_vs_finetune
+    assert (versus.prompt_arm, versus.finetuned_arm) == ("instruction", "lora")
+    assert versus.gain == pytest.approx(0.48) and versus.content == pytest.approx(0.48 - 0.70)
+    assert versus.format == pytest.approx(0.70)
+
+
+def test_a_cheaper_fine_tuned_arm_recommended_gets_its_own_split():
+    full = view_arm("full", "full", right_on(60, 200), right_on(60, 200), one_time=5e16)  # 70%, the best
+    result = decide.recommend([*CHAT, full], 0.4)
+    assert result.arm == "lora" and result.prompt_vs_finetune.finetuned_arm == "full"
+    assert "Of full's +70.0 points over instruction in the strict view, +70.0 points are format" in result.reason
+    assert "Of lora's +48.0 points over instruction in the strict view, +70.0 points are format" in result.reason
+
+
+def test_the_format_hint_says_when_the_lenient_view_would_meet_the_target():
+    result = decide.recommend(CHAT, 0.6)
+    assert result.arm is None
+    assert result.hint.startswith("Format, not knowledge, is what is missing: in the lenient view")
+    assert "instruction is right on 70.0% of replies against 0.0% strict, which would meet the target" in result.hint
+    assert "a context arm" not in result.hint  # the facts are there: retrieval is not the remedy
+
+
+def test_fine_tuning_that_learned_content_is_said_so():
+    prompt = view_arm("instruction", "instruction", right_on(0, 60), right_on(0, 70))  # views 5 points apart
+    tuned = view_arm("lora", "lora", right_on(0, 150), right_on(0, 150), one_time=5e15)
+    hint = decide.recommend([prompt, tuned], 0.9).hint
+    assert hint.startswith("Fine-tuning learned content: lora is right on +40.0 points more replies than instruction")
+
+
+def test_a_context_arm_that_adds_nothing_is_said_so():
+    context = view_arm("context", "context", right_on(0, 0), right_on(0, 138), per_query=3e9)
+    hint = decide.recommend([*CHAT, context], 0.9).hint
+    assert "Retrieval did not supply measurable facts: context minus instruction is -1.0 points" in hint
+
+
+def test_the_lenient_outcomes_must_match_the_strict_ones():
+    with pytest.raises(decide.DecisionError, match=r"arm 'x': correct_lenient has shape \(1, 4\), correct \(1, 5\)"):
+        ArmOutcome("x", np.ones(5), 1.0, correct_lenient=np.ones(4))

@@ -380,3 +380,37 @@ def test_the_same_lora_job_has_the_same_fingerprint_in_every_process(tiny_gpt2_d
         assert done.returncode == 0, done.stderr[-2000:]
         fingerprints.append(done.stdout.strip().splitlines()[-1])
     assert fingerprints[0] == fingerprints[1]
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_chat_training_supervises_the_reply_and_its_end_of_turn_as_inference_sees_it(tiny_gpt2_dir):
+    from tuneorprompt.config import PromptConfig
+    from tuneorprompt.prompts import PromptFormat, PromptRecipe
+    from tuneorprompt.records import Example
+    from tuneorprompt.retrieval import RandomDemos
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"  # as instruct models end a turn
+    tokenizer.chat_template = CHATML
+    chat = PromptFormat(PromptConfig(), chat=True)
+    pool = (Example("d", "What is the capital of Italy?", ("Rome",)),)
+    query = Example("q", "What is the capital of France?", ("Paris",))
+    conversation = PromptRecipe(chat, demos=RandomDemos(pool, 1, seed=0)).build(query)
+
+    row = tokenize_example(tokenizer, TrainingExample("q", conversation, chat.answer(query)), chat_template=True)
+    inference = encode_prompt(tokenizer, conversation, chat_template=True)
+    n = len(inference)
+    assert row["input_ids"][:n] == inference and row["labels"][:n] == [-100] * n
+    # Only the reply and its end of turn are learned, and the reply starts without a space.
+    assert row["labels"][n:] == row["input_ids"][n:]
+    assert tokenizer.decode(row["input_ids"][n:]) == "Paris<|im_end|>"
+    # The same ids as the template renders for the finished conversation, through the end of the turn.
+    messages = [{"role": m.role, "content": m.content} for m in conversation] + [{"role": "assistant", "content": "Paris"}]
+    finished = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert finished[: len(row["input_ids"])] == row["input_ids"]

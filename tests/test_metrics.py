@@ -231,7 +231,25 @@ def test_relevance_matches_pairwise_cosine_and_handles_duplicates(scorer):
         ("The capital of Mexico is Mexico City.", "Mexico City", "What is the capital of Mexico?", 1.0),
         ("Kabul", "Kabul", "What is the capital of Afghanistan?", 1.0),
         ("Kabulistan", "Kabul", "What is the capital of Afghanistan?", 0.0),  # whole words only
+        # Typeset chat replies: typographic quotes, dashes and ellipses do not glue to the answer.
+        ("The capital of Austria is \u201cVienna\u201d.", "Vienna", "What is the capital of Austria?", 1.0),
+        ("Vienna\u2014the capital of Austria.", "Vienna", "What is the capital of Austria?", 1.0),
+        ("The capital of Austria is Vienna\u2026", "Vienna", "What is the capital of Austria?", 1.0),
+        ("The capital of Haiti is Port\u2011au\u2011Prince.", "Port-au-Prince", "What is the capital of Haiti?", 1.0),
+        ("\u00abViennese\u00bb is not the answer.", "Vienna", "What is the capital of Austria?", 0.0),
+        # Accents on Latin letters: the same content.
+        ("The capital of Colombia is Bogota.", "Bogot\u00e1", "What is the capital of Colombia?", 1.0),
+        ("The capital of Colombia is Bogot\u00e1.", "Bogota", "What is the capital of Colombia?", 1.0),
+        # The question is read the same way: its typographic quotes do not hide the copy.
+        ("The capital of the Vatican City State is Rome.", "Vatican City",
+         "What is the capital of the \u201cVatican City State\u201d?", 0.0),
     ],
 )
 def test_lenient_view_finds_the_answer_in_a_sentence_but_not_in_the_copied_question(reply, target, question, expected):
     assert lenient_match(reply, (target,), question) == expected
+
+
+def test_lenient_view_keeps_marks_that_change_a_letter_outside_latin_script():
+    # Japanese: the dakuten makes が a different syllable from か; only accents on ASCII letters go.
+    assert lenient_match("\u7b54\u3048 \u304c", ("\u304c",), "?") == 1.0
+    assert lenient_match("\u7b54\u3048 \u304b", ("\u304c",), "?") == 0.0

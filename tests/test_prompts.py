@@ -4,11 +4,12 @@ import pytest
 from tuneorprompt.config import PromptConfig
 from tuneorprompt.prompts import (
     BUILTIN_INSTRUCTIONS,
+    PlacedInstruction,
     PromptFormat,
     PromptRecipe,
     TemplateError,
 )
-from tuneorprompt.records import Example
+from tuneorprompt.records import Example, Message
 from tuneorprompt.retrieval import NearestDemos, PassageRetriever, RandomDemos
 
 POOL = tuple(Example(f"t{i}", f"What is the capital of country {i}?", (f"City{i}",)) for i in range(10))
@@ -17,7 +18,7 @@ QUERY = Example("q", "What is the capital of France?", ("Paris",))
 
 def test_plain_demo_and_instruction_layout():
     fmt = PromptFormat(PromptConfig())
-    recipe = PromptRecipe(fmt, instruction="Be brief.", demos=RandomDemos(POOL, 2, seed=0))
+    recipe = PromptRecipe(fmt, instruction=PlacedInstruction("Be brief."), demos=RandomDemos(POOL, 2, seed=0))
     prompt = recipe.build(QUERY)
     assert prompt.startswith("Be brief.\nQuestion: What is the capital of country")
     assert prompt.endswith("\n\nQuestion: What is the capital of France?\nAnswer:")
@@ -37,9 +38,41 @@ def test_undefined_variable_and_sandbox_are_errors():
 
 def test_instruction_candidates_user_first_without_repeats():
     fmt = PromptFormat(PromptConfig(instructions=["Mine.", BUILTIN_INSTRUCTIONS[0]]))
-    assert fmt.instruction_candidates() == ["Mine.", *BUILTIN_INSTRUCTIONS]
+    assert fmt.instruction_candidates() == [PlacedInstruction(t) for t in ["Mine.", *BUILTIN_INSTRUCTIONS]]
     with pytest.raises(TemplateError):
         PromptFormat(PromptConfig(builtin_instructions=False)).instruction_candidates()
+    # With a chat template every candidate is also tried as the system message.
+    chat = PromptFormat(PromptConfig(instructions=["Mine."], builtin_instructions=False), chat=True)
+    assert chat.instruction_candidates() == [PlacedInstruction("Mine.", "prompt"), PlacedInstruction("Mine.", "system")]
+
+
+def test_chat_demos_are_turns_and_answers_carry_no_prefix():
+    fmt = PromptFormat(PromptConfig(), chat=True)
+    demos = RandomDemos(POOL, 2, seed=0)
+    conversation = PromptRecipe(fmt, demos=demos).build(QUERY)
+    shown = demos(QUERY)
+    assert conversation == (
+        Message("user", fmt.plain(shown[0])), Message("assistant", shown[0].target),
+        Message("user", fmt.plain(shown[1])), Message("assistant", shown[1].target),
+        Message("user", "Question: What is the capital of France?\nAnswer:"),
+    )
+    assert fmt.answer(QUERY) == "Paris"  # no " " after the assistant header
+    # Without demos or a system message, the prompt is the single user turn's text.
+    assert PromptRecipe(fmt).build(QUERY) == "Question: What is the capital of France?\nAnswer:"
+
+
+def test_chat_instruction_in_the_system_message_or_before_the_question():
+    fmt = PromptFormat(PromptConfig(system="You answer geography questions."), chat=True)
+    in_system = PromptRecipe(fmt, instruction=PlacedInstruction("Be brief.", "system")).build(QUERY)
+    assert in_system == (
+        Message("system", "You answer geography questions.\n\nBe brief."),
+        Message("user", "Question: What is the capital of France?\nAnswer:"),
+    )
+    in_prompt = PromptRecipe(fmt, instruction=PlacedInstruction("Be brief.")).build(QUERY)
+    assert in_prompt == (
+        Message("system", "You answer geography questions."),
+        Message("user", "Be brief.\nQuestion: What is the capital of France?\nAnswer:"),
+    )
 
 
 def test_random_demos_fixed_per_seed_and_vary_across_seeds():

@@ -10,7 +10,9 @@ checks:
 - McNemar (exact and clustered) rejects at most ~5% of the time under no difference, and does
   reject a clear difference;
 - the recommendation picks the truly cheapest adequate arm at least 95% of the time when effects
-  are clear.
+  are clear;
+- the report's reversed-order rule for the two scoring views (report/checks.py) fires in at most 5%
+  of runs when the views agree in truth, and in at least 90% when they clearly disagree.
 
 Every random draw comes from a fixed seed, so the tests are deterministic. `pytest -s` prints the
 measured rates. Budget: well under a minute on one thread.
@@ -23,6 +25,7 @@ import pytest
 from scipy.stats import binom
 
 from tuneorprompt import decide, stats
+from tuneorprompt.report import checks
 
 ACCURACIES = (0.2, 0.5, 0.8, 0.95)
 ACCURACY_GRID = (0.2, 0.35, 0.5, 0.65, 0.8, 0.9, 0.95)
@@ -191,3 +194,49 @@ def test_recommendation_picks_the_truly_cheapest_adequate_arm(case, target, accu
     print(f"recommendation, {case} (target {target}, true accuracies {accuracies}, n=200): "
           f"picked {truth} in {rate:.1%} of {reps}")
     assert rate >= 0.95
+
+
+# ---- the scoring-view warning -------------------------------------------------------------------
+
+def plant_views(rng: np.random.Generator, strict: float, lenient: float, n_items: int, reps: int,
+                redrawn: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """[reps, 1, n_items] strict and lenient outcomes of one arm. One uniform draw per item couples
+    the views (an item right strict is right lenient when lenient >= strict); `redrawn` of the items
+    get an independent lenient draw, the item-by-item noise of two matchers that agree on average."""
+    u = rng.random((reps, 1, n_items))
+    strict_outcomes, lenient_outcomes = (u < strict).astype(float), (u < lenient).astype(float)
+    noise = rng.random(u.shape) < redrawn
+    lenient_outcomes[noise] = (rng.random(int(noise.sum())) < lenient).astype(float)
+    return strict_outcomes, lenient_outcomes
+
+
+def reversal_rate(a: tuple[float, float], b: tuple[float, float], n_items: int, reps: int, seed: int,
+                  redrawn: float = 0.0) -> float:
+    rng = np.random.default_rng(seed)
+    strict_a, lenient_a = plant_views(rng, *a, n_items, reps, redrawn)
+    strict_b, lenient_b = plant_views(rng, *b, n_items, reps, redrawn)
+    return float(np.mean([
+        checks.views_reversed(strict_a[r], lenient_a[r], strict_b[r], lenient_b[r]) is not None for r in range(reps)
+    ]))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [((0.5, 0.5), (0.5, 0.5)),  # equal arms, views equal on average
+     ((0.5, 0.55), (0.5, 0.55)),  # the lenient view sees a few more right answers in both arms
+     ((0.6, 0.6), (0.5, 0.5))],  # a real difference that both views see
+)
+def test_views_that_agree_rarely_raise_a_reversed_order(a, b):
+    """Views that agree in truth, with 10% of items scored independently by the lenient view: a
+    reversed, significant order arises by chance in at most ~5% of runs (it needs a significant
+    result in one view and the opposite sign in the other)."""
+    rate = reversal_rate(a, b, n_items=200, reps=1000, seed=5000 + round(100 * a[0] + 10 * a[1]), redrawn=0.1)
+    print(f"views agree ({a} vs {b}, n=200): reversed and significant in {rate:.1%}")
+    assert rate <= 0.05
+
+
+def test_views_that_truly_disagree_are_caught():
+    """a is 10 points ahead strict, b 6 points ahead lenient (neither arm's views more than 10 points apart)."""
+    rate = reversal_rate((0.62, 0.55), (0.52, 0.61), n_items=500, reps=200, seed=6000)
+    print(f"views disagree (n=500): reversed and significant in {rate:.1%}")
+    assert rate >= 0.9

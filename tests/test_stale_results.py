@@ -53,7 +53,7 @@ def task(folder: Path, answers: dict[str, str] | None = None) -> dict:
 def base_config(folder: Path, model: Path) -> dict:
     return {
         "name": "stale",
-        "model": {"path": str(model), "batch_size": 4, "num_threads": 1},
+        "model": {"path": str(model), "batch_size": 4, "num_threads": 1, "chat_template": False},
         "data": {**task(folder), "max_test": 3},
         "prompt": {"builtin_instructions": False, "instructions": ["Answer briefly.", "Name the city."]},
         "generation": {"max_new_tokens": 5},

@@ -32,7 +32,7 @@ from tuneorprompt.config import (
 from tuneorprompt.decide import CostEstimate
 from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
 from tuneorprompt.keys import content_key, jsonable
-from tuneorprompt.prompts import PromptFormat, PromptRecipe, compile_template
+from tuneorprompt.prompts import PlacedInstruction, PromptFormat, PromptRecipe, compile_template
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
 from tuneorprompt.retrieval import Embed, NearestDemos, PassageRetriever, RandomDemos
 from tuneorprompt.store import Store
@@ -55,8 +55,8 @@ class ArmContext:
     protocol_key: str  # content key of what every arm's result depends on (see experiment.protocol_key)
     corpus: list[str] | None = None
     progress: Progress | None = None
-    _instruction: str | None = field(default=None, repr=False)
-    instruction_scores: dict[str, float] = field(default_factory=dict)
+    _instruction: PlacedInstruction | None = field(default=None, repr=False)
+    instruction_scores: dict[str, float] = field(default_factory=dict)  # candidate label -> dev accuracy
 
     def dev_accuracy(self, system: System, key: str) -> float:
         """Accuracy of `system` on dev; its records are stored under `key`. Relevance is not computed:
@@ -72,22 +72,29 @@ class ArmContext:
         targets = [list(e.targets) for e in self.dev]
         return content_key(prompts, targets, self.config.generation, self.config.metric)
 
-    def chosen_instruction(self) -> str:
-        """The candidate instruction with the best dev accuracy (ties: the earlier candidate), chosen
-        once per run and shared by every arm that uses an instruction."""
+    def chosen_instruction(self) -> PlacedInstruction:
+        """The candidate instruction (and, with a chat template, its placement) with the best dev
+        accuracy (ties: the earlier candidate), chosen once per run and shared by every arm that uses
+        an instruction."""
         if self._instruction is None:
             key = content_key(self.protocol_key, "instruction-choice")
-            for i, candidate in enumerate(self.format.instruction_candidates()):
+            candidates = self.format.instruction_candidates()
+            for i, candidate in enumerate(candidates):
                 recipe = PromptRecipe(self.format, instruction=candidate)
-                self.instruction_scores[candidate] = self.dev_accuracy(
+                self.instruction_scores[candidate.label] = self.dev_accuracy(
                     System(f"instruction-candidate-{i}", 0, self.base, recipe), key
                 )
-            self._instruction = max(self.instruction_scores, key=self.instruction_scores.__getitem__)
+            best = max(self.instruction_scores.values())
+            self._instruction = next(c for c in candidates if self.instruction_scores[c.label] == best)
         return self._instruction
 
-    def longest_instruction(self) -> str:
-        """For cost estimates made before any dev scoring: the candidate with the most tokens."""
-        return max(self.format.instruction_candidates(), key=self.base.count_tokens)
+    def longest_instruction(self) -> PlacedInstruction:
+        """For cost estimates made before any dev scoring: the candidate whose prompt has the most tokens."""
+        example = self.dev[0]
+        return max(
+            self.format.instruction_candidates(),
+            key=lambda candidate: self.base.count_tokens(PromptRecipe(self.format, instruction=candidate).build(example)),
+        )
 
 
 class Arm(Protocol):
@@ -97,14 +104,14 @@ class Arm(Protocol):
     uses_instruction: bool  # queried with the instruction chosen on dev
     spec: BaseModel | None  # the arm's settings, part of its result's key
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
         """How the arm's queries are prompted, given the instruction (None unless `uses_instruction`)."""
         ...
 
     def prepare(self, ctx: ArmContext, seed: int) -> System: ...
 
 
-def _instruction_for(arm: Arm, ctx: ArmContext) -> str | None:
+def _instruction_for(arm: Arm, ctx: ArmContext) -> PlacedInstruction | None:
     return ctx.chosen_instruction() if arm.uses_instruction else None
 
 
@@ -116,7 +123,7 @@ class Baseline:
     uses_instruction: bool = False
     spec: None = None
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
         return PromptRecipe(ctx.format)
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
@@ -131,12 +138,13 @@ class Instruction:
     uses_instruction: bool = True
     spec: None = None
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
         return PromptRecipe(ctx.format, instruction=instruction)
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
         instruction = ctx.chosen_instruction()
-        info = {"instruction": instruction, "dev_accuracy_by_instruction": dict(ctx.instruction_scores)}
+        info = {"instruction": instruction.text, "placement": instruction.placement,
+                "dev_accuracy_by_instruction": dict(ctx.instruction_scores)}
         return System(self.name, seed, ctx.base, self.recipe(ctx, seed, instruction), info)
 
 
@@ -168,14 +176,14 @@ class FewShot:
     def name(self) -> str:
         return f"{self.spec.kind}@{self.k}" + ("+instruction" if self.spec.instruction else "")
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
         demos = NearestDemos(ctx.train, self.k, ctx.embed) if self.retrieved else RandomDemos(tuple(ctx.train), self.k, seed)
         return PromptRecipe(ctx.format, instruction=instruction, demos=demos)
 
     def prepare(self, ctx: ArmContext, seed: int) -> System:
         instruction = _instruction_for(self, ctx)
         recipe = self.recipe(ctx, seed, instruction)
-        info: dict[str, Any] = {"k": self.k, "instruction": instruction}
+        info: dict[str, Any] = {"k": self.k, "instruction": instruction.label if instruction else None}
         if isinstance(recipe.demos, RandomDemos):
             info["demo_ids"] = [d.id for d in recipe.demos.chosen]
         return System(self.name, seed, ctx.base, recipe, info)
@@ -190,7 +198,7 @@ class Context:
     stochastic = False
     uses_instruction = False
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
         if not ctx.corpus:
             raise ValueError("the context arm needs data.corpus (reference documents) in the config")
         retriever = PassageRetriever(ctx.corpus, self.spec.top_k, self.spec.retriever, ctx.embed)
@@ -223,7 +231,7 @@ class FineTune:
     def uses_instruction(self) -> bool:
         return self.spec.instruction
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: str | None) -> PromptRecipe:
+    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
         demos = RandomDemos(tuple(ctx.train), self.spec.few_shot_k, seed) if self.spec.few_shot_k else None
         return PromptRecipe(ctx.format, instruction=instruction, demos=demos)
 
@@ -254,7 +262,8 @@ class FineTune:
         )
         out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}-{job[:12]}"
         tuned = finetune(ctx.config.model, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
-        info = {"instruction": instruction, "train_examples": len(examples), "model_dir": str(tuned.model_dir),
+        info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
+                "model_dir": str(tuned.model_dir),
                 "training": tuned.cost}
         return System(self.name, seed, CachedBackend(tuned.backend, ctx.store), query_recipe, info)
 
@@ -326,7 +335,7 @@ def estimate_cost(arm: Arm, ctx: ArmContext, seed: int) -> CostEstimate:
     budget = ctx.base.context_length - ctx.settings.max_new_tokens
     prompts = [recipe.build(e) for e in ctx.dev]
     prompt_tokens = np.mean([min(ctx.base.count_tokens(p), budget) for p in prompts])
-    answer_tokens = np.mean([_answer_tokens(ctx, p, e) + 1 for p, e in zip(prompts, ctx.dev)])
+    answer_tokens = np.mean([_answer_tokens(ctx, e) + 1 for e in ctx.dev])
     per_query = stats.inference_flops(params, float(prompt_tokens), float(answer_tokens))
     one_time = 0.0
     if isinstance(arm, FineTune):
@@ -336,14 +345,15 @@ def estimate_cost(arm: Arm, ctx: ArmContext, seed: int) -> CostEstimate:
         tokens_per_epoch = 0
         for example in arm.training_pool(ctx):
             prompt = train_recipe.build(example)
-            tokens_per_epoch += ctx.base.count_tokens(prompt) + _answer_tokens(ctx, prompt, example) + 1
+            tokens_per_epoch += ctx.base.count_tokens(prompt) + _answer_tokens(ctx, example) + 1
         grid = arm.spec.learning_rates or DEFAULT_LEARNING_RATES[arm.kind]
         trainable = params if arm.kind == "full" else 0
         one_time = stats.training_flops(params, tokens_per_epoch * arm.spec.epochs * len(grid), trainable)
     return CostEstimate(arm.name, per_query, one_time)
 
 
-def _answer_tokens(ctx: ArmContext, prompt: str, example: Example) -> int:
-    """Tokens the reference answer adds after `prompt`, counted as the model would see the two together
-    (a chat template wraps both, so the answer alone would be counted with a wrapper of its own)."""
-    return max(1, ctx.base.count_tokens(prompt + ctx.format.answer(example)) - ctx.base.count_tokens(prompt))
+def _answer_tokens(ctx: ArmContext, example: Example) -> int:
+    """Tokens the reference answer adds after the example's question, counted as a difference of two
+    prompts so that a chat template's wrapping (the same in both) cancels out."""
+    question = ctx.format.plain(example)
+    return max(1, ctx.base.count_tokens(question + ctx.format.answer(example)) - ctx.base.count_tokens(question))

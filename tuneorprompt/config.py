@@ -45,7 +45,11 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class ModelConfig(Strict):
-    path: str = Field(description="Hugging Face hub id (e.g. 'gpt2') or a local model directory.")
+    path: str = Field(
+        description="Hugging Face hub id (e.g. 'gpt2'), a local model directory, or a local .gguf file "
+        "(llama.cpp format; needs `pip install 'tuneorprompt[gguf]'`), which is converted once to a float32 "
+        "model directory under $TUNEORPROMPT_CACHE/gguf (default ~/.cache/tuneorprompt/gguf)."
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "float32", description="Weights dtype. float32 is the safe CPU default."
@@ -55,10 +59,11 @@ class ModelConfig(Strict):
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads. None leaves torch's default; 1 is steadiest on a shared machine."
     )
-    chat_template: bool = Field(
-        False,
-        description="Wrap each prompt as one user turn with the tokenizer's chat template (instruct models). "
-        "Training uses the same wrapping, so train and inference prompts match.",
+    chat_template: bool | Literal["auto"] = Field(
+        "auto",
+        description="Render prompts with the tokenizer's chat template (instruct models): auto uses it when the "
+        "tokenizer has one. Arms then build conversations (instruction as system message or in the user turn, "
+        "demos as user/assistant turns) and fine-tuning trains on the same rendering.",
     )
     allow_pickle: bool = Field(
         False, description="Also load pickle-based *.bin weights; pickle can run code, so only for files you trust."
@@ -137,6 +142,11 @@ class PromptConfig(Strict):
         "{{ instruction }}\n{{ prompt }}", description="How an instruction is put before the prompt (jinja2)."
     )
     instructions: list[str] = Field(default_factory=list, description="Your candidate instructions.")
+    system: str | None = Field(
+        None,
+        description="With a chat template: the system message of every prompt, replacing the model's default "
+        "one (an instruction chosen for the system message is added after it). None keeps the template's default.",
+    )
     builtin_instructions: bool = Field(True, description="Also try the built-in candidate instructions.")
 
 

@@ -10,6 +10,13 @@ counts on dev and the model's size; see `arms.estimate_cost`) and orders the arm
 `ladder_order`. The `ladder` strategy runs them in that order and stops at the first that meets the
 target; the recommendation is given the same order, and applies the same rule to the same
 (deterministic) interval, so the arm the ladder stops at is the arm recommended.
+
+Two scoring views. The rule above uses the strict view only (the task's matcher on the extracted
+answer). When the arms also carry the lenient view (a reference answer anywhere in the reply), the
+reason adds what the rule cannot see: the paired test between the best prompt arm and the best
+fine-tuned arm in both views, how much of fine-tuning's gain is format (seen in the strict view
+only) and how much content (seen in both), and, when no arm meets the target, what the evidence
+suggests (`evidence_hints`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,13 @@ from tuneorprompt import stats
 from tuneorprompt.stats import Interval, PairedTest
 
 
+PROMPT_KINDS = frozenset({"baseline", "instruction", "few_shot", "few_shot_knn", "context"})
+WEIGHT_KINDS = frozenset({"lora", "full"})  # lora+instruction and full+instruction are of these kinds
+# Strict and lenient accuracy further apart than this (10 points) is more than a matcher's rough
+# edges: most of the arm's right answers, or most of its "right" answers, depend on the view.
+VIEW_GAP = 0.10
+
+
 class DecisionError(ValueError):
     """Arms or a target that cannot be compared; the message names the arm or the value."""
 
@@ -38,10 +52,27 @@ class ArmOutcome:
     correct: np.ndarray  # [n_seeds, n_items] per-item correctness in [0, 1], items in the shared test order
     per_query_flops: float  # mean inference FLOPs per test query; 0 when unknown (a served endpoint)
     one_time_flops: float = 0.0  # training FLOPs (mean over seeds); 0 for prompt arms
+    kind: str = ""  # "instruction", "lora", ...: tells prompt arms from fine-tuned ones; "" when unknown
+    correct_lenient: np.ndarray | None = None  # the lenient view, same shape as `correct`; None when not scored
+
+    @property
+    def fine_tuned(self) -> bool:
+        return self.kind in WEIGHT_KINDS
+
+    @property
+    def prompted(self) -> bool:
+        return self.kind in PROMPT_KINDS
 
     def __post_init__(self) -> None:
         correct = stats.as_matrix(self.correct, f"arm {self.name!r}: correct", unit_interval=True)
         object.__setattr__(self, "correct", correct)  # frozen: store the validated float matrix
+        if self.correct_lenient is not None:
+            lenient = stats.as_matrix(self.correct_lenient, f"arm {self.name!r}: correct_lenient", unit_interval=True)
+            if lenient.shape != correct.shape:
+                raise DecisionError(
+                    f"arm {self.name!r}: correct_lenient has shape {lenient.shape}, correct {correct.shape}"
+                )
+            object.__setattr__(self, "correct_lenient", lenient)
         for field in ("per_query_flops", "one_time_flops"):
             value = getattr(self, field)
             if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
@@ -72,6 +103,27 @@ C = TypeVar("C", bound=Costed)
 
 
 @dataclass(frozen=True)
+class PromptVsFinetune:
+    """The best prompt arm against the best fine-tuned arm, on the same items, in both views.
+
+    Differences are fine-tuned minus prompt. The strict gain splits into content, the gain the
+    lenient view also sees (right answers the prompt arm lacked), and format, the rest: answers the
+    prompt arm had in its reply but in a form the strict matcher rejected.
+    """
+
+    prompt_arm: str  # most accurate prompt arm in the strict view (ties: more accurate lenient, then cheaper)
+    finetuned_arm: str  # most accurate fine-tuned arm, by the same rule
+    strict: PairedTest
+    lenient: PairedTest | None  # None when the arms carry no lenient view
+    gain: float  # strict difference
+    content: float | None  # lenient difference
+    format: float | None  # gain - content
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class Recommendation:
     arm: str | None  # the cheapest arm that meets the target; None when none does
     reason: str  # one paragraph with the numbers
@@ -79,7 +131,7 @@ class Recommendation:
     comparison: PairedTest | None  # arm vs runner_up on the same items (difference = arm - runner_up)
     best: str  # the most accurate arm by point estimate (ties: the cheaper)
     shortfall: float | None  # when no arm meets the target: target minus the best arm's compared figure
-    hint: str | None  # what the learning curve suggests, filled in by the caller
+    hint: str | None  # when no arm meets the target: what the evidence suggests (`evidence_hints`), else None
     meets_target: dict[str, bool]
     accuracy: dict[str, Interval]  # the interval each arm was judged on
     order: tuple[str, ...]  # cheapest first
@@ -87,6 +139,7 @@ class Recommendation:
     lenient: bool
     level: float
     expected_queries: float | None
+    prompt_vs_finetune: PromptVsFinetune | None = None  # when both kinds of arm were run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,7 +217,8 @@ def recommend(
     at that query volume (see `cost_key`). order: the arms' names cheapest first, as the run
     estimated them before running (the ladder's order); without it, arms are ordered by the costs in
     `outcomes`. resamples, seed: for the bootstrap interval of the paired difference.
-    learning_curve_hint: appended to the reason when no arm meets the target.
+    learning_curve_hint: what the learning curve suggests (`curves.curve_hint`); with the other
+    evidence hints, appended to the reason when no arm meets the target.
     """
     _check_target(target)
     _check_arms(outcomes)
@@ -174,6 +228,7 @@ def recommend(
     best = max(ordered, key=lambda arm: accuracy[arm.name].value)  # max keeps the first (cheapest) of ties
     chosen = next((arm for arm in ordered if meets[arm.name]), None)
     wording = _Wording(target, lenient, level, expected_queries, accuracy)
+    versus = compare_prompt_and_finetune(ordered, level=level, resamples=resamples, seed=seed)
 
     runner_up = comparison = shortfall = None
     if chosen is not None:
@@ -183,11 +238,20 @@ def recommend(
                 chosen.correct, runner_up.correct, level=level, resamples=resamples, seed=seed
             )
         reason = wording.chosen_reason(chosen, runner_up, comparison, meets)
+        hint = None
     else:
         shortfall = target - _judged(accuracy[best.name], lenient)
         reason = wording.none_reason(best, shortfall)
-        if learning_curve_hint:
-            reason += " " + learning_curve_hint
+        hints = evidence_hints(ordered, versus, target, lenient=lenient, level=level, resamples=resamples, seed=seed)
+        hint = " ".join(hints + ([learning_curve_hint] if learning_curve_hint else [])) or None
+    if versus is not None:
+        # Stated whatever the decision: a reader weighing prompt against fine-tuning needs both views.
+        stated = {chosen.name, runner_up.name} if comparison is not None else set()
+        repeat_strict = {versus.prompt_arm, versus.finetuned_arm} != stated
+        reason += " " + wording.versus_sentences(versus, repeat_strict=repeat_strict)
+        reason += _chosen_split(chosen, versus, ordered)
+    if hint:
+        reason += " " + hint
 
     return Recommendation(
         arm=chosen.name if chosen else None,
@@ -196,7 +260,7 @@ def recommend(
         comparison=comparison,
         best=best.name,
         shortfall=shortfall,
-        hint=learning_curve_hint,
+        hint=hint,
         meets_target=meets,
         accuracy=accuracy,
         order=tuple(arm.name for arm in ordered),
@@ -204,7 +268,18 @@ def recommend(
         lenient=lenient,
         level=level,
         expected_queries=expected_queries,
+        prompt_vs_finetune=versus,
     )
+
+
+def _chosen_split(chosen: ArmOutcome | None, versus: PromptVsFinetune, ordered: Sequence[ArmOutcome]) -> str:
+    """The format/content split for a recommended fine-tuned arm that is not the most accurate one
+    (whose split `versus` states already): the verdict is about the arm recommended."""
+    if chosen is None or not chosen.fine_tuned or chosen.name == versus.finetuned_arm:
+        return ""
+    prompt = next(arm for arm in ordered if arm.name == versus.prompt_arm)
+    split = gain_split(chosen, prompt)
+    return " " + split_sentence(chosen.name, prompt.name, *split) if split else ""
 
 
 def _in_order(outcomes: Sequence[ArmOutcome], order: Sequence[str]) -> list[ArmOutcome]:
@@ -240,6 +315,163 @@ def _runner_up(
         return adequate
     others = [arm for arm in ordered if arm is not chosen]
     return max(others, key=lambda arm: accuracy[arm.name].value) if others else None
+
+
+# ---- prompt against fine-tuning, in both views -----------------------------------------------------
+
+
+def _lenient_value(arm: ArmOutcome) -> float:
+    return float(arm.correct_lenient.mean()) if arm.correct_lenient is not None else 0.0
+
+
+def most_accurate(arms: Sequence[ArmOutcome]) -> ArmOutcome | None:
+    """The most accurate arm in the strict view; ties go to the more accurate in the lenient view
+    (when every prompt arm scores 0 strict, the one whose replies hold the most right answers), then
+    to the first given, i.e. the cheaper."""
+    return max(arms, key=lambda arm: (float(arm.correct.mean()), _lenient_value(arm)), default=None)
+
+
+def compare_prompt_and_finetune(
+    ordered: Sequence[ArmOutcome],
+    *,
+    level: float = stats.DEFAULT_LEVEL,
+    resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = stats.DEFAULT_SEED,
+) -> PromptVsFinetune | None:
+    """Paired tests of the best fine-tuned arm against the best prompt arm (`most_accurate`, arms
+    cheapest first), in both views; None unless both kinds of arm are present."""
+    prompt = most_accurate([arm for arm in ordered if arm.prompted])
+    tuned = most_accurate([arm for arm in ordered if arm.fine_tuned])
+    if prompt is None or tuned is None:
+        return None
+    options = dict(level=level, resamples=resamples, seed=seed)
+    strict = stats.paired_accuracy_test(tuned.correct, prompt.correct, **options)
+    lenient = None
+    if tuned.correct_lenient is not None and prompt.correct_lenient is not None:
+        lenient = stats.paired_accuracy_test(tuned.correct_lenient, prompt.correct_lenient, **options)
+    content = lenient.difference if lenient is not None else None
+    return PromptVsFinetune(
+        prompt_arm=prompt.name,
+        finetuned_arm=tuned.name,
+        strict=strict,
+        lenient=lenient,
+        gain=strict.difference,
+        content=content,
+        format=strict.difference - content if content is not None else None,
+    )
+
+
+def gain_split(tuned: ArmOutcome, prompt: ArmOutcome) -> tuple[float, float] | None:
+    """(strict gain, lenient gain) of `tuned` over `prompt`, as accuracy fractions; None without the lenient view."""
+    if tuned.correct_lenient is None or prompt.correct_lenient is None:
+        return None
+    return float(tuned.correct.mean() - prompt.correct.mean()), _lenient_value(tuned) - _lenient_value(prompt)
+
+
+def split_sentence(tuned: str, prompt: str, gain: float, content: float) -> str:
+    """The strict gain as format (seen in the strict view only) plus content (seen in both views)."""
+    sentence = (
+        f"Of {tuned}'s {_points(gain)} over {prompt} in the strict view, {_points(gain - content)} are "
+        f"format (seen in the strict view only) and {_points(content)} content (seen in both views)"
+    )
+    if gain > 0:
+        sentence += ": the gain is mostly format" if gain - content > content else ": the gain is mostly content"
+    return sentence + "."
+
+
+# ---- what the evidence suggests when no arm meets the target ------------------------------------
+
+
+def evidence_hints(
+    ordered: Sequence[ArmOutcome],
+    versus: PromptVsFinetune | None,
+    target: float,
+    *,
+    lenient: bool = False,
+    level: float = stats.DEFAULT_LEVEL,
+    resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = stats.DEFAULT_SEED,
+) -> list[str]:
+    """Sentences on why no arm meets the target, each from one piece of evidence, most telling
+    first: a format problem (the lenient view sees far more right answers), what fine-tuning learned
+    (format or facts), and whether retrieval supplies the missing facts. Empty without the lenient view.
+    (`lenient` here is the target rule's: compare the point estimate, not the lower bound.)"""
+    scored = [arm for arm in ordered if arm.correct_lenient is not None]
+    if not scored:
+        return []
+    hints = [_format_hint(scored, target, lenient, level)]
+    if versus is not None and versus.lenient is not None:
+        hints.append(_finetune_hint(versus, level))
+    hints.append(_retrieval_hint(scored, target, lenient, level, resamples, seed))
+    return [hint for hint in hints if hint]
+
+
+def _format_hint(scored: Sequence[ArmOutcome], target: float, lenient: bool, level: float) -> str | None:
+    """The arm with the widest lenient-over-strict gap, when it exceeds VIEW_GAP."""
+    widest = max(scored, key=lambda arm: _lenient_value(arm) - float(arm.correct.mean()))
+    strict_value, lenient_value = float(widest.correct.mean()), _lenient_value(widest)
+    if lenient_value - strict_value <= VIEW_GAP + 1e-9:  # exactly 10 points (up to rounding) is not more
+        return None
+    would_meet = _reaches(stats.accuracy_interval(widest.correct_lenient, level=level), target, lenient)
+    found = (
+        f"in the lenient view (a reference answer anywhere in the reply) {widest.name} is right on "
+        f"{lenient_value:.1%} of replies against {strict_value:.1%} strict"
+    )
+    remedy = (
+        "An extraction rule or matcher that accepts these replies (generation.extract, metric.accuracy), or "
+        "fine-tuning for the answer format, may close the gap."
+    )
+    if would_meet:
+        return f"Format, not knowledge, is what is missing: {found}, which would meet the target. {remedy}"
+    return f"Part of what is missing is format: {found}. {remedy}"
+
+
+def _finetune_hint(versus: PromptVsFinetune, level: float) -> str:
+    """Did fine-tuning teach facts (a gain the lenient view sees) or only the answer format?"""
+    tuned, prompt, test = versus.finetuned_arm, versus.prompt_arm, versus.lenient
+    if test.significant and test.difference > 0:
+        return (
+            f"Fine-tuning learned content: {tuned} is right on {_points(test.difference)} more replies than "
+            f"{prompt} in the lenient view (p = {test.p_value:.3g}); more training data may add more."
+        )
+    learned = "mostly the answer format" if versus.gain > VIEW_GAP else "neither format nor facts measurably"
+    return (
+        f"Fine-tuning taught {learned}: {tuned} minus {prompt} is {_points(versus.gain)} strict but "
+        f"{_points(test.difference)} lenient (no significant content gain at {level:.0%}, p = {test.p_value:.3g}), "
+        "so it did not supply the missing facts."
+    )
+
+
+def _retrieval_hint(
+    scored: Sequence[ArmOutcome], target: float, lenient: bool, level: float, resamples: int, seed: int
+) -> str | None:
+    """A `context` arm's lenient gain over the best other prompt arm shows whether retrieval
+    supplies facts; without one, suggest it when the replies lack content (lenient view short too)."""
+    context = most_accurate([arm for arm in scored if arm.kind == "context"])
+    others = most_accurate([arm for arm in scored if arm.prompted and arm.kind != "context"])
+    if context is None:
+        content_short = not any(
+            _reaches(stats.accuracy_interval(arm.correct_lenient, level=level), target, lenient) for arm in scored
+        )
+        return (
+            "Even the lenient view falls short, so facts are missing: a context arm (passages from data.corpus "
+            "in the prompt) would show whether retrieval can supply them."
+        ) if content_short else None
+    if others is None:
+        return None
+    test = stats.paired_accuracy_test(
+        context.correct_lenient, others.correct_lenient, level=level, resamples=resamples, seed=seed
+    )
+    if test.significant and test.difference > 0:
+        return (
+            f"Retrieval supplies facts: {context.name} is {_points(test.difference)} ahead of {others.name} in the "
+            f"lenient view (p = {test.p_value:.3g}); a better corpus or more passages may add more."
+        )
+    return (
+        f"Retrieval did not supply measurable facts: {context.name} minus {others.name} is "
+        f"{_points(test.difference)} in the lenient view (p = {test.p_value:.3g}); the corpus may lack the "
+        "answers, or the retriever may miss them."
+    )
 
 
 # ---- wording --------------------------------------------------------------------------------------
@@ -302,6 +534,18 @@ class _Wording:
             return f"No significant difference in accuracy between {name} and {other} at {self.level:.0%} ({evidence})."
         winner, loser = (name, other) if test.difference > 0 else (other, name)
         return f"{winner} is significantly more accurate than {loser} at {self.level:.0%} ({evidence})."
+
+    def versus_sentences(self, versus: PromptVsFinetune, repeat_strict: bool = True) -> str:
+        """The prompt-vs-fine-tune test in both views, and how the strict gain splits into format and
+        content. repeat_strict: False when the reason has already stated this very strict test."""
+        tuned, prompt = versus.finetuned_arm, versus.prompt_arm
+        sentences = [f"Best prompt arm against best fine-tuned arm: {prompt} and {tuned}."]
+        if repeat_strict:
+            sentences.append("Strict view: " + self.comparison_sentence(tuned, prompt, versus.strict))
+        if versus.lenient is not None:
+            sentences.append("Lenient view: " + self.comparison_sentence(tuned, prompt, versus.lenient))
+            sentences.append(split_sentence(tuned, prompt, versus.gain, versus.content))
+        return " ".join(sentences)
 
     def none_reason(self, best: ArmOutcome, shortfall: float) -> str:
         interval = self.accuracy[best.name]

@@ -118,6 +118,7 @@ def evaluate(
     if progress is not None:
         progress.remove_task(task)
 
+    rendered = [system.backend.render(p) for p in prompts]  # the exact text the model saw
     answers = [scorer.extract(c.text) for c in completions]
     correct = [_score(scorer, a, e) for a, e in zip(answers, examples)]
     lenient = [scorer.lenient(c.text, e.targets, e.input) for c, e in zip(completions, examples)]
@@ -131,7 +132,7 @@ def evaluate(
             completion=c.text, answer=a, correct=float(ok), correct_lenient=float(loose), relevance=float(r),
             prompt_tokens=c.prompt_tokens, generated_tokens=c.generated_tokens, seconds=c.seconds,
         )
-        for e, p, c, a, ok, loose, r in zip(examples, prompts, completions, answers, correct, lenient, relevance)
+        for e, p, c, a, ok, loose, r in zip(examples, rendered, completions, answers, correct, lenient, relevance)
     ]
 
 

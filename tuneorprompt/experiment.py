@@ -141,12 +141,19 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     Nothing is written. `tuneorprompt check-data` runs this too."""
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
-    prompt_format = PromptFormat(config.prompt)
+    PromptFormat(config.prompt)  # compiles the templates: a syntax error is found before the model loads
     arms = expand_arms(config)
-    if any(arm.uses_instruction for arm in arms):
-        prompt_format.instruction_candidates()  # none to try is an error now, not after the first arms
     if backend is None:
         backend = load_hf_backend(config.model)
+    if config.prompt.system is not None and not backend.chat_template:
+        raise ValueError("prompt.system needs a chat template, and this model is used without one (model.chat_template)")
+    # From here on, `chat_template: auto` is what it resolved to: keys, fine-tuning and the report use it.
+    config = config.model_copy(
+        update={"model": config.model.model_copy(update={"chat_template": backend.chat_template})}
+    )
+    prompt_format = PromptFormat(config.prompt, chat=backend.chat_template)
+    if any(arm.uses_instruction for arm in arms):
+        prompt_format.instruction_candidates()  # none to try is an error now, not after the first arms
     if any(isinstance(arm, FineTune) for arm in arms) or config.learning_curve.enabled:
         from tuneorprompt.finetune import check_trainable  # heavy imports only with fine-tuning arms
 

@@ -87,10 +87,11 @@ from tuneorprompt.backends.hf import (
     fingerprint_model,
     load_hf_backend,
     model_load_options,
+    uses_chat_template,
 )
 from tuneorprompt.config import FineTuneArm, ModelConfig
 from tuneorprompt.keys import content_key
-from tuneorprompt.records import TrainingCost
+from tuneorprompt.records import Prompt, TrainingCost
 from tuneorprompt.stats import training_flops
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,9 @@ class FineTuneStateError(ValueError):
 @dataclass(frozen=True)
 class TrainingExample:
     id: str
-    prompt: str  # the exact inference prompt text (before chat templating), e.g. "Question: ...\nAnswer:"
-    answer: str  # the completion to learn, e.g. " Paris"; EOS is appended here, not by the caller
+    prompt: Prompt  # the exact inference prompt, e.g. "Question: ...\nAnswer:", or a chat conversation
+    answer: str  # the completion to learn, e.g. " Paris" (or "Paris" after a chat template's assistant
+    # header); EOS (an instruct model's end-of-turn token) is appended here, not by the caller
 
 
 @dataclass
@@ -141,8 +143,10 @@ def tokenize_example(tokenizer, example: TrainingExample, chat_template: bool) -
     path does) can merge a token across the boundary and so change the training prompt; here the two
     parts cannot interact. A leading space belongs to the answer (" Paris" -> "ĠParis" on byte-level
     BPE); SentencePiece-style tokenizers mark a word start the same way with or without it ("Paris" and
-    " Paris" -> "▁Paris"). With a chat template the answer follows the rendered generation prompt and
-    the tokenizer's EOS (an instruct model's end-of-turn token) closes it.
+    " Paris" -> "▁Paris"). With a chat template the answer follows the rendered generation prompt (the
+    assistant's header), without a leading space (`PromptFormat.answer`), and the tokenizer's EOS (an
+    instruct model's end-of-turn token, e.g. <|im_end|>) closes it: the reply and its end of turn are
+    all that is supervised, and the prompt ids are the ones inference gives the model.
 
     Nothing is ever truncated (`_check_fits` rejects what does not fit the context), so with a
     non-empty prompt and answer every example keeps its answer and EOS as supervised tokens.
@@ -631,6 +635,9 @@ def finetune(
     of everything that decides that score (dev prompts and targets, decoding, extraction, metric).
     Resumes whatever `out_dir` holds of the same job, and re-uses its finished learning rates."""
     out_dir = Path(out_dir)
+    if base.chat_template == "auto":  # resolved once, so the job, the training data and dev scoring agree
+        tokenizer = AutoTokenizer.from_pretrained(base.path, revision=base.revision, trust_remote_code=base.trust_remote_code)
+        base = base.model_copy(update={"chat_template": uses_chat_template("auto", tokenizer)})
     examples = list(train[: arm.max_train_examples]) if arm.max_train_examples else list(train)
     if not examples:
         raise TrainingDataError("no training examples")

@@ -15,6 +15,7 @@ import math
 import numbers
 import re
 import string
+import unicodedata
 from collections import Counter
 from typing import Callable, Sequence
 
@@ -192,9 +193,38 @@ def make_matcher(config: MetricConfig) -> Matcher:
 # ---- the lenient view ---------------------------------------------------------------------------------
 
 
+# Typographic twins of ASCII punctuation, as chat models write them ("it’s", “quoted”, a non-breaking
+# hyphen). Mapped to the ASCII character so that SQuAD normalisation treats them as it treats ASCII.
+_ASCII_TWINS = str.maketrans({
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"',
+    "\u2010": "-", "\u2011": "-", "\u2212": "-",
+})
+
+
+def _lenient_text(text: str) -> str:
+    """Text as the lenient view reads it, before SQuAD normalisation.
+
+    Chat replies are typeset: “Vienna”, "Vienna—the capital", "Vienna…" would otherwise glue the
+    answer to a character that ASCII normalisation keeps, and the answer word would not be found.
+    So: compatibility forms unfolded (NFKD: "…" -> "...", full-width letters -> ASCII), typographic
+    quotes and hyphens mapped to ASCII, any other non-ASCII punctuation (dashes, «», 。) made a space,
+    and accents on ASCII letters dropped ("Bogota" for "Bogotá": the same content, which is what this
+    view scores; marks on other scripts, where they change the letter, are kept). The same reading
+    is applied to reply, targets and question.
+    """
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFKD", text).translate(_ASCII_TWINS):
+        if unicodedata.combining(ch) and out and out[-1].isascii() and out[-1].isalpha():
+            continue
+        out.append(" " if not ch.isascii() and unicodedata.category(ch).startswith("P") else ch)
+    return unicodedata.normalize("NFC", "".join(out))  # marks kept on other scripts recompose
+
+
 def lenient_match(reply: str, targets: Sequence[str], question: str) -> float:
     """1.0 when a reference answer occurs in the whole reply as words (SQuAD-normalised, as
-    `contains_match`), not counting an occurrence inside text the reply copies from the question.
+    `contains_match`, after `_lenient_text`), not counting an occurrence inside text the reply
+    copies from the question.
 
     The second half is what keeps the view honest on chat replies that restate the question: asked
     "What is the capital of Vatican City State?" with the answer "Vatican City", the reply "The capital
@@ -203,14 +233,14 @@ def lenient_match(reply: str, targets: Sequence[str], question: str) -> float:
     word on either side (any longer copied run contains such an extension); an answer that merely
     shares words with the question ("Mexico City" for Mexico) still counts.
     """
-    words = normalize_answer(reply).split()
-    asked = f" {normalize_answer(question)} "
+    words = normalize_answer(_lenient_text(reply)).split()
+    asked = f" {normalize_answer(_lenient_text(question))} "
 
     def in_question(span: list[str]) -> bool:
         return f" {' '.join(span)} " in asked
 
     for target in targets:
-        needle = normalize_answer(target).split()
+        needle = normalize_answer(_lenient_text(target)).split()
         if not needle:
             continue
         n = len(needle)

@@ -5,6 +5,7 @@ record per (arm, seed, example) out of the evaluator. Aggregation functions take
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, Union
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,20 @@ class Splits:
     train: list[Example]
     dev: list[Example]
     test: list[Example]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a chat conversation."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+# What an arm asks the model: plain text for a model used without a chat template (or, for a chat
+# model, the content of its single user turn), or a whole conversation of chat turns that the
+# backend renders with the model's template. `Backend.render` gives the exact text the model sees.
+Prompt = Union[str, tuple[Message, ...]]
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ def summarize_arm(
     resamples: int = 2000,
 ) -> dict:
     correct = outcome_matrix(records_by_seed, "correct")
+    correct_lenient = outcome_matrix(records_by_seed, "correct_lenient")
     relevance = 100.0 * outcome_matrix(records_by_seed, "relevance")  # reported on a 0-100 scale
     accuracy = stats.accuracy_interval(correct, level=level)
     relevance_ci = stats.mean_interval(relevance, level=level, resamples=resamples)
@@ -42,6 +43,8 @@ def summarize_arm(
         "kind": kind,
         "seeds": [records[0].seed for records in records_by_seed],
         "accuracy": _metric(accuracy, correct),
+        # The same interval on the lenient view, so the two views compare like for like.
+        "accuracy_lenient": _metric(stats.accuracy_interval(correct_lenient, level=level), correct_lenient),
         "relevance": _metric(relevance_ci, relevance),
         "prompt_tokens": prompt_tokens,
         "generated_tokens": generated_tokens,
@@ -52,6 +55,7 @@ def summarize_arm(
         ),
         "training": mean_training_cost(training) if training else None,
         "details": [{k: v for k, v in info.items() if k != "training"} for info in info_by_seed],
+        "scoring_audit": scoring_audit(records_by_seed),
     }
 
 
@@ -67,6 +71,68 @@ def _metric(interval: stats.Interval, per_item: np.ndarray) -> dict:
         "per_seed": per_seed.tolist(),
         "seed_std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0,
     }
+
+
+# ---- the scoring audit -----------------------------------------------------------------------------
+
+AUDIT_EXAMPLES = 3
+MAX_REPLY_CHARS = 300  # an example shows the start of a long reply; report.json stays small
+
+
+def scoring_audit(records_by_seed: Sequence[Sequence[ExampleRecord]], limit: int = AUDIT_EXAMPLES) -> dict:
+    """How an arm's replies meet the two scoring views, to tell a format problem from a content one.
+
+    Lengths are mean words over every seed's records: a reply many times longer than its reference
+    is a sentence that an exact matcher cannot accept. `strict_only` / `lenient_only` count records
+    (all seeds) right in one view and wrong in the other; `examples` shows up to `limit` of them
+    from the first seed, alternating between the two kinds so that both show when both occur.
+    """
+    all_records = [r for records in records_by_seed for r in records]
+    strict_only = [r for r in all_records if _right(r.correct) and not _right(r.correct_lenient)]
+    lenient_only = [r for r in all_records if _right(r.correct_lenient) and not _right(r.correct)]
+    first_seed = records_by_seed[0][0].seed if records_by_seed and records_by_seed[0] else None
+    kinds = [[r for r in rows if r.seed == first_seed] for rows in (lenient_only, strict_only)]
+    return {
+        "reply_words": _mean_words(r.completion for r in all_records),
+        "answer_words": _mean_words(r.answer for r in all_records),
+        "reference_words": _mean_words(r.targets[0] if r.targets else "" for r in all_records),
+        "replies": len(all_records),
+        "empty_replies": sum(not r.completion.strip() for r in all_records),
+        "strict_only": len(strict_only),
+        "lenient_only": len(lenient_only),
+        "examples": [scored_example(r) for r in interleave(kinds)[:limit]],
+    }
+
+
+def scored_example(record: ExampleRecord) -> dict:
+    """One reply as both views scored it, for a reader to judge which view is right."""
+    reply = record.completion.strip()
+    return {
+        "arm": record.arm,
+        "seed": record.seed,
+        "id": record.example_id,
+        "reply": reply if len(reply) <= MAX_REPLY_CHARS else reply[:MAX_REPLY_CHARS] + "...",
+        "answer": record.answer,  # what the extraction rule took from the reply: what the strict view scored
+        "reference": record.targets[0] if record.targets else "",
+        "strict": record.correct,
+        "lenient": record.correct_lenient,
+    }
+
+
+def _right(score: float) -> bool:
+    # A user metric may give partial credit; at least half counts as right, as in the report's tables.
+    return score >= 0.5
+
+
+def _mean_words(texts) -> float:
+    counts = [len(text.split()) for text in texts]
+    return float(np.mean(counts)) if counts else 0.0
+
+
+def interleave(groups: Sequence[Sequence]) -> list:
+    """[a1, b1, a2, b2, ...], then what remains of the longer group."""
+    longest = max((len(g) for g in groups), default=0)
+    return [g[i] for i in range(longest) for g in groups if i < len(g)]
 
 
 def mean_training_cost(costs: Sequence[dict | TrainingCost]) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence, runtime_checkable
 
-from tuneorprompt.records import Completion, GenerationSettings
+from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
 
 class PromptTooLongError(ValueError):
@@ -25,15 +25,22 @@ class Backend(Protocol):
     context_length: int
     # Parameter count for FLOPs estimates; None when unknown (a served endpoint).
     num_parameters: int | None
+    # Whether prompts are rendered with the model's chat template: arms then build conversations
+    # (system message, demos as user/assistant turns) instead of one block of text.
+    chat_template: bool
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Completion]:
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model is given for `prompt` (what the cache and the store key on)."""
+        ...
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
         """Greedy completions, one per prompt, in the order given; independent of batching."""
         ...
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+    def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
         """Sum of log-probabilities (nats) of each continuation given its context."""
         ...
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model would see for `text` as a prompt (used to fit demos into the context)."""
+    def count_tokens(self, prompt: Prompt) -> int:
+        """Tokens the model would see for `prompt` (used to fit demos into the context)."""
         ...

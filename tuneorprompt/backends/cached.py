@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from tuneorprompt.backends.base import Backend
-from tuneorprompt.records import Completion, GenerationSettings
+from tuneorprompt.records import Completion, GenerationSettings, Prompt
 from tuneorprompt.store import Store
 
 
@@ -18,21 +18,27 @@ class CachedBackend:
         self.fingerprint = backend.fingerprint
         self.context_length = backend.context_length
         self.num_parameters = backend.num_parameters
+        self.chat_template = backend.chat_template
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Completion]:
-        keys = [Store.generation_key(self.fingerprint, settings, p) for p in prompts]
+    def render(self, prompt: Prompt) -> str:
+        return self.inner.render(prompt)
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
+        # Keyed by the exact text the model sees: two prompts that render alike are one generation.
+        texts = [self.inner.render(p) for p in prompts]
+        keys = [Store.generation_key(self.fingerprint, settings, text) for text in texts]
         found = self.store.cached(keys)
-        missing = list(dict.fromkeys(p for p, k in zip(prompts, keys) if k not in found))
+        missing = {key: (prompt, text) for prompt, text, key in zip(prompts, texts, keys) if key not in found}
         self.store.cache_stats.hits += len(prompts) - len(missing)
         self.store.cache_stats.misses += len(missing)
         if missing:
-            fresh = self.inner.generate(missing, settings)
-            self.store.put_generations(self.fingerprint, settings, missing, fresh)
-            found.update({Store.generation_key(self.fingerprint, settings, p): c for p, c in zip(missing, fresh)})
+            fresh = self.inner.generate([prompt for prompt, _ in missing.values()], settings)
+            self.store.put_generations(self.fingerprint, settings, [text for _, text in missing.values()], fresh)
+            found.update(zip(missing, fresh))
         return [found[k] for k in keys]
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+    def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
         return self.inner.loglikelihood(requests)
 
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
+    def count_tokens(self, prompt: Prompt) -> int:
+        return self.inner.count_tokens(prompt)

@@ -39,7 +39,7 @@ from transformers import (
 from tuneorprompt.backends.base import PromptTooLongError
 from tuneorprompt.config import ModelConfig
 from tuneorprompt.keys import content_key
-from tuneorprompt.records import Completion, GenerationSettings
+from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
 
 
 class ModelLoadError(ValueError):
@@ -66,21 +66,33 @@ _SANE_MODEL_MAX_LENGTH = 10_000_000
 # ---- prompts -> tokens --------------------------------------------------------------------------------
 
 
-def render_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
-    """The text the model is given: the prompt itself, or the prompt as one user turn of the chat template."""
-    if not chat_template:
-        return prompt
-    if tokenizer.chat_template is None:
-        raise ValueError(
-            f"chat_template is on but the tokenizer {tokenizer.name_or_path!r} has no chat template; "
-            "set model.chat_template: false for base models"
+def uses_chat_template(setting: bool | str, tokenizer) -> bool:
+    """`model.chat_template` resolved against the tokenizer: "auto" uses the template when there is one."""
+    if setting == "auto":
+        return tokenizer.chat_template is not None
+    if setting and tokenizer.chat_template is None:
+        raise ModelLoadError(
+            f"model.chat_template is true but the tokenizer {tokenizer.name_or_path!r} has no chat template; "
+            "set it to auto or false for base models"
         )
+    return bool(setting)
+
+
+def render_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> str:
+    """The exact text the model is given. Without a chat template: the prompt's text. With one: the
+    conversation (a plain text prompt being its single user turn) rendered by the template, ending
+    with the assistant's generation header."""
+    if not chat_template:
+        if not isinstance(prompt, str):
+            raise ValueError("a chat conversation was given to a model used without its chat template")
+        return prompt
+    turns = [Message("user", prompt)] if isinstance(prompt, str) else prompt
     return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        [{"role": turn.role, "content": turn.content} for turn in turns], tokenize=False, add_generation_prompt=True
     )
 
 
-def encode_prompt(tokenizer, prompt: str, chat_template: bool) -> list[int]:
+def encode_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> list[int]:
     """THE way a prompt becomes token ids, at inference and at training.
 
     Special tokens (a Llama tokenizer's <s>) are added for plain prompts; a rendered chat template
@@ -219,12 +231,15 @@ class HFBackend:
         eos = model.generation_config.eos_token_id
         self._eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
 
-    def count_tokens(self, text: str) -> int:
-        return len(encode_prompt(self.tokenizer, text, self.chat_template))
+    def render(self, prompt: Prompt) -> str:
+        return render_prompt(self.tokenizer, prompt, self.chat_template)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(encode_prompt(self.tokenizer, prompt, self.chat_template))
 
     # -- generation --
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings) -> list[Completion]:
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
         """Greedy completions in the caller's order.
 
         Prompts are sorted by token length (longest first, so a batch that does not fit in memory
@@ -287,7 +302,7 @@ class HFBackend:
 
     # -- scoring --
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+    def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
         """Sum of log-probabilities (nats) of each continuation's tokens given its context.
 
         Tokenisation boundary: the context is `encode_prompt(context)` (exactly the tokens generation
@@ -456,7 +471,8 @@ def load_hf_backend(config: ModelConfig, adapter: Path | None = None) -> HFBacke
     if adapter is not None:
         model, fingerprint = _with_adapter(model, fingerprint, Path(adapter))
     return HFBackend(
-        model, tokenizer, fingerprint=fingerprint, batch_size=config.batch_size, chat_template=config.chat_template
+        model, tokenizer, fingerprint=fingerprint, batch_size=config.batch_size,
+        chat_template=uses_chat_template(config.chat_template, tokenizer),
     )
 
 

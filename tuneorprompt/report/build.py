@@ -16,13 +16,13 @@ from rich.console import Console
 from tuneorprompt import decide, stats
 from tuneorprompt.config import CostConfig, ExperimentConfig
 from tuneorprompt.records import ExampleRecord
+from tuneorprompt.report.checks import report_warnings
 from tuneorprompt.report.html import render_html
 from tuneorprompt.report.terminal import print_summary
 from tuneorprompt.rundir import write_text_atomic
 from tuneorprompt.summary import outcome_matrix
 
 REPORT_VERSION = 1
-PROMPT_KINDS = {"baseline", "instruction", "few_shot", "few_shot_knn", "context"}
 
 
 def build_report(
@@ -48,6 +48,8 @@ def build_report(
             correct=outcome_matrix(records[s["name"]], "correct"),
             per_query_flops=s["flops_per_query"] or 0.0,
             one_time_flops=(s["training"] or {}).get("flops", 0.0),
+            kind=s["kind"],
+            correct_lenient=outcome_matrix(records[s["name"]], "correct_lenient"),
         )
         for s in summaries
     ]
@@ -59,6 +61,8 @@ def build_report(
         learning_curve_hint=(learning_curve or {}).get("hint"),
         order=[estimate.name for estimate in cost_order] if cost_order is not None else None,
     )
+    decision = recommendation.to_dict()
+    versus = decision.pop("prompt_vs_finetune")  # given once, at the top level
     return {
         "report_version": REPORT_VERSION,
         "name": config.name,
@@ -66,6 +70,8 @@ def build_report(
         "target": config.target.model_dump(),
         "strategy": config.strategy,
         "stopped_early_at": stopped_early_at,
+        # Before any number: a reader must know when the scoring views or a dev choice cannot be trusted.
+        "warnings": report_warnings(summaries, records, config.metric.accuracy),
         "data": {
             **{f"n_{split}": size for split, size in split_sizes.items()},
             "overlap": overlap.to_dict(),
@@ -76,7 +82,8 @@ def build_report(
         "cost_order": [estimate.to_dict() for estimate in cost_order] if cost_order is not None else None,
         "break_even": break_even(summaries),
         "learning_curve": learning_curve,
-        "recommendation": recommendation.to_dict(),
+        "prompt_vs_finetune": versus,
+        "recommendation": decision,
         "protocol": protocol,
         "environment": environment,
     }
@@ -104,10 +111,13 @@ def paired_tests(records: dict[str, list[list[ExampleRecord]]], names: list[str]
 def break_even(summaries: Sequence[dict]) -> list[dict]:
     """For each fine-tuned arm: after how many queries its one-time training cost is repaid by
     cheaper queries than the most accurate prompt arm (None when its queries are not cheaper)."""
-    prompt_arms = [s for s in summaries if s["kind"] in PROMPT_KINDS and s["flops_per_query"]]
+    prompt_arms = [s for s in summaries if s["kind"] in decide.PROMPT_KINDS and s["flops_per_query"]]
     if not prompt_arms:
         return []
-    best_prompt = max(prompt_arms, key=lambda s: s["accuracy"]["value"])
+    # The same "most accurate" as decide.most_accurate: strict, then lenient, then the first listed.
+    best_prompt = max(
+        prompt_arms, key=lambda s: (s["accuracy"]["value"], (s.get("accuracy_lenient") or {}).get("value", 0.0))
+    )
     rows = []
     for arm in summaries:
         if not arm.get("training") or not arm["flops_per_query"]:

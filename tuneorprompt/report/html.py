@@ -1,9 +1,11 @@
 """`report.html`: one self-contained page (plots inlined as PNG, no network) to send to a team.
 
-Plots: accuracy and relevance per arm with 95% CIs and the target line; the learning curves on
-shared axes; accuracy against per-query cost (the frontier). Under the arms table, notes on arms
-whose prompts were shortened to fit the context. Then the paired tests and examples where the arms
-disagree.
+Warnings come first, under the title (scoring views that disagree, with example replies; dev choices
+that were ties): they say which numbers below not to trust. Plots: accuracy and relevance per arm
+with 95% CIs and the target line; the learning curves on shared axes; accuracy against per-query
+cost (the frontier). Under the arms table, notes on arms whose prompts were shortened to fit the
+context, and the scoring audit (reply against reference length, empty replies, right in one view
+only). Then the paired tests and examples where the arms disagree.
 """
 
 from __future__ import annotations
@@ -33,17 +35,28 @@ td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; }
 code { background: #f4f4f4; padding: 1px 4px; }
 .notes { color: #8a5a00; }
+.warning { padding: 12px; margin: 1em 0; background: #fdecea; border-left: 4px solid #c33; }
+.warning td { text-align: left; }
 </style></head><body>
 <h1>{{ r.name }}: prompt or fine-tune?</h1>
+{% for w in r.warnings or [] %}<div class="warning" id="warning-{{ w.code }}"><p><strong>Warning ({{ w.code }}):</strong>
+{{ w.message }}</p>
+{% if w.examples %}<table><tr><th>arm</th><th>reply</th><th>answer extracted</th><th>reference</th><th>strict</th>
+<th>lenient</th></tr>
+{% for e in w.examples %}<tr><td>{{ e.arm }}</td><td>{{ e.reply }}</td><td>{{ e.answer }}</td><td>{{ e.reference }}</td>
+<td>{{ "%g" | format(e.strict) }}</td><td>{{ "%g" | format(e.lenient) }}</td></tr>{% endfor %}</table>{% endif %}
+</div>{% endfor %}
 <p>Model <code>{{ r.model }}</code>; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
 target accuracy {{ "%.0f" | format(100 * r.target.accuracy) }}%{% if r.target.lenient %} (lenient){% endif %};
 strategy {{ r.strategy }}.</p>
 <p class="verdict {% if not r.recommendation.arm %}none{% endif %}">{{ r.recommendation.reason }}</p>
 <h2>Arms</h2>
-<table><tr><th>arm</th><th>accuracy % [95% CI]</th><th>relevance [95% CI]</th><th>prompt tokens</th>
+<table><tr><th>arm</th><th>accuracy % [95% CI]</th><th>lenient accuracy % [95% CI]</th>
+<th>relevance [95% CI]</th><th>prompt tokens</th>
 <th>generated tokens</th><th>ms / query</th><th>GFLOPs / query</th><th>training s</th><th>training PFLOPs</th></tr>
 {% for a in r.arms %}<tr><td>{{ a.name }}</td>
 <td>{{ "%.1f [%.1f, %.1f]" | format(100 * a.accuracy.value, 100 * a.accuracy.ci_low, 100 * a.accuracy.ci_high) }}</td>
+<td>{% set l = a.accuracy_lenient %}{{ "%.1f [%.1f, %.1f]" | format(100 * l.value, 100 * l.ci_low, 100 * l.ci_high) if l else "-" }}</td>
 <td>{{ "%.1f [%.1f, %.1f]" | format(a.relevance.value, a.relevance.ci_low, a.relevance.ci_high) }}</td>
 <td>{{ "%.0f" | format(a.prompt_tokens) }}</td><td>{{ "%.1f" | format(a.generated_tokens) }}</td>
 <td>{{ "%.1f" | format(1000 * a.seconds_per_query) }}</td>
@@ -51,8 +64,17 @@ strategy {{ r.strategy }}.</p>
 <td>{{ "%.0f" | format(a.training.wall_seconds) if a.training else "-" }}</td>
 <td>{{ "%.3g" | format(a.training.flops / 1e15) if a.training else "-" }}</td></tr>
 {% endfor %}</table>
+<p><small>Accuracy is the strict view (metric.accuracy on the extracted answer); lenient accuracy counts a reply
+right when a reference answer appears in it, not counting text copied from the question.</small></p>
 {% if notes %}<ul class="notes">{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>{% endif %}
 {% for title, png in plots %}<h3>{{ title }}</h3><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
+<h2>Scoring audit</h2>
+<table><tr><th>arm</th><th>reply words</th><th>answer words</th><th>reference words</th><th>empty replies</th>
+<th>right strict only</th><th>right lenient only</th></tr>
+{% for a in r.arms if a.scoring_audit %}{% set s = a.scoring_audit %}<tr><td>{{ a.name }}</td>
+<td>{{ "%.1f" | format(s.reply_words) }}</td><td>{{ "%.1f" | format(s.answer_words) }}</td>
+<td>{{ "%.1f" | format(s.reference_words) }}</td><td>{{ s.empty_replies }} of {{ s.replies }}</td>
+<td>{{ s.strict_only }}</td><td>{{ s.lenient_only }}</td></tr>{% endfor %}</table>
 {% if r.break_even %}<h2>Break-even</h2><table><tr><th>fine-tuned arm</th><th>against</th><th>queries to repay training</th></tr>
 {% for b in r.break_even %}<tr><td>{{ b.arm }}</td><td>{{ b.against }}</td>
 <td>{{ "{:,.0f}".format(b.queries) if b.queries is not none else "never (its queries are not cheaper)" }}</td></tr>{% endfor %}
