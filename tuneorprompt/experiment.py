@@ -37,6 +37,7 @@ from tuneorprompt.arms import (
 )
 from tuneorprompt.backends.base import Backend, PromptTooLongError
 from tuneorprompt.backends.cached import CachedBackend
+from tuneorprompt.backends.gguf import local_model_config
 from tuneorprompt.backends.hf import load_hf_backend
 from tuneorprompt.config import (
     ExperimentConfig,
@@ -143,6 +144,9 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
     PromptFormat(config.prompt)  # compiles the templates: a syntax error is found before the model loads
     arms = expand_arms(config)
+    # A .gguf file becomes a plain model directory (converted once, cached by the file's hash) that
+    # every later load, for inference and fine-tuning, reads.
+    config = config.model_copy(update={"model": local_model_config(config.model)})
     if backend is None:
         backend = load_hf_backend(config.model)
     if config.prompt.system is not None and not backend.chat_template:

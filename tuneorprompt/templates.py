@@ -5,13 +5,13 @@ EXAMPLE_CONFIG = """\
 name: my-task
 
 model:
-  path: gpt2                  # required: hub id or local directory of a causal LM
+  path: gpt2                  # required: hub id, local directory or .gguf file of a causal LM
   revision: null              # pin a hub revision (branch, tag or commit)
   dtype: float32              # float32 | bfloat16 | float16 | auto
   device: auto                # auto | cpu | cuda | cuda:1
   batch_size: 16
   num_threads: null           # torch CPU threads; 1 is steadiest on a shared machine
-  chat_template: false        # true for instruct models: each prompt becomes one user turn
+  chat_template: auto         # auto: the tokenizer's chat template when it has one (instruct models)
   # allow_pickle: false       # also load pickle *.bin weights; pickle can run code, so only files you trust
   # trust_remote_code: false  # run the model repository's own Python code; needs revision: <40-hex commit>
 
@@ -31,11 +31,12 @@ data:
 
 prompt:
   template: "Question: {{ input }}\\nAnswer:"      # the task's plain format (jinja2, sandboxed)
-  answer_prefix: " "          # between a prompt and its answer in demos and fine-tuning targets
+  answer_prefix: " "          # between a prompt and its answer in demos and fine-tuning targets (no chat template)
   demo_separator: "\\n\\n"
   instruction_template: "{{ instruction }}\\n{{ prompt }}"
   instructions: []            # your candidate instructions, tried next to the built-in ones
   builtin_instructions: true
+  system: null                # chat models: the system message, replacing the template's default one
 
 generation:                   # greedy for every arm
   max_new_tokens: 32
