@@ -208,6 +208,17 @@ def test_fine_tuning_that_learned_content_is_said_so():
     assert hint.startswith("Fine-tuning learned content: lora is right on +40.0 points more replies than instruction")
 
 
+def test_fine_tuning_that_lost_what_the_model_knew_is_said_so():
+    # A real case (SmolLM2 on capitals): lora 15.8% in both views against instruction's 35.8%.
+    prompt = view_arm("instruction", "instruction", right_on(0, 70), right_on(0, 70))
+    tuned = view_arm("lora", "lora", right_on(0, 30), right_on(0, 30), one_time=5e15)
+    result = decide.recommend([prompt, tuned], 0.9)
+    assert "Fine-tuning lost content: lora is right on 20.0 points fewer replies than instruction" in result.hint
+    assert "no significant" not in result.hint
+    assert "lora is -20.0 points against instruction in the strict view" in result.reason
+    assert "over instruction" not in result.reason
+
+
 def test_a_context_arm_that_adds_nothing_is_said_so():
     context = view_arm("context", "context", right_on(0, 0), right_on(0, 138), per_query=3e9)
     hint = decide.recommend([*CHAT, context], 0.9).hint

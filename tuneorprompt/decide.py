@@ -370,13 +370,13 @@ def gain_split(tuned: ArmOutcome, prompt: ArmOutcome) -> tuple[float, float] | N
 
 def split_sentence(tuned: str, prompt: str, gain: float, content: float) -> str:
     """The strict gain as format (seen in the strict view only) plus content (seen in both views)."""
-    sentence = (
-        f"Of {tuned}'s {_points(gain)} over {prompt} in the strict view, {_points(gain - content)} are "
-        f"format (seen in the strict view only) and {_points(content)} content (seen in both views)"
-    )
-    if gain > 0:
-        sentence += ": the gain is mostly format" if gain - content > content else ": the gain is mostly content"
-    return sentence + "."
+    parts = (f"{_points(gain - content)} are format (seen in the strict view only) and {_points(content)} content "
+             "(seen in both views)")
+    if gain <= 0:
+        return f"{tuned} is {_points(gain)} against {prompt} in the strict view: {parts}."
+    sentence = f"Of {tuned}'s {_points(gain)} over {prompt} in the strict view, {parts}"
+    mostly = "format" if gain - content > content else "content"
+    return f"{sentence}: the gain is mostly {mostly}."
 
 
 # ---- what the evidence suggests when no arm meets the target ------------------------------------
@@ -433,6 +433,12 @@ def _finetune_hint(versus: PromptVsFinetune, level: float) -> str:
         return (
             f"Fine-tuning learned content: {tuned} is right on {_points(test.difference)} more replies than "
             f"{prompt} in the lenient view (p = {test.p_value:.3g}); more training data may add more."
+        )
+    if test.significant:
+        return (
+            f"Fine-tuning lost content: {tuned} is right on {100 * -test.difference:.1f} points fewer replies than {prompt} "
+            f"in the lenient view (p = {test.p_value:.3g}); training on this data with these settings degraded "
+            "what the model knew (a smaller learning rate, fewer epochs or more data may avoid it)."
         )
     learned = "mostly the answer format" if versus.gain > VIEW_GAP else "neither format nor facts measurably"
     return (
