@@ -219,6 +219,15 @@ def test_fine_tuning_that_lost_what_the_model_knew_is_said_so():
     assert "over instruction" not in result.reason
 
 
+def test_a_context_arm_that_hurts_is_said_so():
+    # A real case: a BM25 retriever led by function words gave SmolLM2 the wrong city's passage.
+    prompt = view_arm("baseline", "baseline", right_on(0, 120), right_on(0, 120))
+    context = view_arm("context", "context", right_on(0, 40), right_on(0, 40), per_query=3e9)
+    hint = decide.recommend([prompt, context], 0.9).hint
+    assert "Retrieval hurt: context is 40.0 points behind baseline in the lenient view" in hint
+    assert "did not supply" not in hint
+
+
 def test_a_context_arm_that_adds_nothing_is_said_so():
     context = view_arm("context", "context", right_on(0, 0), right_on(0, 138), per_query=3e9)
     hint = decide.recommend([*CHAT, context], 0.9).hint

@@ -293,3 +293,17 @@ def test_a_user_metric_that_raises_names_the_example(tmp_path, monkeypatch):
     raw = config(tmp_path, metric={"accuracy": "my_metric:score"}, arms=["baseline"])
     with pytest.raises(ValueError, match=r"example 'te1' \(.*test.jsonl:2\).*my_metric:score.*KeyError"):
         run_experiment(raw, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+
+
+def test_a_model_that_cannot_be_trained_is_refused_before_any_arm_runs(tmp_path, tiny_gpt2_dir):
+    import shutil
+
+    quantized = shutil.copytree(tiny_gpt2_dir, tmp_path / "quantized")
+    model_config = json.loads((quantized / "config.json").read_text())
+    model_config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (quantized / "config.json").write_text(json.dumps(model_config))
+    raw = config(tmp_path, arms=["baseline", "lora"], model={"path": str(quantized)})
+    backend = ScriptedBackend(answer_by_instruction)
+    with pytest.raises(ValueError, match=r"is quantized \(gptq\); its weights cannot be trained"):
+        run_experiment(raw, tmp_path / "run", backend=backend)
+    assert backend.prompts_seen == [] and not (tmp_path / "run").exists()

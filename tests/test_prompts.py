@@ -103,3 +103,13 @@ def test_bm25_retrieves_the_passage_about_the_query():
     retriever = PassageRetriever(passages, top_k=2, method="bm25")
     best = retriever(Example("q", "What is the capital of Velmora?", ("Tashket",)))
     assert best[-1] == passages[0]
+
+
+def test_bm25_is_not_led_by_rare_function_words():
+    # Passages of one shape, where "of" and "the" occur only in a few country names: without stop
+    # words they outweighed the one word that matters.
+    passages = [f"City{i} is a city in Country{i}, with about {i},000 inhabitants." for i in range(30)]
+    passages += ["Brazzaville is a city in Republic of the Congo.", "Kinshasa is a city in Democratic Republic of the Congo."]
+    passages.append("Chaozhou is a city in China.")
+    retriever = PassageRetriever(passages, top_k=1, method="bm25")
+    assert retriever(Example("q", "Which country is the city of Chaozhou in?", ("China",))) == [passages[-1]]

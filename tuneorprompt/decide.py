@@ -473,6 +473,12 @@ def _retrieval_hint(
             f"Retrieval supplies facts: {context.name} is {_points(test.difference)} ahead of {others.name} in the "
             f"lenient view (p = {test.p_value:.3g}); a better corpus or more passages may add more."
         )
+    if test.significant:
+        return (
+            f"Retrieval hurt: {context.name} is {100 * -test.difference:.1f} points behind {others.name} in the "
+            f"lenient view (p = {test.p_value:.3g}); the passages retrieved may be the wrong ones and mislead the "
+            "model (look at the context arm's prompts in the store)."
+        )
     return (
         f"Retrieval did not supply measurable facts: {context.name} minus {others.name} is "
         f"{_points(test.difference)} in the lenient view (p = {test.p_value:.3g}); the corpus may lack the "
