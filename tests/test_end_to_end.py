@@ -72,3 +72,16 @@ def test_unchanged_rerun_generates_nothing_and_a_changed_model_misses(tmp_path, 
         db.execute("DELETE FROM arm_results")  # force every arm to ask again in the same store
     third = run_experiment(other_config, tmp_path / "run")
     assert third.cache_hits == 0 and third.cache_misses > 0
+
+
+def test_check_data_names_the_prompts_that_cannot_fit_the_model(tmp_path, tiny_gpt2_dir):
+    config = write_experiment(tmp_path, tiny_gpt2_dir)
+    rows = [json.loads(line) for line in (tmp_path / "capitals.jsonl").read_text().splitlines()]
+    rows[7]["input"] = "Paris is the capital. " * 60 + "What is the capital of Spain?"  # ~360 tokens; c7 is a test item
+    (tmp_path / "capitals.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    checked = CliRunner().invoke(app, ["check-data", str(config)])
+    output = " ".join(checked.output.split())  # rich wraps long lines
+    assert checked.exit_code == 2
+    assert "'c7' (" in output and "capitals.jsonl:8" in output and "context of 256" in output
+    ran = CliRunner().invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert ran.exit_code == 2 and not (tmp_path / "run").exists()

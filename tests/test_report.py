@@ -102,3 +102,12 @@ def test_the_recommendation_follows_the_cost_order_estimated_before_the_run():
     assert report["recommendation"]["arm"] == "few_shot@8"
     assert report["cost_order"] == [e.to_dict() for e in order]
     assert report["protocol"] == {"key": "abc"}
+
+
+def test_the_page_shows_the_exact_text_each_arm_gave_the_model(tmp_path):
+    inputs = report_inputs(SHORTENED)
+    write_report(run_dir=tmp_path, console=Console(file=io.StringIO()), references={}, **inputs)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [arm["example_prompt"] for arm in report["arms"]] == ["Q0", "Q0"]  # each arm's first test record
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "What the model saw" in page and "<pre>Q0</pre>" in page

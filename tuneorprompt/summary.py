@@ -55,6 +55,8 @@ def summarize_arm(
         ),
         "training": mean_training_cost(training) if training else None,
         "details": [{k: v for k, v in info.items() if k != "training"} for info in info_by_seed],
+        # The exact text the model saw for the first test item (chat template, system message and all).
+        "example_prompt": records_by_seed[0][0].prompt if records_by_seed and records_by_seed[0] else None,
         "scoring_audit": scoring_audit(records_by_seed),
     }
 

@@ -46,7 +46,7 @@ code { background: #f4f4f4; padding: 1px 4px; }
 {% for e in w.examples %}<tr><td>{{ e.arm }}</td><td>{{ e.reply }}</td><td>{{ e.answer }}</td><td>{{ e.reference }}</td>
 <td>{{ "%g" | format(e.strict) }}</td><td>{{ "%g" | format(e.lenient) }}</td></tr>{% endfor %}</table>{% endif %}
 </div>{% endfor %}
-<p>Model <code>{{ r.model }}</code>; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
+<p>Model <code>{{ r.model }}</code>{% if r.protocol %}, {{ "with its chat template" if r.protocol.model.chat_template else "without a chat template" }}{% if r.protocol.prompt.system %} (system message: <code>{{ r.protocol.prompt.system }}</code>){% endif %}{% endif %}; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
 target accuracy {{ "%.0f" | format(100 * r.target.accuracy) }}%{% if r.target.lenient %} (lenient){% endif %};
 strategy {{ r.strategy }}.</p>
 <p class="verdict {% if not r.recommendation.arm %}none{% endif %}">{{ r.recommendation.reason }}</p>
@@ -67,6 +67,9 @@ strategy {{ r.strategy }}.</p>
 <p><small>Accuracy is the strict view (metric.accuracy on the extracted answer); lenient accuracy counts a reply
 right when a reference answer appears in it, not counting text copied from the question.</small></p>
 {% if notes %}<ul class="notes">{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>{% endif %}
+<details><summary>What the model saw: each arm's prompt for the first test item, as rendered</summary>
+{% for a in r.arms if a.example_prompt %}<h3>{{ a.name }}</h3><pre>{{ a.example_prompt }}</pre>{% endfor %}
+</details>
 {% for title, png in plots %}<h3>{{ title }}</h3><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
 <h2>Scoring audit</h2>
 <table><tr><th>arm</th><th>reply words</th><th>answer words</th><th>reference words</th><th>empty replies</th>
