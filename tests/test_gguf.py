@@ -327,3 +327,21 @@ def test_smollm2_q4_converts_and_answers(tmp_path):
     prompt = tokenizer(text, return_tensors="pt")
     output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(output[0, prompt["input_ids"].shape[1] :])
+
+
+def test_an_experiment_on_a_gguf_file_runs_and_its_report_names_the_file(tiny, monkeypatch, tmp_path):
+    import json
+
+    from tuneorprompt.experiment import run_experiment
+
+    _, path, directory = tiny
+    monkeypatch.setenv("TUNEORPROMPT_CACHE", str(directory.parent.parent))
+    rows = [{"id": f"q{i}", "input": f"word {i}?", "target": f"w{i}"} for i in range(12)]
+    data = tmp_path / "task.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = {"name": "gguf", "model": {"path": str(path), "num_threads": 1, "chat_template": False},
+              "data": {"file": str(data)}, "generation": {"max_new_tokens": 3}, "arms": ["baseline"]}
+    report = run_experiment(config, tmp_path / "run").report
+    assert report["model"] == str(path)  # the file the user gave, not the conversion cache
+    assert report["protocol"]["model_fingerprint"]
+    assert "gguf" in (tmp_path / "run" / "config.yaml").read_text()

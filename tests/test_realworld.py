@@ -61,6 +61,7 @@ def test_reduced_real_model_demo_runs_and_scores_real_replies(tmp_path):
     result = run_experiment(demo_config("capitals", "smollm2"), tmp_path / "run", overrides=overrides)
     report = result.report
     assert report["protocol"]["model"]["chat_template"] is True  # auto found the model's template
+    assert report["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     arms = {arm["name"]: arm for arm in report["arms"]}
     # The model knows many capitals and says them in a sentence: both views find some right answers.
     assert arms["baseline"]["accuracy"]["value"] > 0.2 and arms["baseline"]["accuracy_lenient"]["value"] > 0.2

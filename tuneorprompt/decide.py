@@ -375,6 +375,8 @@ def split_sentence(tuned: str, prompt: str, gain: float, content: float) -> str:
     if gain <= 0:
         return f"{tuned} is {_points(gain)} against {prompt} in the strict view: {parts}."
     sentence = f"Of {tuned}'s {_points(gain)} over {prompt} in the strict view, {parts}"
+    if gain <= VIEW_GAP:  # a gain this small is within what the views' own disagreement allows: no reading
+        return sentence + "."
     mostly = "format" if gain - content > content else "content"
     return f"{sentence}: the gain is mostly {mostly}."
 

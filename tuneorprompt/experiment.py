@@ -125,7 +125,8 @@ class RunPlan:
     """A checked experiment, ready to run: data loaded, model loaded, templates compiled, every arm
     feasible and its cost estimated, every prompt known to fit the model's context."""
 
-    config: ExperimentConfig
+    config: ExperimentConfig  # as resolved for running: a .gguf path converted, `chat_template: auto` decided
+    given: ExperimentConfig  # as the user gave it (config.yaml, and the model the report names)
     run_dir: Path
     splits: Splits
     overlap: OverlapReport
@@ -140,6 +141,7 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     """Every check that needs no generation or training, in the order that finds a user's mistake
     soonest: data, templates and arms, the model, then each arm's prompts against its context.
     Nothing is written. `tuneorprompt check-data` runs this too."""
+    given = config
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
     PromptFormat(config.prompt)  # compiles the templates: a syntax error is found before the model loads
@@ -181,7 +183,7 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
         check_prompts_fit(arm, ctx, seed, splits.test)
     estimates = decide.ladder_order([estimate_cost(arm, ctx, seed) for arm in arms], config.costs.expected_queries)
     by_name = {arm.name: arm for arm in arms}
-    return RunPlan(config, run_dir, splits, overlap, backend, ctx, [by_name[e.name] for e in estimates], estimates,
+    return RunPlan(config, given, run_dir, splits, overlap, backend, ctx, [by_name[e.name] for e in estimates], estimates,
                    protocol)
 
 
@@ -232,7 +234,7 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
         if arm.name in records
     ]
     report_inputs = dict(
-        config=config,
+        config=plan.given,
         summaries=summaries,
         records=records,
         overlap=plan.overlap,
