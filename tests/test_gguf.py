@@ -26,6 +26,7 @@ from tuneorprompt.backends import gguf as gguf_backend
 from tuneorprompt.backends.gguf import dequantized_dir, is_gguf, local_model_config
 from tuneorprompt.backends.hf import ModelLoadError, load_hf_backend
 from tuneorprompt.config import ModelConfig
+from tuneorprompt.keys import file_sha256
 
 gguf = pytest.importorskip("gguf")
 
@@ -147,7 +148,7 @@ def _logits(model, ids: list[int]) -> torch.Tensor:
 
 def test_converted_directory_is_a_plain_model_named_by_the_file_hash(tiny):
     _, path, directory = tiny
-    digest = gguf_backend._sha256(path)
+    digest = file_sha256(path)
     assert directory.name == digest
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= {
         p.name for p in directory.iterdir()
@@ -243,7 +244,7 @@ def test_a_failed_conversion_leaves_nothing_that_would_be_used(tiny, tmp_path, m
     monkeypatch.setattr(gguf_backend, "_convert", killed)
     with pytest.raises(KeyboardInterrupt):
         dequantized_dir(path, tmp_path)
-    assert not (tmp_path / gguf_backend._sha256(path)).exists()
+    assert not (tmp_path / file_sha256(path)).exists()
     monkeypatch.undo()
     directory = dequantized_dir(path, tmp_path)  # the next run clears the leftover and converts
     assert json.loads((directory / "config.json").read_text())["model_type"] == "llama"
@@ -309,7 +310,7 @@ def test_unsupported_architecture(tmp_path):
     path = write_gguf(tmp_path / "odd.gguf", _tiny_llama(raw.get_vocab_size(), seed=0), raw, arch="notanarch")
     with pytest.raises(ModelLoadError, match=r"odd\.gguf.*cannot load it.*notanarch"):
         dequantized_dir(path, tmp_path / "cache")
-    assert not (tmp_path / "cache" / gguf_backend._sha256(path)).exists()
+    assert not (tmp_path / "cache" / file_sha256(path)).exists()
 
 
 # ---- the real thing -------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class ArmContext:
     store: Store | None  # None while the run is planned; set when it starts (nothing is stored before)
     run_dir: Path
     embed: Embed
-    protocol_key: str  # content key of what every arm's result depends on (see experiment.protocol_key)
+    protocol_key: str  # content key of what every arm's result depends on (see experiment.protocol_record)
     corpus: list[str] | None = None
     progress: Progress | None = None
     _instruction: PlacedInstruction | None = field(default=None, repr=False)
@@ -241,6 +241,7 @@ class FineTune:
     def prepare(self, ctx: ArmContext, seed: int) -> System:
         from tuneorprompt.finetune import (  # heavy imports only when training
             TrainingExample,
+            describe_job,
             finetune,
         )
 
@@ -254,12 +255,9 @@ class FineTune:
             system = System(f"{self.name}-dev", seed, CachedBackend(backend, ctx.store), query_recipe)
             return ctx.dev_accuracy(system, content_key(dev_key, backend.fingerprint))
 
-        # The folder is named by the job's content, so a changed model, data, setting or dev scoring
-        # trains into a new folder instead of resuming (or re-using) another job's state.
-        job = content_key(
-            ctx.base.fingerprint, [[e.id, e.prompt, e.answer] for e in examples],
-            self.spec.model_dump(mode="json", exclude={"learning_rates"}), seed, dev_key,
-        )
+        # The folder is named by the job's content (and the base weights as served), so a changed model,
+        # data, setting or dev scoring trains into a new folder instead of resuming another job's state.
+        job = content_key(ctx.base.fingerprint, describe_job(ctx.config.model, self.spec, examples, seed, dev_key))
         out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}-{job[:12]}"
         tuned = finetune(ctx.config.model, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
@@ -319,19 +317,19 @@ def run_arm(arm: Arm, seed: int, ctx: ArmContext, test: list[Example]) -> tuple[
 # ---- cost estimates, before anything runs ------------------------------------------------------------
 
 
-def estimate_cost(arm: Arm, ctx: ArmContext, seed: int) -> CostEstimate:
+def estimate_cost(
+    arm: Arm, recipe: PromptRecipe, instruction: PlacedInstruction | None, ctx: ArmContext
+) -> CostEstimate:
     """What the arm will cost, from token counts on dev and the model's size, without generating or
     training: the order the `ladder` strategy runs arms in and the recommendation ranks them by.
+    `recipe` is how the arm will prompt, with `instruction` standing in for the one dev will choose.
 
     Per query: 2 * params * (mean dev prompt tokens + mean reference answer tokens + 1 for the stop).
-    The answer length is the same for every arm: what differs before running is the prompt. An arm
-    queried with an instruction is estimated with the longest candidate (the choice is made on dev
-    later). Once: fine-tuning's forward and backward passes over the training tokens, every epoch of
-    every learning rate in the grid (LoRA as frozen weights: its adapters are a rounding error).
+    The answer length is the same for every arm: what differs before running is the prompt. Once:
+    fine-tuning's forward and backward passes over the training tokens, every epoch of every learning
+    rate in the grid (LoRA as frozen weights: its adapters are a rounding error).
     """
     params = ctx.base.num_parameters or 0
-    instruction = ctx.longest_instruction() if arm.uses_instruction else None
-    recipe = arm.recipe(ctx, seed, instruction)
     budget = ctx.base.context_length - ctx.settings.max_new_tokens
     prompts = [recipe.build(e) for e in ctx.dev]
     prompt_tokens = np.mean([min(ctx.base.count_tokens(p), budget) for p in prompts])

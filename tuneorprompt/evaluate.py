@@ -13,7 +13,7 @@ import numpy as np
 from tuneorprompt.backends.base import Backend, PromptTooLongError
 from tuneorprompt.metrics import MetricError
 from tuneorprompt.prompts import PromptRecipe
-from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
+from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Prompt
 
 # Prompts handed to the backend per call: large enough for the backend to sort by length and fill
 # its batches, small enough that the progress bar moves and an interrupt loses little.
@@ -49,7 +49,7 @@ class Scorer:
     relevance: Callable[[list[str], list[str]], np.ndarray] | None  # (responses, references) -> cosine [-1, 1]
 
 
-def _fit(recipe: PromptRecipe, example: Example, backend: Backend, budget: int) -> tuple[str, int, bool]:
+def _fit(recipe: PromptRecipe, example: Example, backend: Backend, budget: int) -> tuple[Prompt, int, bool]:
     """The example's prompt with the least relevant demos dropped until it is at most `budget` tokens
     (or no demo is left): (prompt, its tokens, whether demos were dropped)."""
     prompt = recipe.build(example)

@@ -51,7 +51,7 @@ from tuneorprompt.evaluate import Scorer, overlong_prompts
 from tuneorprompt.keys import content_key, examples_key, file_sha256, texts_key
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
 from tuneorprompt.progress import make_progress
-from tuneorprompt.prompts import PromptFormat
+from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
 from tuneorprompt.report import build_report, write_report
 from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
@@ -178,27 +178,31 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
         scorer=scorer, store=None, run_dir=run_dir, embed=relevance.embed, corpus=corpus,
         protocol_key=protocol["key"],
     )
+    # Each arm's prompts as far as they are known before dev chooses anything: the first seed's demos,
+    # and for arms queried with the instruction, the longest candidate (an upper bound on length).
     seed = config.seeds[0]
+    longest = ctx.longest_instruction() if any(arm.uses_instruction for arm in arms) else None
+    estimates = []
     for arm in arms:
-        check_prompts_fit(arm, ctx, seed, splits.test)
-    estimates = decide.ladder_order([estimate_cost(arm, ctx, seed) for arm in arms], config.costs.expected_queries)
+        instruction = longest if arm.uses_instruction else None
+        recipe = arm.recipe(ctx, seed, instruction)
+        check_prompts_fit(arm.name, recipe, ctx, splits.test)
+        estimates.append(estimate_cost(arm, recipe, instruction, ctx))
+    estimates = decide.ladder_order(estimates, config.costs.expected_queries)
     by_name = {arm.name: arm for arm in arms}
     return RunPlan(config, given, run_dir, splits, overlap, backend, ctx, [by_name[e.name] for e in estimates], estimates,
                    protocol)
 
 
-def check_prompts_fit(arm: Arm, ctx: ArmContext, seed: int, test: list[Example]) -> None:
-    """Every dev and test prompt of `arm` fits the model's context once its demos are dropped, with
-    room for `max_new_tokens`; else one error listing the examples that do not (by id and line).
-    Instruction arms are checked with the longest candidate."""
-    instruction = ctx.longest_instruction() if arm.uses_instruction else None
-    recipe = arm.recipe(ctx, seed, instruction)
+def check_prompts_fit(arm_name: str, recipe: PromptRecipe, ctx: ArmContext, test: list[Example]) -> None:
+    """Every dev and test prompt `recipe` builds fits the model's context once its demos are dropped,
+    with room for `max_new_tokens`; else one error listing the examples that do not (by id and line)."""
     too_long = overlong_prompts(recipe, [*ctx.dev, *test], ctx.base, ctx.settings)
     if too_long:
         listed = "; ".join(f"{e.id!r} ({e.source or 'data'}): {n} tokens" for e, n in too_long[:MAX_LISTED])
         more = f" and {len(too_long) - MAX_LISTED} more" if len(too_long) > MAX_LISTED else ""
         raise PromptTooLongError(
-            f"arm {arm.name}: {len(too_long)} prompts do not fit the model's context of {ctx.base.context_length} "
+            f"arm {arm_name}: {len(too_long)} prompts do not fit the model's context of {ctx.base.context_length} "
             f"tokens with generation.max_new_tokens = {ctx.settings.max_new_tokens}: {listed}{more}"
         )
 

@@ -598,9 +598,9 @@ def check_trainable(base: ModelConfig) -> None:
         )
 
 
-
-
-def _job(base: ModelConfig, arm: FineTuneArm, examples: Sequence[TrainingExample], seed: int, dev_key: str) -> dict:
+def describe_job(
+    base: ModelConfig, arm: FineTuneArm, examples: Sequence[TrainingExample], seed: int, dev_key: str
+) -> dict:
     """What decides each learning rate's run (see "Keys and reuse" above); a folder holding another
     job's state must not be resumed. The grid is not part of it."""
     data = content_key([[e.id, e.prompt, e.answer] for e in examples])
@@ -642,7 +642,7 @@ def finetune(
     if not examples:
         raise TrainingDataError("no training examples")
     grid = tuple(arm.learning_rates) or DEFAULT_LEARNING_RATES[arm.kind]
-    _claim(base, out_dir, _job(base, arm, examples, seed, dev_key))
+    _claim(base, out_dir, describe_job(base, arm, examples, seed, dev_key))
     if base.num_threads is not None:
         torch.set_num_threads(base.num_threads)
     grid_dir = out_dir / f"grid-{content_key(grid)[:12]}"

@@ -13,7 +13,6 @@ then stands for the file, and a changed file gets a directory of its own.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from typing import Iterator
 
 from tuneorprompt.backends.hf import ModelLoadError
 from tuneorprompt.config import ModelConfig
+from tuneorprompt.keys import file_sha256
 
 SOURCE_FILE = "gguf_source.json"  # written into each converted directory: which file it came from
 _MAGIC = b"GGUF"  # the first four bytes of every GGUF file
@@ -50,7 +50,7 @@ def dequantized_dir(gguf_path: Path, cache_dir: Path | None = None) -> Path:
     """The transformers model directory holding `gguf_path`'s weights in float32, converted once."""
     gguf_path = Path(gguf_path).expanduser()
     _check_gguf(gguf_path)
-    digest = _sha256(gguf_path)
+    digest = file_sha256(gguf_path)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / digest
     if target.is_dir():  # only a finished conversion is ever renamed to this name
@@ -84,14 +84,6 @@ def _check_gguf(path: Path) -> None:
         raise ModelLoadError(
             f"reading GGUF file {str(path)!r} needs the `gguf` package: pip install 'tuneorprompt[gguf]'"
         ) from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextmanager
