@@ -1,115 +1,131 @@
-"""Examples/second of the batched backend against a one-prompt-at-a-time `model.generate` loop.
+"""Evaluation throughput: the backend against a one-prompt-at-a-time `model.generate` loop, on the
+prompts the tool's own arms build, with the same weights, greedy decoding and stop strings.
 
-    python benchmarks/bench_generation.py                      # the bundled testbed model, if built
-    python benchmarks/bench_generation.py --model DIR --n 200 --batch-size 16 --threads 1
+    python benchmarks/bench_generation.py                        # SmolLM2-135M-Instruct, capitals, 1 thread
+    python benchmarks/bench_generation.py --threads 2 --n 120
+    python benchmarks/bench_generation.py --model testbed --smoke  # seconds; what CI runs
 
-Both paths run the same prompts through the same weights with greedy decoding, the same
-max_new_tokens and the same stop string; the loop is what a notebook does (encode, `generate`,
-decode the new tokens, cut at the stop string). Each is warmed up once before timing. Prompts mix
-zero to three demonstrations, so their lengths differ and batches carry real padding.
+For each arm (`baseline`, `instruction` with the instruction in the system message, `few_shot@4`)
+three paths run on the same test questions, side by side in one process:
+- `loop`: what a notebook does: encode one prompt, `model.generate`, decode the new tokens, cut
+  at the stop string;
+- `no_prefix_reuse`: the backend's batched greedy decoding with the shared-prefix cache switched off;
+- `backend`: the backend as a run uses it (the prompts' shared prefix computed once and its KV
+  cache reused, length-sorted batches, finished rows leaving the batch).
+Examples/second are computed from each path's whole wall time (the model is loaded once, before
+timing; each path is warmed up on a few prompts first). The three paths' answers must be identical.
+Figures are written into benchmarks/results.json (merged with other scripts' keys), except in
+--smoke mode.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import random
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig as HFGenerationConfig
 
-from tuneorprompt.backends.hf import HFBackend, encode_prompt, load_hf_backend
-from tuneorprompt.config import ModelConfig
-from tuneorprompt.records import GenerationSettings
-from tuneorprompt.testbed import MODEL_DIR
+from benchmarks.common import load_benchmark_model, machine, print_figure, task_examples, update_results
+from tuneorprompt.backends.hf import HFBackend, encode_prompt
+from tuneorprompt.config import PromptConfig
+from tuneorprompt.prompts import BUILTIN_INSTRUCTIONS, PlacedInstruction, PromptFormat, PromptRecipe
+from tuneorprompt.records import GenerationSettings, Prompt
+from tuneorprompt.retrieval import RandomDemos
 
-REPO = Path(__file__).resolve().parents[1]
-COUNTRIES = ["France", "Italy", "Spain", "Portugal", "Norway", "Greece", "Poland", "Chile", "Peru", "Japan"]
-CAPITALS = ["Paris", "Rome", "Madrid", "Lisbon", "Oslo", "Athens", "Warsaw", "Santiago", "Lima", "Tokyo"]
+MAX_NEW_TOKENS = 24  # the real-model demo's setting
 STOP = ("\n",)
 
 
-def make_prompts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    prompts = []
-    for _ in range(n):
-        demos = rng.sample(range(len(COUNTRIES)), k=rng.randint(0, 3) + 1)
-        *shown, asked = demos
-        lines = [f"Question: What is the capital of {COUNTRIES[i]}?\nAnswer: {CAPITALS[i]}\n\n" for i in shown]
-        prompts.append("".join(lines) + f"Question: What is the capital of {COUNTRIES[asked]}?\nAnswer:")
-    return prompts
+def arm_prompts(backend: HFBackend, task: str, n: int) -> dict[str, list[Prompt]]:
+    """Each arm's test prompts, built by the tool's own recipes."""
+    train, test = task_examples(task, "train"), task_examples(task, "test")[:n]
+    prompt_format = PromptFormat(PromptConfig(), chat=backend.chat_template)
+    instruction = PlacedInstruction(BUILTIN_INSTRUCTIONS[0], "system" if backend.chat_template else "prompt")
+    recipes = {
+        "baseline": PromptRecipe(prompt_format),
+        "instruction": PromptRecipe(prompt_format, instruction=instruction),
+        "few_shot@4": PromptRecipe(prompt_format, demos=RandomDemos(tuple(train), 4, seed=0)),
+    }
+    return {name: [recipe.build(example) for example in test] for name, recipe in recipes.items()}
 
 
-def one_at_a_time(backend: HFBackend, prompts: list[str], max_new_tokens: int) -> list[str]:
+def one_at_a_time(backend: HFBackend, prompts: list[Prompt]) -> list[str]:
     tokenizer, model = backend.tokenizer, backend.model
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, stop_strings=list(STOP))
+    config = HFGenerationConfig(
+        max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=1, stop_strings=list(STOP),
+        eos_token_id=model.generation_config.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
     texts = []
     with torch.inference_mode():
         for prompt in prompts:
             ids = torch.tensor([encode_prompt(tokenizer, prompt, backend.chat_template)], device=model.device)
-            output = model.generate(
-                ids, attention_mask=torch.ones_like(ids), generation_config=config, tokenizer=tokenizer
-            )
+            output = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config, tokenizer=tokenizer)
             text = tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
             texts.append(text.split(STOP[0])[0])
     return texts
 
 
-def timed(work) -> tuple[object, float]:
+def batched(backend: HFBackend, prompts: list[Prompt], reuse_prefix: bool) -> list[str]:
+    backend.reuse_prefix = reuse_prefix
+    try:
+        return [c.text for c in backend.generate(prompts, GenerationSettings(MAX_NEW_TOKENS, STOP))]
+    finally:
+        backend.reuse_prefix = True
+
+
+def timed(work) -> tuple[list[str], float]:
     started = time.perf_counter()
     result = work()
     return result, time.perf_counter() - started
 
 
-def default_model(scratch: Path) -> Path:
-    """The bundled testbed model, or else a tiny random GPT-2 built in `scratch` by the test fixtures' builder."""
-    if (MODEL_DIR / "config.json").is_file():
-        return MODEL_DIR
-    spec = importlib.util.spec_from_file_location("tuneorprompt_test_fixtures", REPO / "tests" / "conftest.py")
-    fixtures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fixtures)
-    print(f"no testbed model at {MODEL_DIR}: building a tiny random GPT-2 (tests/conftest.py)")
-    return fixtures.build_tiny_gpt2(scratch)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None, help="model directory (default: testbed model)")
-    parser.add_argument("--n", type=int, default=200, help="number of prompts")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--model", default="smollm2", help="smollm2, testbed, or a model directory")
+    parser.add_argument("--task", default="capitals", help="a task under tuneorprompt/realworld/tasks")
+    parser.add_argument("--n", type=int, default=60, help="test questions per arm")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the backend's")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--smoke", action="store_true", help="a few prompts, nothing written (CI)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-tiny-gpt2-") as scratch:
-        run(args, args.model or default_model(Path(scratch)))
-
-
-def run(args: argparse.Namespace, model_dir: Path) -> None:
-    config = ModelConfig(
-        path=str(model_dir), device=args.device, batch_size=args.batch_size, num_threads=args.threads
-    )
-    backend = load_hf_backend(config)
-    prompts = make_prompts(args.n)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, stop=STOP)
-
-    backend.generate(prompts[: args.batch_size], settings)  # warm-up
-    one_at_a_time(backend, prompts[:2], args.max_new_tokens)
-    looped, loop_seconds = timed(lambda: one_at_a_time(backend, prompts, args.max_new_tokens))
-    batched, batch_seconds = timed(lambda: backend.generate(prompts, settings))
-
-    agree = sum(a == c.text for a, c in zip(looped, batched))
-    tokens = sum(c.generated_tokens for c in batched)
-    print(f"model: {model_dir} ({backend.num_parameters:,} parameters, {backend.model.device}, "
-          f"{torch.get_num_threads()} thread(s))")
-    print(f"prompts: {args.n}, max_new_tokens {args.max_new_tokens}, stop {STOP!r}, {tokens} tokens generated")
-    print(f"one at a time (model.generate loop): {args.n / loop_seconds:8.1f} examples/s")
-    print(f"batched HFBackend (batch {args.batch_size}):  {args.n / batch_seconds:8.1f} examples/s")
-    print(f"speed-up: {loop_seconds / batch_seconds:.2f}x")
-    print(f"outputs agree: {agree}/{args.n}")
+    if args.smoke:
+        args.n = 6
+    backend = load_benchmark_model(args.model, args.threads, args.batch_size)
+    prompts = arm_prompts(backend, args.task, args.n)
+    print(f"{machine()}; {torch.get_num_threads()} thread(s); model {args.model} "
+          f"({backend.num_parameters:,} parameters, chat template {backend.chat_template}); batch {backend.batch_size}; "
+          f"{args.n} {args.task} test questions per arm; max_new_tokens {MAX_NEW_TOKENS}, stop {STOP!r}")
+    results: dict[str, float | bool] = {}
+    identical = True
+    for arm, arm_prompts_ in prompts.items():
+        warm = arm_prompts_[:2]
+        one_at_a_time(backend, warm), batched(backend, warm, True), batched(backend, warm, False)
+        looped, loop_s = timed(lambda: one_at_a_time(backend, arm_prompts_))
+        plain, plain_s = timed(lambda: batched(backend, arm_prompts_, False))
+        reused, reuse_s = timed(lambda: batched(backend, arm_prompts_, True))
+        same = looped == plain == reused
+        identical &= same
+        mean_tokens = sum(backend.count_tokens(p) for p in arm_prompts_) / len(arm_prompts_)
+        n = len(arm_prompts_)
+        print(f"\n{arm}: {mean_tokens:.0f} prompt tokens on average; answers identical on all three paths: {same}")
+        print_figure(f"{arm} loop", n / loop_s, "examples/s")
+        print_figure(f"{arm} no_prefix_reuse", n / plain_s, "examples/s", loop_s / plain_s)
+        print_figure(f"{arm} backend", n / reuse_s, "examples/s", loop_s / reuse_s)
+        print_figure(f"{arm} prefix reuse alone", plain_s / reuse_s, "x")
+        key = arm.replace("@", "_at_")
+        results |= {f"eval_{key}_examples_per_second": round(n / reuse_s, 2),
+                    f"eval_{key}_speedup_vs_naive": round(loop_s / reuse_s, 2),
+                    f"eval_{key}_prefix_reuse_speedup": round(plain_s / reuse_s, 2)}
+    speedups = [v for k, v in results.items() if k.endswith("_speedup_vs_naive")]
+    results |= {"eval_speedup_vs_naive": min(speedups), "eval_outputs_identical_to_naive": identical,
+                "eval_threads": torch.get_num_threads(), "eval_model": args.model, "eval_n_per_arm": args.n}
+    print(f"\neval_speedup_vs_naive (the smallest over the arms): {min(speedups):.2f}x; answers identical: {identical}")
+    if not identical:
+        raise SystemExit("the backend's answers differ from the one-at-a-time loop's")
+    if not args.smoke:
+        update_results(results)
 
 
 if __name__ == "__main__":

@@ -1,136 +1,293 @@
-"""Training throughput: tuneorprompt's fine-tuning path against the quick-notebook way, same model and data.
+"""Fine-tuning throughput: tuneorprompt's training path against a naive Trainer loop, on data of varied lengths.
 
-    python benchmarks/bench_training.py --model tuneorprompt/testbed/model \
-        --data tuneorprompt/testbed/tasks/capitals/train.jsonl --threads 1
+    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --threads 1            # SmolLM2-135M-Instruct
+    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --model testbed --smoke  # CI: seconds
 
-- ours: `tuneorprompt.finetune.build_trainer` as `finetune` runs it (transformers' Trainer on the
-  inference prompt ids + answer + EOS, loss on the answer only, each batch padded to its own longest
-  sequence, a checkpoint per epoch), without the dev scoring between epochs;
-- naive: what a notebook does: prompt + answer + EOS joined and tokenised as one string, every example
-  padded to the longest in the whole set, labels = input_ids (the whole sequence, padding included),
-  transformers' Trainer with the default collator, no checkpoints.
+Three sides train the same model from the same weights on the same token ids (the inference prompt, the
+answer, EOS), one epoch at the same batch size, full fine-tuning:
+- naive: transformers' Trainer as a notebook uses it: random batches, each padded to its longest
+  sequence, loss on the whole sequence (padding masked), logits at every position;
+- grouped: `tuneorprompt.finetune.build_trainer` with the stock loss (logits at every position): what
+  length-grouped batches alone give;
+- ours: `build_trainer` as `finetune` runs it: length-grouped batches, the output head only at positions
+  whose next token is supervised.
+Timed from the first step to the end of the epoch (checkpoint writing excluded). The figures are real
+(non-pad) tokens per second; ratios are between sides measured in this process, one after another.
 
-Both train the same model from the same weights for the same epochs and batch size, so they process
-the same real (non-pad) tokens; the figure compared is real tokens per second of wall time.
+Data: the real-world tasks' training examples (capitals and cities, tuneorprompt/realworld) for SmolLM2,
+the testbed's (capitals, newfacts) for the testbed model, each prompt in the model's own format (its chat
+template when it has one) with 0, 0, 1, 2, 4 or 8 demonstrations drawn per example (seeded): prompts
+of about 40 to 300 tokens, as few-shot and retrieved-context prompts vary in practice.
+
+Fraction of the matmul peak: FLOPs per second over torch's float32 n=2048 matmul rate, measured in this
+process at the same thread count (best of before and after training). FLOPs, full fine-tuning
+(forward 2, backward 4 per weight per token): useful = 6 x N_body x real tokens + 6 x N_head x supervised
+tokens, where N_head = vocabulary x hidden (the output head, tied to the embedding) and N_body = the other
+parameters (the embedding lookup is not a matmul); attention's own T^2 terms (~3% at these lengths) are
+not counted. LoRA (--kind lora): the frozen weights cost 4 (forward, input gradient) instead of 6, and
+each adapter weight 6 per token. `executed` counts what each side computed instead: 6 x N_body x padded tokens plus
+6 x N_head x the positions given to the head (every padded position for naive and grouped).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from datasets import Dataset
+from peft import get_peft_model
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    PrinterCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
-    default_data_collator,
 )
 
-from tuneorprompt.config import FineTuneArm, ModelConfig
-from tuneorprompt.finetune import TrainingExample, build_trainer, training_dataset
+from tuneorprompt.backends.hf import uses_chat_template
+from tuneorprompt.config import FineTuneArm, ModelConfig, PromptConfig
+from tuneorprompt.finetune import TrainingExample, _lora_config, build_trainer, training_dataset
+from tuneorprompt.prompts import PromptFormat
+from tuneorprompt.records import Example
 
-TEMPLATE = "Question: {input}\nAnswer:"  # PromptConfig's default template, answer_prefix " "
-TESTBED = Path(__file__).resolve().parents[1] / "tuneorprompt" / "testbed"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results.json"
+TASKS = {
+    "smollm2": [ROOT / "tuneorprompt" / "realworld" / "tasks" / t / "train.jsonl" for t in ("capitals", "cities")],
+    "testbed": [ROOT / "tuneorprompt" / "testbed" / "tasks" / t / "train.jsonl" for t in ("capitals", "newfacts")],
+}
+DEMOS = (0, 0, 1, 2, 4, 8)
 
 
-def load_examples(path: Path | None, n_synthetic: int, seed: int) -> list[TrainingExample]:
-    if path is not None:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [TrainingExample(row["id"], TEMPLATE.format(input=row["input"]), " " + row["target"]) for row in rows]
-    # Synthetic Q/A of varied length, as real questions are.
+def model_dir(name: str) -> str:
+    if name == "smollm2":
+        from tuneorprompt.backends.gguf import dequantized_dir
+        from tuneorprompt.testbed.demo import smollm2_file
+
+        return str(dequantized_dir(smollm2_file()))
+    if name == "testbed":
+        return str(ROOT / "tuneorprompt" / "testbed" / "model")
+    return name
+
+
+def varied_examples(files: list[Path], tokenizer, context: int, n: int, seed: int) -> tuple[list[TrainingExample], bool]:
+    """Each example's prompt with a seeded number of demonstrations; demos dropped until it fits."""
+    pool = []
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                pool.append(Example(row["id"], row["input"], (row["target"],)))
+    chat = uses_chat_template("auto", tokenizer)
+    fmt = PromptFormat(PromptConfig(), chat=chat)
     rng = random.Random(seed)
-    words = "what which city river country capital language largest oldest north south of the is in".split()
     examples = []
-    for i in range(n_synthetic):
-        question = " ".join(rng.choice(words) for _ in range(rng.randint(4, 24))) + "?"
-        answer = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))
-        examples.append(TrainingExample(f"syn-{i}", TEMPLATE.format(input=question), " " + answer))
-    return examples
+    for example in rng.sample(pool, min(n, len(pool))):
+        demos = rng.sample([d for d in pool if d.id != example.id], rng.choice(DEMOS))
+        while True:
+            if chat:
+                prompt = fmt.conversation(fmt.plain(example), demos, None) if demos else fmt.plain(example)
+            else:
+                prompt = fmt.with_demonstrations(fmt.plain(example), demos)
+            candidate = TrainingExample(example.id, prompt, fmt.answer(example))
+            if not demos or len(training_dataset(tokenizer, [candidate], chat)["input_ids"][0]) <= context:
+                break
+            demos = demos[1:]
+        examples.append(candidate)
+    return examples, chat
 
 
-def run_ours(model_dir: str, examples, epochs: int, batch_size: int, lr: float, seed: int, out: Path) -> float:
-    base = ModelConfig(path=model_dir, device="cpu")
-    arm = FineTuneArm(kind="full", learning_rates=[lr], epochs=epochs, batch_size=batch_size)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dataset = training_dataset(tokenizer, examples, chat_template=False)
-    trainer = build_trainer(base, arm, lr, dataset, tokenizer, out, seed)
-    started = time.perf_counter()
+class Clock(TrainerCallback):
+    """Wall time from the start of training to the end of the epoch (before any checkpoint is written)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.seconds = time.perf_counter() - self.started
+
+
+class Counting:
+    """Wraps a collator; counts padded positions and the positions the output head is given."""
+
+    def __init__(self, collate, supervised_head: bool):
+        self.collate, self.supervised_head = collate, supervised_head
+        self.padded = self.head = 0
+
+    def __call__(self, rows):
+        batch = self.collate(rows)
+        rows_, width = batch["input_ids"].shape
+        self.padded += rows_ * width
+        if self.supervised_head:
+            self.head += rows_ * int((batch["labels"][:, 1:] != -100).any(dim=0).sum())
+        else:
+            self.head += rows_ * width
+        return batch
+
+
+def naive_collate(pad: int):
+    """Right padding to the batch's longest row; labels = input_ids (the whole sequence), padding -100."""
+
+    def collate(rows):
+        width = max(len(row["input_ids"]) for row in rows)
+        ids = torch.full((len(rows), width), pad)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+            mask[i, : len(row["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+
+    return collate
+
+
+def train_side(side: str, path: str, dataset, tokenizer, args, out: Path) -> dict:
+    clock = Clock()
+    if side == "naive":
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        collate = Counting(naive_collate(pad), supervised_head=False)
+        training = TrainingArguments(
+            output_dir=str(out), seed=args.seed, data_seed=args.seed, learning_rate=args.lr, num_train_epochs=1,
+            per_device_train_batch_size=args.batch_size, lr_scheduler_type="linear", save_strategy="no",
+            logging_strategy="epoch", report_to="none", use_cpu=True, disable_tqdm=True,
+        )
+        torch.manual_seed(args.seed)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        if args.kind == "lora":
+            model = get_peft_model(model, _lora_config(FineTuneArm(kind="lora")))
+        trainer = Trainer(model=model, args=training, train_dataset=dataset.select_columns(["input_ids"]),
+                          data_collator=collate, callbacks=[clock])
+        trainer.remove_callback(PrinterCallback)  # with tqdm off, Trainer would print every log dict
+    else:
+        base = ModelConfig(path=path, device="cpu")
+        arm = FineTuneArm(kind=args.kind, learning_rates=[args.lr], epochs=1, batch_size=args.batch_size)
+        trainer = build_trainer(base, arm, args.lr, dataset, tokenizer, out, args.seed, [clock])
+        trainer.supervised_logits_only = side == "ours"
+        collate = Counting(trainer.data_collator, supervised_head=side == "ours")
+        trainer.data_collator = collate
     trainer.train()
-    return time.perf_counter() - started
+    return {"seconds": clock.seconds, "padded": collate.padded, "head": collate.head}
 
 
-def run_naive(
-    model_dir: str, examples, epochs: int, batch_size: int, lr: float, seed: int, out: Path
-) -> tuple[float, int]:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    texts = [e.prompt + e.answer + tokenizer.eos_token for e in examples]
-    encoded = tokenizer(texts, padding="longest")  # one global longest: every row has the same length
-    rows = {**encoded, "labels": encoded["input_ids"]}
-    args = TrainingArguments(
-        output_dir=str(out), seed=seed, learning_rate=lr, num_train_epochs=epochs,
-        per_device_train_batch_size=batch_size, save_strategy="no", logging_strategy="epoch",
-        report_to="none", use_cpu=True, disable_tqdm=True,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    dataset = Dataset.from_dict(rows)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=default_data_collator)
-    started = time.perf_counter()
-    trainer.train()
-    return time.perf_counter() - started, len(texts) * len(encoded["input_ids"][0])
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+def write_results(figures: dict) -> None:
+    """Merge into benchmarks/results.json (other benchmarks own other keys): read, update, replace."""
+    data = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    data.update(figures)
+    temporary = RESULTS.with_name(f"{RESULTS.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, RESULTS)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(TESTBED / "model"), help="model directory (default: the testbed model)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--data", type=Path, help="JSONL with input/target (default: testbed capitals train if built)")
-    source.add_argument("--synthetic", type=int, help="N synthetic Q/A of varied length (default 200 without data)")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--model", default="smollm2", help="smollm2 (default), testbed, or a model directory")
+    parser.add_argument("--examples", type=int, default=96, help="training examples (one epoch)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--kind", choices=("full", "lora"), default="full")
+    parser.add_argument("--lr", type=float, help="default 1e-5 (full), 1e-4 (lora)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each path, alternating; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sides", default="naive,grouped,ours", help="comma-separated, run in this order")
+    parser.add_argument("--smoke", action="store_true", help="testbed model, 24 examples; results.json untouched")
+    parser.add_argument("--no-write", action="store_true", help="leave benchmarks/results.json untouched")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.examples = "testbed", min(args.examples, 24)
 
+    args.lr = args.lr or {"full": 1e-5, "lora": 1e-4}[args.kind]
     torch.set_num_threads(args.threads)
-    data = args.data
-    if data is None and args.synthetic is None and (TESTBED / "tasks" / "capitals" / "train.jsonl").exists():
-        data = TESTBED / "tasks" / "capitals" / "train.jsonl"
-    examples = load_examples(data, args.synthetic or 200, args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    real_per_epoch = sum(len(ids) for ids in training_dataset(tokenizer, examples, chat_template=False)["input_ids"])
-    real = real_per_epoch * args.epochs
+    path = model_dir(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoModelForCausalLM.from_pretrained(path).config
+    files = TASKS.get(args.model, TASKS["smollm2"])
+    examples, chat = varied_examples(files, tokenizer, config.max_position_embeddings, args.examples, args.seed)
+    dataset = training_dataset(tokenizer, examples, chat)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    real = sum(lengths)
+    supervised = sum(sum(label != -100 for label in labels) for labels in dataset["labels"])
 
-    # The fastest of a few alternating runs: on a shared machine the slower ones measure the neighbours.
-    naive_runs, ours_runs = [], []
+    model = AutoModelForCausalLM.from_pretrained(path)
+    params = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings().weight.numel()
+    body = params - head
+    adapter = 0
+    if args.kind == "lora":
+        adapter = sum(p.numel() for p in get_peft_model(model, _lora_config(FineTuneArm(kind="lora"))).parameters()
+                      if p.requires_grad)
+    del model
+
+    peak = matmul_gflops()
+    sides = args.sides.split(",")
+    runs = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for repeat in range(args.repeats):
-            settings = (examples, args.epochs, args.batch_size, args.lr, args.seed)
-            seconds, padded_per_epoch = run_naive(args.model, *settings, Path(scratch) / f"naive-{repeat}")
-            naive_runs.append(seconds)
-            ours_runs.append(run_ours(args.model, *settings, Path(scratch) / f"ours-{repeat}"))
-    naive_seconds, ours_seconds = min(naive_runs), min(ours_runs)
+        for side in sides:
+            runs[side] = train_side(side, path, dataset, tokenizer, args, Path(scratch) / side)
+    peak = max(peak, matmul_gflops())
 
-    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(args.model).parameters())
-    print(f"model {args.model} ({params / 1e6:.2f}M params), data {data or f'synthetic x{len(examples)}'}")
-    print(f"{len(examples)} examples, {args.epochs} epochs, batch {args.batch_size}, "
-          f"torch threads {torch.get_num_threads()}, full fine-tuning, fastest of {args.repeats} runs each")
-    print(f"real tokens {real} ({real_per_epoch}/epoch); naive pads to {padded_per_epoch}/epoch "
-          f"({padded_per_epoch / real_per_epoch:.2f}x)")
-    print(f"{'path':<8}{'wall s':>10}{'real tok/s':>14}")
-    for name, seconds in (("naive", naive_seconds), ("ours", ours_seconds)):
-        print(f"{name:<8}{seconds:>10.2f}{real / seconds:>14.0f}")
-    print(f"speed-up {naive_seconds / ours_seconds:.2f}x")
+    print(f"model {args.model} ({params / 1e6:.1f}M params: head {head / 1e6:.1f}M, body {body / 1e6:.1f}M), "
+          f"chat template {chat}, {args.kind} fine-tuning ({adapter} adapter params), 1 epoch, "
+          f"batch {args.batch_size}, lr {args.lr:g}")
+    print(f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print(f"{len(examples)} examples, tokens min/median/max {min(lengths)}/{statistics.median(lengths):g}/"
+          f"{max(lengths)}, real {real}, supervised {supervised}")
+    # Full: 6 per weight per token. LoRA: the frozen weights cost the forward (2) and the input
+    # gradient (2), not the weight gradient; the adapter costs 6 per weight (its matmuls' share).
+    frozen = 6 if args.kind == "full" else 4
+    useful = frozen * body * real + frozen * head * supervised + 6 * adapter * real
+    print(f"matmul_peak_gflops {peak:.1f} GFLOP/s (1.00)")
+    figures: dict = {"matmul_peak_gflops": round(peak, 1), "ft_threads": torch.get_num_threads()}
+    reference = runs.get("naive")
+    for side, run in runs.items():
+        rate = real / run["seconds"]
+        ratio = reference["seconds"] / run["seconds"] if reference else 1.0
+        executed = frozen * body * run["padded"] + frozen * head * run["head"] + 6 * adapter * run["padded"]
+        print(f"{side}_seconds {run['seconds']:.1f} s ({ratio:.2f})")
+        print(f"{side}_tokens_per_second {rate:.1f} real tok/s ({ratio:.2f})")
+        print(f"{side}_padded_tokens {run['padded']} tokens ({run['padded'] / real:.2f})")
+        print(f"{side}_padded_tokens_per_second {run['padded'] / run['seconds']:.1f} tok/s "
+              f"({run['padded'] / real:.2f} of real)")
+        useful_fraction = useful / run["seconds"] / 1e9 / peak
+        executed_fraction = executed / run["seconds"] / 1e9 / peak
+        print(f"{side}_useful_fraction_of_peak {useful_fraction:.3f} of peak ({useful / run['seconds'] / 1e9:.1f} GFLOP/s)")
+        print(f"{side}_executed_fraction_of_peak {executed_fraction:.3f} of peak "
+              f"({executed / run['seconds'] / 1e9:.1f} GFLOP/s)")
+        if side == "ours":
+            figures.update(ft_tokens_per_second=round(rate, 1), ft_fraction_of_matmul_peak=round(useful_fraction, 3),
+                           ft_executed_fraction_of_matmul_peak=round(executed_fraction, 3))
+        if side == "naive":
+            figures["ft_naive_tokens_per_second"] = round(rate, 1)
+    if reference and "ours" in runs:
+        speedup = reference["seconds"] / runs["ours"]["seconds"]
+        figures["ft_speedup_vs_naive"] = round(speedup, 2)
+        print(f"ft_speedup_vs_naive {speedup:.2f} x (1.00)")
+        if "grouped" in runs:
+            print(f"grouping_speedup {reference['seconds'] / runs['grouped']['seconds']:.2f} x (naive/grouped)")
+            print(f"supervised_head_speedup {runs['grouped']['seconds'] / runs['ours']['seconds']:.2f} x (grouped/ours)")
+    if args.smoke or args.no_write:
+        return
+    if args.model != "smollm2" or args.kind != "full" or set(sides) != {"naive", "grouped", "ours"}:
+        print("results.json: written only for --model smollm2, full, all sides", file=sys.stderr)
+        return
+    write_results({key: value for key, value in figures.items()})
+    print(f"wrote {sorted(figures)} to {RESULTS}")
 
 
 if __name__ == "__main__":

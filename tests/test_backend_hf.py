@@ -26,6 +26,7 @@ from tuneorprompt.backends.hf import (
     HFBackend,
     ModelLoadError,
     PromptTooLongError,
+    _shared_prefix,
     encode_prompt,
     fingerprint_model,
     load_hf_backend,
@@ -96,6 +97,44 @@ def test_outputs_do_not_depend_on_batch_size(model_dir, stop):
         assert [(c.text, c.prompt_tokens, c.generated_tokens) for c in batched] == [
             (c.text, c.prompt_tokens, c.generated_tokens) for c in alone
         ], f"batch size {batch_size}"
+
+
+# Prompts as an arm builds them: a long block every prompt of the arm shares (system message,
+# instruction, demos), then the question. The shared prefix is prefilled once and its cache reused.
+SHARED = "Answer with the city only.\n\nQuestion: Capital of Peru?\nAnswer: Lima\n\nQuestion: Capital of Chile?\nAnswer: Santiago\n\n"
+QUESTIONS = ["Question: Capital of France?\nAnswer:", "Question: Capital of a very small island state?\nAnswer:",
+             "Question: Who?\nAnswer:", "Q", "Question: Capital of Japan, the country?\nAnswer:"]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize("stop", [(), ("\n", ".")])
+def test_shared_prefix_reuse_changes_no_output(model_dir, chat, stop):
+    backend = load(model_dir, batch_size=2)
+    if chat:  # a system message and a user turn, as an instruct model's template renders them
+        backend.tokenizer.chat_template = (
+            "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}"
+        )
+        backend.chat_template = True
+        prompts = [(Message("system", SHARED), Message("user", q)) for q in QUESTIONS]
+    else:
+        prompts = [SHARED + q for q in QUESTIONS]
+    encoded = [encode_prompt(backend.tokenizer, p, chat) for p in prompts]
+    assert len(_shared_prefix(encoded)) > 20  # what makes this test meaningful
+    settings = GenerationSettings(max_new_tokens=12, stop=stop)
+    reused = backend.generate(prompts, settings)
+    backend.reuse_prefix = False
+    assert [(c.text, c.prompt_tokens, c.generated_tokens) for c in reused] == [
+        (c.text, c.prompt_tokens, c.generated_tokens) for c in backend.generate(prompts, settings)
+    ]
+    for ids, completion in zip(encoded, reused):  # and each is what the prompt alone gives, unpadded, uncached
+        expected = greedy_reference(backend.model, ids, 12, eos_ids(backend))
+        assert completion.text == _cut(backend.tokenizer.decode(expected, skip_special_tokens=True), stop)
+
+
+def _cut(text: str, stop: tuple[str, ...]) -> str:
+    cuts = [text.index(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text
 
 
 @pytest.fixture
@@ -225,7 +264,10 @@ def test_batch_stops_when_every_sequence_has_stopped(model_dir):
         hook.remove()
     longest = max(c.generated_tokens for c in completions)
     assert longest < 32
-    assert len(forward_calls) == longest  # one forward per generated position, none after the last stop
+    # One forward for the prompts' shared prefix (the Llama tokenizer's <s>), then one per generated
+    # position, none after the last stop.
+    prefill = 1 if _shared_prefix([encode_prompt(backend.tokenizer, p, False) for p in prompts]) else 0
+    assert len(forward_calls) == prefill + longest
 
 
 def test_pad_token_set_and_padding_left(model_dir):

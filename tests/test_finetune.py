@@ -105,6 +105,102 @@ def test_labels_mask_prompt_and_padding_and_supervise_eos_when_pad_is_eos(tiny_g
     assert width == len(dataset["input_ids"][0]) < len(dataset["input_ids"][2])  # padded to the batch, not the set
 
 
+# ---- batching: what length grouping and the supervised-only head change, and what they do not ----------
+
+VARIED = [
+    TrainingExample("short", "Question: Italy?\nAnswer:", " Rome"),
+    TrainingExample("mid", "Question: What is the capital of France?\nAnswer:", " Paris"),
+    TrainingExample(
+        "long",
+        "Answer concisely, in one word, the way an atlas would.\nQuestion: Which city is the capital of Germany?\nAnswer:",
+        " Berlin, Germany",
+    ),
+]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_an_examples_loss_and_gradients_do_not_depend_on_its_batch(family, tiny_gpt2_dir, tiny_llama_dir, tmp_path):
+    """What length grouping changes, and why that is not a change of outputs.
+
+    Grouping changes which examples share a batch, so the optimizer sees another sequence of
+    mini-batches: the trained weights differ from a random-batch run as they would under another data
+    seed (a new recipe, recorded in the job description; see the next test). What must NOT change is
+    what each example contributes: an example's summed answer cross-entropy, and its gradient, must be
+    the same whether it is padded alone or inside a batch padded to a much longer neighbour (padding is
+    masked out of attention and of the labels, and with right padding a causal model's real positions
+    never see it). So the loss of a mixed batch is the token-weighted mean of its examples' losses taken
+    one by one, and so is its gradient, up to float32 rounding (the matmuls have other shapes).
+
+    The supervised-only head (logits only at positions whose next token is supervised) must give the
+    same loss and gradients as transformers' stock loss over every position.
+    """
+    directory = {"gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[family]
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    dataset = training_dataset(tokenizer, VARIED, chat_template=False)
+    trainer = build_trainer(cpu(directory), FineTuneArm(kind="full"), 1e-3, dataset, tokenizer, tmp_path, seed=0)
+    model = trainer.model.eval()  # dropout off: the comparison is of the function, not of the noise draws
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(rows: list[int], stock: bool = False) -> tuple[float, int, list[torch.Tensor]]:
+        batch = trainer.data_collator([dataset[i] for i in rows])
+        count = int((batch["labels"][:, 1:] != -100).sum())
+        trainer.supervised_logits_only = not stock
+        loss = trainer.compute_loss(model, batch, num_items_in_batch=torch.tensor(count))
+        trainer.supervised_logits_only = True
+        return loss.item(), count, list(torch.autograd.grad(loss, params))
+
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    assert lengths[0] < lengths[1] < lengths[2]
+    alone = [loss_and_grads([i]) for i in range(3)]
+    for rows in ([0, 2], [1, 2], [0, 1, 2], [2, 0]):
+        mixed_loss, mixed_count, mixed_grads = loss_and_grads(rows)
+        assert mixed_count == sum(alone[i][1] for i in rows)
+        expected = sum(alone[i][0] * alone[i][1] for i in rows) / mixed_count
+        assert mixed_loss == pytest.approx(expected, rel=1e-5)
+        for k, grad in enumerate(mixed_grads):
+            weighted = sum(alone[i][2][k] * alone[i][1] for i in rows) / mixed_count
+            torch.testing.assert_close(grad, weighted, rtol=1e-4, atol=1e-6)
+        stock_loss, _, stock_grads = loss_and_grads(rows, stock=True)
+        assert mixed_loss == pytest.approx(stock_loss, rel=1e-6)
+        for grad, stock in zip(mixed_grads, stock_grads):
+            torch.testing.assert_close(grad, stock, rtol=1e-4, atol=1e-6)
+
+
+def test_length_grouped_batches_cover_every_example_once_and_pad_less_than_random_ones():
+    from tuneorprompt.finetune import _LengthGroupedSampler
+
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.randint(10, 300, (203,), generator=generator).tolist()
+    sampler = _LengthGroupedSampler(lengths, batch_size=8)
+
+    def padded(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
+
+    torch.manual_seed(0)
+    batches = sampler.batches()
+    assert sorted(i for batch in batches for i in batch) == list(range(203))  # an epoch sees each example once
+    assert [len(batch) for batch in batches] == [8] * 25 + [3]  # only the last batch is short
+    torch.manual_seed(0)
+    assert list(sampler) == [i for batch in batches for i in batch]  # the seed decides the epoch
+    assert sampler.batches() != batches  # ... and the next epoch draws again
+    torch.manual_seed(0)
+    random_order = torch.randperm(203).tolist()
+    random_batches = [random_order[i : i + 8] for i in range(0, 203, 8)]
+    assert padded(batches) < 1.1 * sum(lengths) < padded(random_batches)
+    # Batch order is shuffled, not longest-first or sorted.
+    maxima = [max(lengths[i] for i in batch) for batch in batches[:-1]]
+    assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
+
+
+def test_the_job_records_the_batching_recipe(tiny_gpt2_dir):
+    """A fine-tune stored under another batching recipe (random batches, or another grouping) is
+    another job: its folder key changes and an existing folder of the old recipe is not resumed."""
+    from tuneorprompt.finetune import BATCHING, describe_job
+
+    job = describe_job(cpu(tiny_gpt2_dir), FineTuneArm(kind="lora"), capitals(), seed=0, dev_key="d")
+    assert job["batching"] == BATCHING == {"order": "length-grouped", "group_batches": 50, "logits": "supervised"}
+
+
 # ---- the prompt/answer boundary -------------------------------------------------------------------------
 
 PROMPTS = [
@@ -121,14 +217,12 @@ def test_training_prompt_tokens_are_the_tokens_generation_sees(family, tiny_gpt2
     directory = {"gpt2": tiny_gpt2_dir, "llama": tiny_llama_dir}[family]
     backend = load_hf_backend(cpu(directory))
     seen: list[list[int]] = []
-    generate = backend.model.generate
 
-    def spy(*args, **kwargs):  # the prompt ids the model is given, left padding removed
-        for ids, mask in zip(kwargs["input_ids"].tolist(), kwargs["attention_mask"].tolist()):
-            seen.append([token for token, keep in zip(ids, mask) if keep])
-        return generate(*args, **kwargs)
+    def spy(module, args, kwargs):  # the prompt ids of generation's first forward pass (one prompt: no padding)
+        if not seen:
+            seen.extend(kwargs["input_ids"].tolist())
 
-    backend.model.generate = spy
+    backend.model.register_forward_pre_hook(spy, with_kwargs=True)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     for prompt in PROMPTS:
         seen.clear()

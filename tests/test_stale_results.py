@@ -64,10 +64,10 @@ def base_config(folder: Path, model: Path) -> dict:
 
 def comparable(report: dict) -> dict:
     """The report without what legitimately differs between two runs of the same config: wall times,
-    and paths of the run directory."""
+    peak memory, and paths of the run directory."""
     arms = []
     for arm in report["arms"]:
-        details = [{k: v for k, v in d.items() if k != "model_dir"} for d in arm["details"]]
+        details = [{k: v for k, v in d.items() if k not in ("model_dir", "peak_rss_mb")} for d in arm["details"]]
         arms.append({
             "name": arm["name"], "accuracy": arm["accuracy"], "relevance": round(arm["relevance"]["value"], 6),
             "prompt_tokens": arm["prompt_tokens"], "generated_tokens": arm["generated_tokens"], "details": details,

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from tuneorprompt import stats
+from tuneorprompt.backends import local_weights
 from tuneorprompt.backends.base import Backend
 from tuneorprompt.backends.cached import CachedBackend
 from tuneorprompt.config import (
@@ -32,6 +33,7 @@ from tuneorprompt.config import (
 from tuneorprompt.decide import CostEstimate
 from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
 from tuneorprompt.keys import content_key, jsonable
+from tuneorprompt.memory import peak_rss_mb, reset_peak_rss
 from tuneorprompt.prompts import PlacedInstruction, PromptFormat, PromptRecipe, compile_template
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
 from tuneorprompt.retrieval import Embed, NearestDemos, PassageRetriever, RandomDemos
@@ -257,9 +259,10 @@ class FineTune:
 
         # The folder is named by the job's content (and the base weights as served), so a changed model,
         # data, setting or dev scoring trains into a new folder instead of resuming another job's state.
-        job = content_key(ctx.base.fingerprint, describe_job(ctx.config.model, self.spec, examples, seed, dev_key))
+        base = local_weights(ctx.config.model)  # not None: plan_run skips fine-tuning arms without local weights
+        job = content_key(ctx.base.fingerprint, describe_job(base, self.spec, examples, seed, dev_key))
         out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}-{job[:12]}"
-        tuned = finetune(ctx.config.model, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
+        tuned = finetune(base, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
                 "model_dir": str(tuned.model_dir),
                 "training": tuned.cost}
@@ -306,10 +309,11 @@ def run_arm(arm: Arm, seed: int, ctx: ArmContext, test: list[Example]) -> tuple[
     info = ctx.store.finished_arm(key)
     if info is not None:
         return ctx.store.records(key, "test"), info
+    reset_peak_rss()
     system = arm.prepare(ctx, seed)
     arm_records = evaluate(system, test, "test", ctx.settings, ctx.scorer, ctx.progress)
     ctx.store.put_records(key, arm_records)
-    info = jsonable(system.info)
+    info = jsonable(system.info | {"peak_rss_mb": round(peak_rss_mb())})
     ctx.store.finish_arm(key, arm.name, seed, info)
     return arm_records, info
 

@@ -45,6 +45,9 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class ModelConfig(Strict):
+    """`kind: hf` (the default when `kind` is omitted): a local Hugging Face model run in this process."""
+
+    kind: Literal["hf"] = Field("hf", description="hf: load the model here with transformers (the default).")
     path: str = Field(
         description="Hugging Face hub id (e.g. 'gpt2'), a local model directory, or a local .gguf file "
         "(llama.cpp format; needs `pip install 'tuneorprompt[gguf]'`), which is converted once to a float32 "
@@ -55,7 +58,9 @@ class ModelConfig(Strict):
         "float32", description="Weights dtype. float32 is the safe CPU default."
     )
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
-    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    batch_size: int = Field(
+        64, ge=1, description="Prompts per generation batch (their shared prefix is computed once; see backends/hf.py)."
+    )
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads. None leaves torch's default; 1 is steadiest on a shared machine."
     )
@@ -81,6 +86,87 @@ class ModelConfig(Strict):
                 f"40-character commit hash you have reviewed (got {self.revision!r})"
             )
         return self
+
+
+    @property
+    def label(self) -> str:
+        """How the report and terminal name the model."""
+        return self.path
+
+
+class OpenAIModelConfig(Strict):
+    """`kind: openai`: a model behind an OpenAI-compatible HTTP server (`transformers serve`, vLLM's
+    server, llama.cpp's server, a hosted API). Prompt arms query it; fine-tuning arms need `local_path`."""
+
+    kind: Literal["openai"]
+    base_url: str = Field(description="The server's API root, e.g. http://127.0.0.1:8000/v1.")
+    model: str = Field(description="The served model's name, as the server's /v1/models lists it.")
+    mode: Literal["completions", "chat"] = Field(
+        "completions",
+        description="completions: plain text prompts to /v1/completions (base models). chat: conversations to "
+        "/v1/chat/completions, rendered by the server's chat template (instruct models); arms then build "
+        "conversations as with `chat_template: true`.",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="NAME of the environment variable holding the API key (the key itself is never written "
+        "to the config, report or store). None: the server needs no key (local servers), and the placeholder "
+        "key 'EMPTY' is sent.",
+    )
+    context_length: int = Field(ge=1, description="The served model's context length in tokens (prompt + answer).")
+    revision: str | None = Field(
+        None,
+        description="A label for the weights behind the served name (a commit, a date). Part of the generation "
+        "cache key: change it when the server's weights change, or answers cached from the old weights are reused.",
+    )
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries of a request after 429, 5xx, a timeout or a lost connection (exponential backoff)."
+    )
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one response before retrying it.")
+    seed: int | None = Field(0, description="Sent with every request, for servers that use it; None sends none.")
+    tokenizer: str | None = Field(
+        None,
+        description="A local tokenizer (directory or hub id in the local cache) that counts tokens as the server "
+        "does, to fit demos into the context. Default: `local_path`'s, else an estimate (UTF-8 bytes, an upper "
+        "bound for byte-level tokenizers).",
+    )
+    local_path: str | None = Field(
+        None,
+        description="A local Hugging Face directory of the same weights: fine-tuning arms train and serve it here "
+        "(with default hf settings). Without it, fine-tuning arms and the fine-tuning learning curve are skipped, "
+        "and the report says so.",
+    )
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} at {self.base_url}"
+
+
+class VLLMModelConfig(Strict):
+    """`kind: vllm`: prompt arms generate with vLLM in this process (`pip install 'tuneorprompt[vllm]'`,
+    a GPU); fine-tuning arms train and serve `path` with transformers."""
+
+    kind: Literal["vllm"]
+    path: str = Field(description="Hugging Face hub id or local model directory.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("auto", description="Weights dtype.")
+    chat_template: bool | Literal["auto"] = Field(
+        "auto", description="Render prompts with the tokenizer's chat template: auto uses it when there is one."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs the model is split over.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    seed: int = Field(0, description="vLLM's engine seed (decoding is greedy either way).")
+
+    @property
+    def label(self) -> str:
+        return self.path
+
+
+# Kinds of `model`; a mapping without `kind` is an hf model, so configs written before there were
+# other kinds keep their meaning.
+ModelSpec = Annotated[Union[ModelConfig, OpenAIModelConfig, VLLMModelConfig], Field(discriminator="kind")]
+MODEL_KINDS = ("hf", "openai", "vllm")
 
 
 class SplitFractions(Strict):
@@ -324,9 +410,35 @@ class LearningCurveConfig(Strict):
     finetune: Literal["lora", "full"] = Field("lora", description="Which fine-tuning arm the curve trains.")
 
 
+class TrackingConfig(Strict):
+    """Also log the run to an experiment tracker. The run directory stays the record: results are
+    written there first, and a tracker that fails only warns (see `tracking.py`)."""
+
+    backend: Literal["mlflow"] = Field(
+        description="The tracker. mlflow needs `pip install 'tuneorprompt[mlflow]'` (mlflow-skinny with its "
+        "SQLite store)."
+    )
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://host:5000, sqlite:///path/mlflow.db, ...). None: a SQLite store in "
+        "the run directory, sqlite:///<run_dir>/mlflow.db, with artifacts under <run_dir>/mlartifacts.",
+    )
+    experiment: str | None = Field(
+        None, description="MLflow experiment name, created when missing. None: the run's `name`."
+    )
+
+    @field_validator("uri", "experiment")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        # An empty string would silently mean MLflow's own default (./mlruns in the working directory).
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty; leave it out (null) for the default")
+        return value
+
+
 class ExperimentConfig(Strict):
     name: str = Field("experiment", description="Run name; the run directory is runs/<name>.")
-    model: ModelConfig
+    model: ModelSpec
     data: DataConfig
     prompt: PromptConfig = PromptConfig()
     generation: GenerationConfig = GenerationConfig()
@@ -341,6 +453,14 @@ class ExperimentConfig(Strict):
     strategy: Literal["full", "ladder"] = Field(
         "full", description="full: run every arm. ladder: cheapest first, stop at the first that meets the target."
     )
+    tracking: TrackingConfig | None = Field(
+        None, description="Log params, metrics and the report to an experiment tracker (MLflow); None: no tracking."
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _hf_by_default(cls, value: Any) -> Any:
+        return {"kind": "hf", **value} if isinstance(value, dict) and "kind" not in value else value
 
     @field_validator("arms", mode="before")
     @classmethod
@@ -408,7 +528,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def _format_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        loc = item["loc"]
+        if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:
+            loc = loc[:1] + loc[2:]  # "model.path", not pydantic's "model.hf.path" (the union's tag)
+        where = ".".join(str(p) for p in loc) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         if item["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "
             message = str(item["ctx"]["error"])
@@ -434,10 +557,14 @@ def _resolve_paths(config: ExperimentConfig, base_dir: Path) -> ExperimentConfig
     data = config.data.model_copy(
         update={name: resolve(getattr(config.data, name)) for name in ("train", "dev", "test", "file", "corpus")}
     )
-    model = config.model
-    local = base_dir / model.path
-    if not Path(model.path).is_absolute() and (model.path.startswith(".") or local.exists()):
-        model = model.model_copy(update={"path": str(local.resolve())})
+    def resolve_model_path(path: str | None) -> str | None:
+        # A hub id ("org/name") is left as it is; a path that names something here, or starts with ".", is resolved.
+        if path is None or Path(path).is_absolute() or not (path.startswith(".") or (base_dir / path).exists()):
+            return path
+        return str((base_dir / path).resolve())
+
+    fields = [name for name in ("path", "local_path", "tokenizer") if name in type(config.model).model_fields]
+    model = config.model.model_copy(update={name: resolve_model_path(getattr(config.model, name)) for name in fields})
     return config.model_copy(update={"data": data, "model": model})
 
 

@@ -16,7 +16,7 @@ import os
 import platform
 import subprocess
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -29,6 +29,8 @@ from tuneorprompt import decide
 from tuneorprompt.arms import (
     Arm,
     ArmContext,
+    Context,
+    FewShot,
     FineTune,
     estimate_cost,
     expand_arms,
@@ -38,9 +40,11 @@ from tuneorprompt.arms import (
 from tuneorprompt.backends.base import Backend, PromptTooLongError
 from tuneorprompt.backends.cached import CachedBackend
 from tuneorprompt.backends.gguf import local_model_config
-from tuneorprompt.backends.hf import load_hf_backend
+from tuneorprompt.backends import load_backend, local_weights
 from tuneorprompt.config import (
     ExperimentConfig,
+    ModelConfig,
+    OpenAIModelConfig,
     apply_overrides,
     config_from_dict,
     load_config,
@@ -57,6 +61,7 @@ from tuneorprompt.report import build_report, write_report
 from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
 from tuneorprompt.store import Store
 from tuneorprompt.summary import outcome_matrix, summarize_arm
+from tuneorprompt.tracking import check_tracking, track_run
 
 PACKAGES = ("tuneorprompt", "torch", "transformers", "peft", "trl", "accelerate", "sentence-transformers")
 
@@ -85,10 +90,12 @@ def run_experiment(
     """Run an experiment (a config object, a dict or a YAML path) into `out_dir`.
 
     `backend` answers instead of the model the config names: any object with the `Backend` methods
-    (a served endpoint, a scripted fake in tests). Fine-tuning arms always load `config.model`."""
+    (a served endpoint, a scripted fake in tests). Fine-tuning arms always load the config's local
+    weights (`backends.local_weights`)."""
     console = console or Console(stderr=True)
     config = _as_config(config, overrides)
     run_dir = Path(out_dir or Path("runs") / config.name)
+    check_tracking(config.tracking)  # a missing MLflow client is found before any work
 
     # ---- check everything that can be checked before the run directory exists --------------------
     plan = plan_run(config, run_dir, backend)
@@ -107,7 +114,11 @@ def run_experiment(
             run_id = store.begin_run(content_key(config))
             try:
                 save_resolved_config(config, run_dir)
-                report, records = _run(plan, store, console, rank)
+                # The tracked run ends FINISHED, FAILED or KILLED with this block; it is logged to
+                # after the report is on disk, and its failures only warn (tracking.py).
+                with track_run(config, run_dir, console, enabled=rank == 0) as tracker:
+                    report, records = _run(plan, store, console, rank)
+                    tracker.log_results(report)
             except KeyboardInterrupt as error:
                 store.end_run(run_id, "interrupted", str(error) or "interrupted (Ctrl-C)")
                 raise
@@ -135,6 +146,9 @@ class RunPlan:
     arms: list[Arm]  # cheapest first, by `estimates`
     estimates: list[decide.CostEstimate]  # in the same order
     protocol: dict[str, Any]  # what every arm's result depends on, as recorded in report.json
+    # Arms the config asks for that cannot run here, each {"arm", "reason"}: listed in the report's
+    # warnings and in the terminal, never silently left out.
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = None) -> RunPlan:
@@ -148,22 +162,25 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     arms = expand_arms(config)
     # A .gguf file becomes a plain model directory (converted once, cached by the file's hash) that
     # every later load, for inference and fine-tuning, reads.
-    config = config.model_copy(update={"model": local_model_config(config.model)})
+    if isinstance(config.model, ModelConfig):
+        config = config.model_copy(update={"model": local_model_config(config.model)})
+    arms, skipped, config = _without_local_weights(arms, config)
     if backend is None:
-        backend = load_hf_backend(config.model)
+        backend = load_backend(config.model)
     if config.prompt.system is not None and not backend.chat_template:
         raise ValueError("prompt.system needs a chat template, and this model is used without one (model.chat_template)")
     # From here on, `chat_template: auto` is what it resolved to: keys, fine-tuning and the report use it.
-    config = config.model_copy(
-        update={"model": config.model.model_copy(update={"chat_template": backend.chat_template})}
-    )
+    if "chat_template" in type(config.model).model_fields:  # kind: openai has `mode` instead
+        config = config.model_copy(
+            update={"model": config.model.model_copy(update={"chat_template": backend.chat_template})}
+        )
     prompt_format = PromptFormat(config.prompt, chat=backend.chat_template)
     if any(arm.uses_instruction for arm in arms):
         prompt_format.instruction_candidates()  # none to try is an error now, not after the first arms
     if any(isinstance(arm, FineTune) for arm in arms) or config.learning_curve.enabled:
         from tuneorprompt.finetune import check_trainable  # heavy imports only with fine-tuning arms
 
-        check_trainable(config.model)
+        check_trainable(local_weights(config.model))
     relevance = RelevanceScorer(config.metric.relevance_model)
     scorer = Scorer(
         extract=partial(extract_answer, rule=config.generation.extract, regex=config.generation.extract_regex),
@@ -181,6 +198,10 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     # Each arm's prompts as far as they are known before dev chooses anything: the first seed's demos,
     # and for arms queried with the instruction, the longest candidate (an upper bound on length).
     seed = config.seeds[0]
+    if any(_retrieves_by_embedding(arm) for arm in arms):
+        # One batched encoding of every input that retrieval will look up, one query at a time, while
+        # this plan and the run build prompts (the scorer keeps each text's vector).
+        relevance.embed([e.input for e in (*splits.train, *splits.dev, *splits.test)])
     longest = ctx.longest_instruction() if any(arm.uses_instruction for arm in arms) else None
     estimates = []
     for arm in arms:
@@ -191,7 +212,31 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     estimates = decide.ladder_order(estimates, config.costs.expected_queries)
     by_name = {arm.name: arm for arm in arms}
     return RunPlan(config, given, run_dir, splits, overlap, backend, ctx, [by_name[e.name] for e in estimates], estimates,
-                   protocol)
+                   protocol, skipped)
+
+
+def _retrieves_by_embedding(arm: Arm) -> bool:
+    return (isinstance(arm, FewShot) and arm.retrieved) or (isinstance(arm, Context) and arm.spec.retriever == "embedding")
+
+
+def _without_local_weights(
+    arms: list[Arm], config: ExperimentConfig
+) -> tuple[list[Arm], list[dict[str, str]], ExperimentConfig]:
+    """Fine-tuning needs local weights; a served model without `local_path` has none. Its fine-tuning
+    arms and learning curve are skipped (and reported as skipped) rather than failing the prompt arms
+    the server can answer; a config of fine-tuning arms only is an error."""
+    if local_weights(config.model) is not None:
+        return arms, [], config
+    reason = (f"model.kind: {config.model.kind} has no local weights to fine-tune; set model.local_path to a "
+              "local Hugging Face directory of the same model")
+    skipped = [{"arm": arm.name, "reason": reason} for arm in arms if isinstance(arm, FineTune)]
+    if config.learning_curve.enabled:
+        skipped.append({"arm": "learning_curve", "reason": reason})
+        config = config.model_copy(update={"learning_curve": config.learning_curve.model_copy(update={"enabled": False})})
+    kept = [arm for arm in arms if not isinstance(arm, FineTune)]
+    if not kept:
+        raise ValueError(f"arms: every arm fine-tunes, and {reason}")
+    return kept, skipped, config
 
 
 def check_prompts_fit(arm_name: str, recipe: PromptRecipe, ctx: ArmContext, test: list[Example]) -> None:
@@ -216,6 +261,8 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
     records: dict[str, list[list[ExampleRecord]]] = {}
     infos: dict[str, list[dict]] = {}
     stopped_early_at: str | None = None
+    for skipped in plan.skipped:
+        console.print(f"[yellow]Skipping {skipped['arm']}[/]: {skipped['reason']}")
     with make_progress(console) as progress:
         ctx.progress = progress
         for arm in plan.arms:
@@ -232,8 +279,11 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
             learning_curve = run_learning_curve(ctx, splits.test, plan.arms, records, infos)
 
     # ---- aggregate, decide, report ---------------------------------------------------------------
+    # Which backend answered: fine-tuned arms are served by transformers from local weights whatever
+    # `model.kind` serves the prompt arms.
     summaries = [
-        summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], ctx.base.num_parameters)
+        {**summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], ctx.base.num_parameters),
+         "backend": "hf" if isinstance(arm, FineTune) else config.model.kind}
         for arm in plan.arms
         if arm.name in records
     ]
@@ -248,6 +298,7 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
         learning_curve=learning_curve,
         cost_order=plan.estimates,
         protocol=plan.protocol,
+        skipped_arms=plan.skipped,
     )
     if rank == 0:
         references = {e.id: e.target for e in splits.test}
@@ -255,6 +306,9 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
     else:
         report = build_report(**report_inputs)
     return report, records
+
+
+_PROTOCOL_MODEL_FIELDS = {"kind", "dtype", "device", "chat_template", "revision", "base_url", "model", "mode", "seed"}
 
 
 def protocol_record(
@@ -267,7 +321,10 @@ def protocol_record(
     record = {
         "version": PROTOCOL_VERSION,
         "model_fingerprint": fingerprint,
-        "model": config.model.model_dump(mode="json", include={"dtype", "device", "chat_template", "revision"}),
+        # The settings that change answers, of whichever kind (`include` skips those a kind lacks).
+        "model": config.model.model_dump(mode="json", include=_PROTOCOL_MODEL_FIELDS)
+        # A served model's chat-template use, under the name every kind's report reads it by.
+        | ({"chat_template": config.model.mode == "chat"} if isinstance(config.model, OpenAIModelConfig) else {}),
         "data": {split: examples_key(getattr(splits, split)) for split in ("train", "dev", "test")},
         "data_files": {
             name: file_sha256(path)

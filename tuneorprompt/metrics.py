@@ -17,6 +17,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -273,27 +274,46 @@ class RelevanceScorer:
     nearest-neighbour demonstrations and embedding retrieval."""
 
     def __init__(self, model: str = DEFAULT_RELEVANCE_MODEL, device: str = "cpu", batch_size: int = 64):
-        # Imported here: loading sentence-transformers pulls in torch/transformers, which
-        # data validation (`tuneorprompt check-data`) does not need.
-        from sentence_transformers import SentenceTransformer
-
         self.model_name = model
+        self.device = device
         self.batch_size = batch_size
-        self._model = SentenceTransformer(_resolve_model(model), device=device)
+        self._model = None  # loaded at the first embedding: a re-run that reads every arm back needs none
+        # Text -> unit vector [dim]. Retrieval asks for one query at a time, and a run asks for the same
+        # texts again and again (cost estimates, prompt checks, dev, test); each is encoded once.
+        self._vectors: dict[str, np.ndarray] = {}
+        resolved = _resolve_model(model)
+        if resolved.startswith(("/", ".", "~")) and not Path(resolved).expanduser().is_dir():
+            # A path that cannot load is a mistake to report before the run, not at its first embedding.
+            raise ValueError(f"metric.relevance_model: {model!r} is not a model directory")
+
+    @property
+    def dimension(self) -> int:
+        model = self._loaded()
         # sentence-transformers >= 5 renamed get_sentence_embedding_dimension (the old name warns).
-        dimension = getattr(self._model, "get_embedding_dimension", None)
-        self.dimension: int = (dimension or self._model.get_sentence_embedding_dimension)()
+        return (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+
+    def _loaded(self):
+        if self._model is None:
+            # Imported here: loading sentence-transformers pulls in torch/transformers, which
+            # data validation (`tuneorprompt check-data`) does not need.
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(_resolve_model(self.model_name), device=self.device)
+        return self._model
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length embeddings, float32 [len(texts), dim]; a dot product is a cosine similarity."""
+        """Unit-length embeddings, float32 [len(texts), dim]; a dot product is a cosine similarity.
+        For retrieval: each text is encoded once per run and its vector kept (see `__init__`)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+        new = [text for text in dict.fromkeys(texts) if text not in self._vectors]
+        if new:
+            self._vectors.update(zip(new, self._encode(new)))
+        return np.stack([self._vectors[text] for text in texts])
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self._loaded().encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
 
     def score(self, responses: Sequence[str], references: Sequence[str]) -> np.ndarray:
@@ -306,7 +326,10 @@ class RelevanceScorer:
         if len(responses) != len(references):
             raise ValueError(f"{len(responses)} responses but {len(references)} references")
         unique = list(dict.fromkeys([*responses, *references]))
-        vectors = self.embed(unique)
+        # Encoded together, not through `embed`'s kept vectors: a text's vector varies in the last
+        # bits with the batch it was padded in, and an arm's relevance must not depend on which arms
+        # (or which earlier run's) texts were encoded before it.
+        vectors = self._encode(unique) if unique else np.zeros((0, self.dimension), dtype=np.float32)
         index = {text: i for i, text in enumerate(unique)}
         left = vectors[[index[t] for t in responses]]
         right = vectors[[index[t] for t in references]]

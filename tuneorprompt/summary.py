@@ -38,6 +38,7 @@ def summarize_arm(
     generated_tokens = float(np.mean([r.generated_tokens for r in all_records]))
     seconds = float(np.mean([r.seconds for r in all_records]))
     training = [info["training"] for info in info_by_seed if info.get("training")]
+    peaks = [info["peak_rss_mb"] for info in info_by_seed if info.get("peak_rss_mb") is not None]
     return {
         "name": name,
         "kind": kind,
@@ -54,6 +55,9 @@ def summarize_arm(
             stats.inference_flops(num_parameters, prompt_tokens, generated_tokens) if num_parameters else None
         ),
         "training": mean_training_cost(training) if training else None,
+        # The process's peak resident memory while the arm prepared and ran (MiB; the highest over
+        # seeds), base model included: what a machine running this arm needs.
+        "peak_rss_mb": max(peaks) if peaks else None,
         "details": [{k: v for k, v in info.items() if k != "training"} for info in info_by_seed],
         # The exact text the model saw for the first test item (chat template, system message and all).
         "example_prompt": records_by_seed[0][0].prompt if records_by_seed and records_by_seed[0] else None,

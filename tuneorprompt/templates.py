@@ -9,7 +9,7 @@ model:
   revision: null              # pin a hub revision (branch, tag or commit)
   dtype: float32              # float32 | bfloat16 | float16 | auto
   device: auto                # auto | cpu | cuda | cuda:1
-  batch_size: 16
+  batch_size: 64              # prompts per generation batch; lower it if a long-prompt batch runs out of memory
   num_threads: null           # torch CPU threads; 1 is steadiest on a shared machine
   chat_template: auto         # auto: the tokenizer's chat template when it has one (instruct models)
   # allow_pickle: false       # also load pickle *.bin weights; pickle can run code, so only files you trust

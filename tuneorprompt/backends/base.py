@@ -1,7 +1,10 @@
-"""The backend contract: three methods, plain dataclasses in and out.
+"""The backend contract: what the product calls (render, generate, count_tokens and four facts),
+plain dataclasses in and out.
 
 Anything that can complete text greedily implements it: the Hugging Face backend (`hf.py`), a
-fine-tuned model (the same class over other weights), a served endpoint, or a scripted fake in tests.
+fine-tuned model (the same class over other weights), a served endpoint (`openai.py`), vLLM
+(`vllm.py`), or a scripted fake in tests. Scoring by log-likelihood is optional (`ScoringBackend`):
+an OpenAI-compatible chat endpoint cannot score a given continuation.
 """
 
 from __future__ import annotations
@@ -37,10 +40,15 @@ class Backend(Protocol):
         """Greedy completions, one per prompt, in the order given; independent of batching."""
         ...
 
-    def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
-        """Sum of log-probabilities (nats) of each continuation given its context."""
-        ...
-
     def count_tokens(self, prompt: Prompt) -> int:
         """Tokens the model would see for `prompt` (used to fit demos into the context)."""
+        ...
+
+
+@runtime_checkable
+class ScoringBackend(Backend, Protocol):
+    """A backend that can also score continuations (the HF backend)."""
+
+    def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
+        """Sum of log-probabilities (nats) of each continuation given its context."""
         ...

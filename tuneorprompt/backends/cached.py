@@ -38,6 +38,8 @@ class CachedBackend:
         return [found[k] for k in keys]
 
     def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
+        if not hasattr(self.inner, "loglikelihood"):  # optional: see base.ScoringBackend
+            raise NotImplementedError(f"{type(self.inner).__name__} cannot score continuations by log-likelihood")
         return self.inner.loglikelihood(requests)
 
     def count_tokens(self, prompt: Prompt) -> int:

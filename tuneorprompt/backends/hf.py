@@ -6,10 +6,12 @@ Decisions that make arms comparable, and where they are made:
   imports it) at training, so a fine-tuned model sees its training prompts token for token.
 - Decoding: greedy and nothing else. The model's own generation config (sampling, repetition penalty,
   bad words, extra stop strings, ...) is replaced by a plain greedy one that keeps only its token ids.
-- Batching: left padding with attention masks; `generate` derives position ids from the mask, so a
-  padded prompt sees the positions 0..n-1 it would see alone and outputs do not depend on the batch
-  size (tests/test_backend_hf.py checks this for batch sizes 1, 3 and 8 in float32). In bf16/fp16
-  the padded kernels round differently and near-ties may flip; compare arms at one batch size there.
+- Batching: the prompts' shared token prefix is computed once and its KV cache reused; each batch
+  pads between that prefix and the prompts' own tokens, with attention masks, and position ids
+  counted over real tokens only, so a padded prompt sees the positions 0..n-1 it would see alone and
+  outputs depend neither on the batch size nor on the prefix reuse (tests/test_backend_hf.py checks
+  both in float32). In bf16/fp16 the kernels round differently at other shapes and near-ties may
+  flip; compare arms at one batch size there.
 - Identity: `fingerprint` covers everything that determines a completion: the files (weights, configs,
   tokenizer and its chat template, adapter), the dtype and device type the weights run in (kernels
   round differently), and whether prompts are wrapped in the chat template. The generation cache
@@ -20,7 +22,9 @@ Decisions that make arms comparable, and where they are made:
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import inspect
 import time
 import traceback
 from pathlib import Path
@@ -28,13 +32,7 @@ from typing import Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
 
 from tuneorprompt.backends.base import PromptTooLongError
 from tuneorprompt.config import ModelConfig
@@ -211,7 +209,10 @@ class HFBackend:
     none: padded positions are masked out, so which id fills them does not matter) and left padding.
     """
 
-    def __init__(self, model, tokenizer, *, fingerprint: str, batch_size: int = 16, chat_template: bool = False):
+    def __init__(
+        self, model, tokenizer, *, fingerprint: str, batch_size: int = 64, chat_template: bool = False,
+        reuse_prefix: bool = True,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if tokenizer.pad_token is None:
@@ -226,10 +227,12 @@ class HFBackend:
         self.fingerprint = serving_fingerprint(fingerprint, model, chat_template)
         self.batch_size = batch_size
         self.chat_template = chat_template
+        self.reuse_prefix = reuse_prefix  # off only to measure it: outputs are the same either way
         self.context_length = _context_length(model, tokenizer)
         self.num_parameters = sum(p.numel() for p in model.parameters())
         eos = model.generation_config.eos_token_id
         self._eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        self._cache_argument = _cache_argument(model)
 
     def render(self, prompt: Prompt) -> str:
         return render_prompt(self.tokenizer, prompt, self.chat_template)
@@ -242,38 +245,109 @@ class HFBackend:
     def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
         """Greedy completions in the caller's order.
 
-        Prompts are sorted by token length (longest first, so a batch that does not fit in memory
-        fails at once) and batched, which keeps padding, and so wasted compute, small.
+        The token prefix that every prompt of the call shares (a chat template's system message, the
+        instruction, an arm's demo block: most of a prompt) is run through the model once, and its
+        KV cache is reused by every batch. Prompts are sorted by token length (longest first, so a
+        batch that does not fit in memory fails at once) and batched, which keeps padding small.
         """
         encoded = [encode_prompt(self.tokenizer, prompt, self.chat_template) for prompt in prompts]
         for index, ids in enumerate(encoded):
             self._check_fits(index, len(ids), settings.max_new_tokens, "generate")
+        prefix = _shared_prefix(encoded) if self.reuse_prefix else []
+        prefix_cache = self._prefill(prefix) if prefix else None
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         completions: list[Completion | None] = [None] * len(encoded)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            for index, completion in zip(batch, self._generate_batch([encoded[i] for i in batch], settings)):
+            suffixes = [encoded[i][len(prefix) :] for i in batch]
+            for index, completion in zip(batch, self._generate_batch(prefix, prefix_cache, suffixes, settings)):
                 completions[index] = completion
         return completions  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts: list[list[int]], settings: GenerationSettings) -> list[Completion]:
-        started = time.perf_counter()
-        inputs = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
-        prompt_length = inputs["input_ids"].shape[1]  # left padding: every prompt ends at this column
-        stopping = StoppingCriteriaList(
-            [_StopStringsInGeneratedText(self.tokenizer, settings.stop, prompt_length)] if settings.stop else []
-        )
-        per_call = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1)
+    def _prefill(self, prefix: list[int]) -> DynamicCache:
+        """The KV cache of `prefix` alone: [1, heads, len(prefix), head_dim] per layer."""
+        cache = DynamicCache()
         with torch.inference_mode():
-            output = self.model.generate(**inputs, generation_config=per_call, stopping_criteria=stopping)
-        new_tokens = output[:, prompt_length:].tolist()  # [batch, new]; rows finished early are padded
-        seconds = (time.perf_counter() - started) / len(prompts)
+            self.model(
+                input_ids=torch.tensor([prefix], device=self.model.device), use_cache=True, logits_to_keep=1,
+                **{self._cache_argument: cache},
+            )
+        return cache
+
+    def _generate_batch(
+        self, prefix: list[int], prefix_cache: DynamicCache | None, suffixes: list[list[int]], settings: GenerationSettings
+    ) -> list[Completion]:
+        """Greedy decoding of one batch: `prefix` (cached) + each suffix.
+
+        Layout of row i, in columns: the shared prefix, then left padding, then suffix i, then its
+        generated tokens: [p_0 .. p_P-1, pad .., s_0 .. s_n-1, g_0 ..]. The attention mask hides the
+        pads and the position ids count only real tokens, so every row sees exactly the positions
+        (0..P+n-1) and keys it would see alone. A row that has finished (EOS, a stop string in its
+        generated text, or max_new_tokens) leaves the batch: its cache rows are dropped, so the
+        remaining steps cost only the rows still generating.
+        """
+        started = time.perf_counter()
+        device = self.model.device
+        batch, width = len(suffixes), max(len(s) for s in suffixes)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes], device=device)  # [B, S]
+        suffix_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+        mask = torch.cat([torch.ones(batch, len(prefix), dtype=suffix_mask.dtype, device=device), suffix_mask], 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(prefix) :]  # [B, S]; pads get 0 (masked anyway)
+        cache = DynamicCache()
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(batch)
+        stop_window = 4 * max((len(s) for s in settings.stop), default=0) + 1
+        generated: list[list[int]] = [[] for _ in range(batch)]
+        rows = torch.arange(batch)  # which of the batch's rows are still generating, in cache order
+        with torch.inference_mode():
+            logits = self._last_logits(input_ids, mask, positions, cache)
+            for _ in range(settings.max_new_tokens):
+                tokens = logits.argmax(-1)  # [rows]; greedy, ties to the lowest id as in `generate`
+                finished = []
+                for slot, (row, token) in enumerate(zip(rows.tolist(), tokens.tolist())):
+                    generated[row].append(token)
+                    finished.append(token in self._eos_ids or self._has_stop(generated[row], settings.stop, stop_window))
+                keep = torch.tensor([not done for done in finished])
+                if len(generated[rows[0]]) == settings.max_new_tokens or not keep.any():
+                    break
+                if not keep.all():
+                    cache.batch_select_indices(keep.nonzero().squeeze(-1).to(device))
+                    rows, tokens, mask = rows[keep], tokens[keep.to(tokens.device)], mask[keep.to(mask.device)]
+                next_position = mask.sum(-1, keepdim=True)  # [rows, 1]: real tokens so far = the next position
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                logits = self._last_logits(tokens.unsqueeze(-1), mask, next_position, cache)
+        seconds = (time.perf_counter() - started) / batch
         completions = []
-        for prompt, tokens in zip(prompts, new_tokens):
+        for suffix, tokens in zip(suffixes, generated):
             length = self._completion_length(tokens, settings.stop)
             text = _cut_at_stop(self._decode(tokens[:length]), settings.stop)
-            completions.append(Completion(text, len(prompt), length, seconds))
+            completions.append(Completion(text, len(prefix) + len(suffix), length, seconds))
         return completions
+
+    def _last_logits(self, input_ids, mask, positions, cache: DynamicCache) -> torch.Tensor:
+        """Next-token logits [rows, vocab] in float32 (as `generate` upcasts them), appending to `cache`."""
+        output = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+            **{self._cache_argument: cache},
+        )
+        return output.logits[:, -1].float()
+
+    def _has_stop(self, tokens: list[int], stop: tuple[str, ...], window: int) -> bool:
+        """Whether the newest generated tokens contain a stop string.
+
+        Only generated tokens are decoded (a prompt ending in "." with stop ".." must not stop after
+        one generated "."), and only the newest: a stop string of n characters lies within the last
+        4n tokens (4 bytes per UTF-8 character at worst, one byte per byte-level token), plus one
+        token because the first token of a window may decode without its leading space or as a
+        partial character. Text decoded from such a window is a substring of the full generated
+        text, so this never stops a row whose answer `_completion_length` would not also cut.
+        """
+        if not stop:
+            return False
+        text = self._decode(tokens[-window:])
+        return any(s in text for s in stop)
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -361,29 +435,23 @@ class HFBackend:
             )
 
 
-class _StopStringsInGeneratedText(StoppingCriteria):
-    """Marks a row done once the text it has generated contains a stop string; `generate` pads done
-    rows and returns when every row is done (or at max_new_tokens).
+def _cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: `cache` since transformers 5.24, which deprecates
+    `past_key_values`. A PEFT model passes it through to the model it wraps."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
-    transformers' own `stop_strings` matches the end of prompt + generation: a prompt ending in "."
-    with stop ".." would stop after one generated ".", leaving an answer without its stop string. So
-    only generated tokens are decoded here, and only the newest ones: a stop string of n characters
-    lies within the last 4n tokens (4 bytes per UTF-8 character at worst, one byte per byte-level
-    token), plus one token because the first token of a window may decode without its leading space
-    or as a partial character. Text decoded from such a window is a substring of the full generated
-    text, so this never stops a row whose answer `_completion_length` would not also cut.
-    """
 
-    def __init__(self, tokenizer, stop: tuple[str, ...], prompt_length: int):
-        self.tokenizer = tokenizer
-        self.stop = stop
-        self.prompt_length = prompt_length
-        self.window = 4 * max(len(s) for s in stop) + 1
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        newest = input_ids[:, self.prompt_length :][:, -self.window :]  # [batch, <= window]
-        texts = self.tokenizer.batch_decode(newest, skip_special_tokens=True)
-        return torch.tensor([any(s in text for s in self.stop) for text in texts], device=input_ids.device)
+def _shared_prefix(encoded: list[list[int]]) -> list[int]:
+    """The longest token prefix shared by every prompt, leaving each prompt at least one token of
+    its own (the forward pass that starts generation needs an input token per row)."""
+    if len(encoded) < 2:
+        return []
+    first, shortest = encoded[0], min(len(ids) for ids in encoded)
+    length = 0
+    while length < shortest - 1 and all(ids[length] == first[length] for ids in encoded):
+        length += 1
+    return first[:length]
 
 
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
@@ -394,10 +462,13 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 # ---- loading ------------------------------------------------------------------------------------------
 
 
-def _resolve_device(device: str) -> str:
+def resolve_device_and_dtype(config: ModelConfig) -> tuple[str, torch.dtype | str]:
+    """THE resolution of `model.device` and `model.dtype`: 'auto' device is cuda when there is one,
+    else cpu; dtype 'auto' is left to transformers (the checkpoint's own dtype)."""
+    device = config.device
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, _DTYPES[config.dtype]
 
 
 def model_load_options(config: ModelConfig) -> dict:
@@ -451,9 +522,8 @@ def load_hf_backend(config: ModelConfig, adapter: Path | None = None) -> HFBacke
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=_DTYPES[config.dtype], device_map=_resolve_device(config.device), **model_load_options(config)
-        )
+        device, dtype = resolve_device_and_dtype(config)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device, **model_load_options(config))
     except Exception as error:
         if _raised_in_torch_load(error):
             raise ModelLoadError(

@@ -37,11 +37,13 @@ def build_report(
     learning_curve: dict | None = None,
     cost_order: Sequence[decide.CostEstimate] | None = None,
     protocol: dict | None = None,
+    skipped_arms: Sequence[dict] = (),
 ) -> dict:
     """cost_order: every arm's cost as estimated before the run, cheapest first; the order the ladder
     ran the arms in, and the one the recommendation follows (without it, the measured costs order
     them). protocol: what every arm's result depends on (settings, data and model keys), recorded
-    so the report states what its numbers came from."""
+    so the report states what its numbers came from. skipped_arms: arms the config asked for that
+    could not run, each {"arm", "reason"}; each becomes a warning, so none silently disappears."""
     outcomes = [
         decide.ArmOutcome(
             name=s["name"],
@@ -66,12 +68,16 @@ def build_report(
     return {
         "report_version": REPORT_VERSION,
         "name": config.name,
-        "model": config.model.path,
+        "model": config.model.label,
         "target": config.target.model_dump(),
         "strategy": config.strategy,
         "stopped_early_at": stopped_early_at,
         # Before any number: a reader must know when the scoring views or a dev choice cannot be trusted.
-        "warnings": report_warnings(summaries, records, config.metric.accuracy),
+        "warnings": [
+            {"code": "skipped_arm", "arm": skip["arm"], "message": f"{skip['arm']} was not run: {skip['reason']}"}
+            for skip in skipped_arms
+        ] + report_warnings(summaries, records, config.metric.accuracy),
+        "skipped_arms": list(skipped_arms),
         "data": {
             **{f"n_{split}": size for split, size in split_sizes.items()},
             "overlap": overlap.to_dict(),

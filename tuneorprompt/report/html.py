@@ -5,7 +5,8 @@ that were ties): they say which numbers below not to trust. Plots: accuracy and 
 with 95% CIs and the target line; the learning curves on shared axes; accuracy against per-query
 cost (the frontier). Under the arms table, notes on arms whose prompts were shortened to fit the
 context, and the scoring audit (reply against reference length, empty replies, right in one view
-only). Then the paired tests and examples where the arms disagree.
+only). Then the paired tests and the examples table (each arm's answer per test item), which a small
+inline script filters by arm and by right/wrong; with scripts off, and in print, every row shows.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from tuneorprompt.report.notes import shortened_prompts
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuneorprompt: {{ r.name }}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <style>
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
@@ -37,24 +40,37 @@ code { background: #f4f4f4; padding: 1px 4px; }
 .notes { color: #8a5a00; }
 .warning { padding: 12px; margin: 1em 0; background: #fdecea; border-left: 4px solid #c33; }
 .warning td { text-align: left; }
+caption { text-align: left; font-weight: 600; padding: 4px 0; }
+#examples td, #examples th { text-align: left; vertical-align: top; }
+#examples td.right { background: #e6f4e6; }
+#examples td.wrong { background: #fbe9e9; }
+.mark { font-weight: 700; margin-right: 4px; }
+.filters { display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: center; margin: 8px 0; }
+.filters[hidden] { display: none; }
+.visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
+/* Printed, the page shows every example: the filter controls are gone, so a filtered view would
+   silently drop rows. */
+@media print { .filters { display: none !important; } #examples tbody tr[hidden] { display: table-row; }
+  body { max-width: none; margin: 0; } #examples td.right, #examples td.wrong { background: none; } }
 </style></head><body>
 <h1>{{ r.name }}: prompt or fine-tune?</h1>
 {% for w in r.warnings or [] %}<div class="warning" id="warning-{{ w.code }}"><p><strong>Warning ({{ w.code }}):</strong>
 {{ w.message }}</p>
-{% if w.examples %}<table><tr><th>arm</th><th>reply</th><th>answer extracted</th><th>reference</th><th>strict</th>
-<th>lenient</th></tr>
+{% if w.examples %}<table><tr><th scope="col">arm</th><th scope="col">reply</th><th scope="col">answer extracted</th><th scope="col">reference</th><th scope="col">strict</th>
+<th scope="col">lenient</th></tr>
 {% for e in w.examples %}<tr><td>{{ e.arm }}</td><td>{{ e.reply }}</td><td>{{ e.answer }}</td><td>{{ e.reference }}</td>
 <td>{{ "%g" | format(e.strict) }}</td><td>{{ "%g" | format(e.lenient) }}</td></tr>{% endfor %}</table>{% endif %}
 </div>{% endfor %}
 <p>Model <code>{{ r.model }}</code>{% if r.protocol %}, {{ "with its chat template" if r.protocol.model.chat_template else "without a chat template" }}{% if r.protocol.prompt.system %} (system message: <code>{{ r.protocol.prompt.system }}</code>){% endif %}{% endif %}; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
 target accuracy {{ "%.0f" | format(100 * r.target.accuracy) }}%{% if r.target.lenient %} (lenient){% endif %};
 strategy {{ r.strategy }}.</p>
-<p class="verdict {% if not r.recommendation.arm %}none{% endif %}">{{ r.recommendation.reason }}</p>
+<p id="verdict" class="verdict {% if not r.recommendation.arm %}none{% endif %}">{{ r.recommendation.reason }}</p>
 <h2>Arms</h2>
-<table><tr><th>arm</th><th>accuracy % [95% CI]</th><th>lenient accuracy % [95% CI]</th>
-<th>relevance [95% CI]</th><th>prompt tokens</th>
-<th>generated tokens</th><th>ms / query</th><th>GFLOPs / query</th><th>training s</th><th>training PFLOPs</th></tr>
-{% for a in r.arms %}<tr><td>{{ a.name }}</td>
+<table id="arms"><caption>Each arm on the {{ r.data.n_test }} test items: accuracy, relevance and costs</caption>
+<thead><tr><th scope="col">arm</th><th scope="col">accuracy % [95% CI]</th><th scope="col">lenient accuracy % [95% CI]</th>
+<th scope="col">relevance [95% CI]</th><th scope="col">prompt tokens</th>
+<th scope="col">generated tokens</th><th scope="col">ms / query</th><th scope="col">GFLOPs / query</th><th scope="col">training s</th><th scope="col">training PFLOPs</th><th scope="col">peak RSS MiB</th></tr></thead>
+<tbody>{% for a in r.arms %}<tr><th scope="row">{{ a.name }}</th>
 <td>{{ "%.1f [%.1f, %.1f]" | format(100 * a.accuracy.value, 100 * a.accuracy.ci_low, 100 * a.accuracy.ci_high) }}</td>
 <td>{% set l = a.accuracy_lenient %}{{ "%.1f [%.1f, %.1f]" | format(100 * l.value, 100 * l.ci_low, 100 * l.ci_high) if l else "-" }}</td>
 <td>{{ "%.1f [%.1f, %.1f]" | format(a.relevance.value, a.relevance.ci_low, a.relevance.ci_high) }}</td>
@@ -62,39 +78,83 @@ strategy {{ r.strategy }}.</p>
 <td>{{ "%.1f" | format(1000 * a.seconds_per_query) }}</td>
 <td>{{ "%.3g" | format(a.flops_per_query / 1e9) if a.flops_per_query else "-" }}</td>
 <td>{{ "%.0f" | format(a.training.wall_seconds) if a.training else "-" }}</td>
-<td>{{ "%.3g" | format(a.training.flops / 1e15) if a.training else "-" }}</td></tr>
-{% endfor %}</table>
+<td>{{ "%.3g" | format(a.training.flops / 1e15) if a.training else "-" }}</td>
+<td>{{ "%.0f" | format(a.peak_rss_mb) if a.peak_rss_mb else "-" }}</td></tr>
+{% endfor %}</tbody></table>
 <p><small>Accuracy is the strict view (metric.accuracy on the extracted answer); lenient accuracy counts a reply
 right when a reference answer appears in it, not counting text copied from the question.</small></p>
 {% if notes %}<ul class="notes">{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>{% endif %}
 <details><summary>What the model saw: each arm's prompt for the first test item, as rendered</summary>
 {% for a in r.arms if a.example_prompt %}<h3>{{ a.name }}</h3><pre>{{ a.example_prompt }}</pre>{% endfor %}
 </details>
-{% for title, png in plots %}<h3>{{ title }}</h3><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
+<h2>Plots</h2>
+{% for title, alt, png in plots %}<h3>{{ title }}</h3><img class="plot" alt="{{ alt }}" src="data:image/png;base64,{{ png }}">{% endfor %}
 <h2>Scoring audit</h2>
-<table><tr><th>arm</th><th>reply words</th><th>answer words</th><th>reference words</th><th>empty replies</th>
-<th>right strict only</th><th>right lenient only</th></tr>
+<table><tr><th scope="col">arm</th><th scope="col">reply words</th><th scope="col">answer words</th><th scope="col">reference words</th><th scope="col">empty replies</th>
+<th scope="col">right strict only</th><th scope="col">right lenient only</th></tr>
 {% for a in r.arms if a.scoring_audit %}{% set s = a.scoring_audit %}<tr><td>{{ a.name }}</td>
 <td>{{ "%.1f" | format(s.reply_words) }}</td><td>{{ "%.1f" | format(s.answer_words) }}</td>
 <td>{{ "%.1f" | format(s.reference_words) }}</td><td>{{ s.empty_replies }} of {{ s.replies }}</td>
 <td>{{ s.strict_only }}</td><td>{{ s.lenient_only }}</td></tr>{% endfor %}</table>
-{% if r.break_even %}<h2>Break-even</h2><table><tr><th>fine-tuned arm</th><th>against</th><th>queries to repay training</th></tr>
+{% if r.break_even %}<h2>Break-even</h2><table><tr><th scope="col">fine-tuned arm</th><th scope="col">against</th><th scope="col">queries to repay training</th></tr>
 {% for b in r.break_even %}<tr><td>{{ b.arm }}</td><td>{{ b.against }}</td>
 <td>{{ "{:,.0f}".format(b.queries) if b.queries is not none else "never (its queries are not cheaper)" }}</td></tr>{% endfor %}
 </table>{% endif %}
 <h2>Paired tests (same test items)</h2>
-<table><tr><th>arm</th><th>against</th><th>accuracy difference [95% CI]</th><th>test</th><th>p</th>
-<th>relevance difference [95% CI]</th><th>paired bootstrap p</th></tr>
+<table><tr><th scope="col">arm</th><th scope="col">against</th><th scope="col">accuracy difference [95% CI]</th><th scope="col">test</th><th scope="col">p</th>
+<th scope="col">relevance difference [95% CI]</th><th scope="col">paired bootstrap p</th></tr>
 {% for t in r.paired_tests %}<tr><td>{{ t.arm }}</td><td>{{ t.against }}</td>
 <td>{{ "%+.1f [%+.1f, %+.1f]" | format(100 * t.accuracy.difference, 100 * t.accuracy.diff_low, 100 * t.accuracy.diff_high) }}</td>
 <td>{{ t.accuracy.test }}</td><td>{{ "%.3g" | format(t.accuracy.p_value) }}</td>
 <td>{{ "%+.1f [%+.1f, %+.1f]" | format(t.relevance.difference, t.relevance.diff_low, t.relevance.diff_high) }}</td>
 <td>{{ "%.3g" | format(t.relevance.p_value) }}</td></tr>{% endfor %}</table>
-{% if disagreements %}<h2>Examples where the arms disagree</h2>
-<table><tr><th>id</th><th>reference</th>{% for name in disagreement_arms %}<th>{{ name }}</th>{% endfor %}</tr>
-{% for row in disagreements %}<tr><td>{{ row.id }}</td><td>{{ row.reference }}</td>
-{% for cell in row.answers %}<td style="background: {{ '#e6f4e6' if cell.correct else '#fbe9e9' }}">{{ cell.answer }}</td>{% endfor %}</tr>
-{% endfor %}</table>{% endif %}
+{% if examples %}<h2 id="examples-heading">Examples</h2>
+<p>{% if examples | length < n_examples %}{{ examples | length }} of the {{ n_examples }} test items (first those where
+the arms disagree){% else %}All {{ n_examples }} test items{% endif %}, first seed of each arm: the answer each arm
+extracted, marked right (&#10003;) or wrong (&#10007;) in the strict view.</p>
+<div class="filters" id="example-filters" hidden>
+<label for="filter-arm">Arm</label>
+<select id="filter-arm"><option value="">all arms</option>{% for name in example_arms %}<option value="{{ name }}">{{ name }}</option>{% endfor %}</select>
+<label for="filter-outcome">Outcome</label>
+<select id="filter-outcome"><option value="">right or wrong</option><option value="right">right (with all arms: in any arm)</option>
+<option value="wrong">wrong (with all arms: in any arm)</option></select>
+<label><input type="checkbox" id="filter-disagree"> only items where the arms disagree</label>
+<output id="filter-count" for="filter-arm filter-outcome filter-disagree" aria-live="polite"></output>
+</div>
+<table id="examples"><caption>Test items: the reference answer and each arm's answer</caption>
+<thead><tr><th scope="col">id</th><th scope="col">reference</th>{% for name in example_arms %}<th scope="col">{{ name }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in examples %}<tr{% if row.disagree %} data-disagree{% endif %}><th scope="row">{{ row.id }}</th><td>{{ row.reference }}</td>
+{% for cell in row.answers %}<td class="{{ 'right' if cell.correct else 'wrong' }}" data-arm="{{ cell.arm }}" data-outcome="{{ 'right' if cell.correct else 'wrong' }}"><span class="mark" aria-hidden="true">{{ "✓" if cell.correct else "✗" }}</span><span class="visually-hidden">{{ "right:" if cell.correct else "wrong:" }}</span> {{ cell.answer }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+<script>
+// The filter only hides rows: with scripts off, or printed, every row shows and the controls stay hidden.
+(function () {
+  var table = document.getElementById("examples");
+  var controls = document.getElementById("example-filters");
+  var arm = document.getElementById("filter-arm");
+  var outcome = document.getElementById("filter-outcome");
+  var disagree = document.getElementById("filter-disagree");
+  var count = document.getElementById("filter-count");
+  var rows = Array.prototype.slice.call(table.tBodies[0].rows);
+  function apply() {
+    var shown = 0;
+    rows.forEach(function (row) {
+      var cells = Array.prototype.filter.call(row.cells, function (cell) {
+        return cell.hasAttribute("data-arm") && (!arm.value || cell.getAttribute("data-arm") === arm.value);
+      });
+      var keep = (!outcome.value || cells.some(function (cell) {
+        return cell.getAttribute("data-outcome") === outcome.value;
+      })) && (!disagree.checked || row.hasAttribute("data-disagree"));
+      row.hidden = !keep;
+      if (keep) { shown += 1; }
+    });
+    count.textContent = shown + " of " + rows.length + " items shown";
+  }
+  [arm, outcome, disagree].forEach(function (control) { control.addEventListener("change", apply); });
+  controls.hidden = false;
+  apply();
+})();
+</script>{% endif %}
 <p><small>Generated by tuneorprompt {{ r.environment.packages.tuneorprompt }}; commit {{ r.environment.git_commit }}.</small></p>
 </body></html>
 """
@@ -162,30 +222,65 @@ def _frontier(report: dict) -> str | None:
     return _png(figure)
 
 
-def disagreements(records: dict[str, list[list[ExampleRecord]]], references: dict[str, str], limit: int = 20):
-    """Test items (first seed of each arm) where some arms are right and others wrong."""
+EXAMPLES_SHOWN = 500  # rows of the examples table; more would make the page slow to open
+
+
+def example_rows(records: dict[str, list[list[ExampleRecord]]], references: dict[str, str],
+                 limit: int = EXAMPLES_SHOWN) -> tuple[list[str], list[dict], int]:
+    """The examples table: one row per test item with each arm's answer (first seed of each arm),
+    marked right or wrong in the strict view. Every item when there are at most `limit`; else the
+    items where the arms disagree first (they say the most), then the others, in test order.
+    Returns the arm names (columns), the rows, and the number of test items."""
     names = list(records)
+    if not names:
+        return names, [], 0
     first_seed = {name: {r.example_id: r for r in records[name][0]} for name in names}
     rows = []
-    for example_id in first_seed[names[0]] if names else []:
-        cells = [first_seed[name][example_id] for name in names]
-        if len({c.correct >= 0.5 for c in cells}) > 1:
-            rows.append({"id": example_id, "reference": references.get(example_id, ""),
-                         "answers": [{"answer": c.answer, "correct": c.correct >= 0.5} for c in cells]})
-        if len(rows) >= limit:
-            break
-    return names, rows
+    for record in records[names[0]][0]:
+        if not all(record.example_id in first_seed[name] for name in names):
+            continue
+        cells = [first_seed[name][record.example_id] for name in names]
+        rows.append({
+            "id": record.example_id,
+            "reference": references.get(record.example_id) or (record.targets[0] if record.targets else ""),
+            "disagree": len({c.correct >= 0.5 for c in cells}) > 1,
+            "answers": [{"arm": name, "answer": c.answer, "correct": c.correct >= 0.5} for name, c in zip(names, cells)],
+        })
+    if len(rows) <= limit:
+        return names, rows, len(rows)
+    order = {id(row): index for index, row in enumerate(rows)}
+    chosen = sorted(rows, key=lambda row: not row["disagree"])[:limit]  # a stable sort keeps test order within each
+    return names, sorted(chosen, key=lambda row: order[id(row)]), len(rows)
+
+
+def _bars_alt(report: dict, metric: str, scale: float, unit: str, target: float | None) -> str:
+    """The bar chart in words, for a screen reader or a page whose images did not load."""
+    values = "; ".join(
+        f"{a['name']} {scale * a[metric]['value']:.1f}{unit} [{scale * a[metric]['ci_low']:.1f}, "
+        f"{scale * a[metric]['ci_high']:.1f}]" for a in report["arms"]
+    )
+    line = f"; dashed line: the target, {target:.0f}{unit}" if target is not None else ""
+    return f"Bar chart of {metric} per arm with 95% confidence intervals{line}. {values}."
 
 
 def render_html(report: dict, records: dict[str, list[list[ExampleRecord]]], references: dict[str, str]) -> str:
-    plots = [("Task accuracy", _bars(report, "accuracy", 100, 100 * report["target"]["accuracy"])),
-             ("Response relevance", _bars(report, "relevance", 1, None))]
+    target = 100 * report["target"]["accuracy"]
+    plots = [("Task accuracy", _bars_alt(report, "accuracy", 100, "%", target), _bars(report, "accuracy", 100, target)),
+             ("Response relevance", _bars_alt(report, "relevance", 1, "", None), _bars(report, "relevance", 1, None))]
     if report.get("learning_curve"):
-        plots.append(("Learning curves", _learning_curve(report["learning_curve"])))
+        curve = report["learning_curve"]
+        plots.append(("Learning curves", f"Line chart of accuracy against {curve['x_label']}: few-shot with k demos "
+                      f"and {curve['finetune_kind']} with n training examples, with 95% confidence intervals"
+                      + (f"; fine-tuning overtakes at {curve['crossover']}." if curve.get("crossover") else "."),
+                      _learning_curve(curve)))
     frontier = _frontier(report)
     if frontier:
-        plots.append(("Accuracy against cost per query", frontier))
+        points = "; ".join(f"{a['name']} {100 * a['accuracy']['value']:.1f}% at {a['flops_per_query'] / 1e9:.3g} GFLOPs"
+                           for a in report["arms"] if a.get("flops_per_query"))
+        plots.append(("Accuracy against cost per query",
+                      f"Scatter plot of accuracy against inference FLOPs per query, one point per arm. {points}.",
+                      frontier))
     shown = {a["name"]: records[a["name"]] for a in report["arms"] if a["name"] in records}
-    names, rows = disagreements(shown, references)
+    names, rows, n_examples = example_rows(shown, references)
     return _ENV.from_string(PAGE).render(r=report, plots=plots, notes=shortened_prompts(report),
-                                         disagreement_arms=names, disagreements=rows)
+                                         example_arms=names, examples=rows, n_examples=n_examples)

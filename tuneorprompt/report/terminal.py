@@ -35,7 +35,7 @@ def print_summary(report: dict, console: Console) -> None:
     target = report["target"]["accuracy"]
     table = Table(title=f"{report['name']}: {report['data']['n_test']} test items, target accuracy {target:.0%}")
     columns = ("arm", "accuracy % [95% CI]", "lenient % [95% CI]", "relevance [95% CI]", "prompt tok", "gen tok",
-               "ms/query", "train s")
+               "ms/query", "train s", "peak MiB")
     for column in columns:
         table.add_column(column, justify="left" if column == "arm" else "right", no_wrap=True)
     recommended = (report.get("recommendation") or {}).get("arm")
@@ -51,6 +51,7 @@ def print_summary(report: dict, console: Console) -> None:
             f"{arm['generated_tokens']:.1f}",
             f"{1000 * arm['seconds_per_query']:.1f}",
             f"{training['wall_seconds']:.0f}" if training else "-",
+            f"{arm['peak_rss_mb']:.0f}" if arm.get("peak_rss_mb") else "-",
         )
     console.print(table)
     for note in shortened_prompts(report):

@@ -1,0 +1,314 @@
+"""`kind: openai` against real servers: `transformers serve` on the bundled testbed model (its answers
+compared with the local HF backend's for the same greedy prompts), and a tiny http.server that
+answers 429/503 before 200 (retries). Also the config seam (`kind`), the API key's handling, and
+`kind: vllm` without vLLM installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tuneorprompt.backends import load_backend, local_weights
+from tuneorprompt.backends.hf import load_hf_backend
+from tuneorprompt.backends.openai import OpenAIBackend, ServedModelError, load_openai_backend
+from tuneorprompt.config import (
+    ConfigError,
+    ModelConfig,
+    OpenAIModelConfig,
+    VLLMModelConfig,
+    config_from_dict,
+)
+from tuneorprompt.experiment import run_experiment
+from tuneorprompt.records import GenerationSettings, Message
+
+TESTBED = Path(__file__).resolve().parents[1] / "tuneorprompt" / "testbed"
+CAPITALS = TESTBED / "tasks" / "capitals"
+# A plain-text chat template (the testbed tokenizer has no chat tokens), added to a copy of the model
+# so one server answers both modes.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+SECRET = "sk-test-do-not-leak-6f1c2b"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---- config seam --------------------------------------------------------------------------------------
+
+
+BASE = {"data": {"file": str(CAPITALS / "dev.jsonl")}}
+
+
+def test_kind_defaults_to_hf_so_existing_configs_keep_their_meaning():
+    config = config_from_dict({**BASE, "model": {"path": "some/model"}})
+    assert isinstance(config.model, ModelConfig) and config.model.kind == "hf"
+    assert local_weights(config.model) is config.model
+
+
+def test_openai_kind_validates_and_errors_name_the_field():
+    model = {"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m", "context_length": 256}
+    config = config_from_dict({**BASE, "model": model})
+    assert isinstance(config.model, OpenAIModelConfig) and config.model.mode == "completions"
+    assert local_weights(config.model) is None  # no local_path: fine-tuning arms are skipped
+    with pytest.raises(ConfigError, match=r"model\.context_lenght: unknown key"):
+        config_from_dict({**BASE, "model": {**model, "context_lenght": 256}})
+    with pytest.raises(ConfigError, match=r"model\.context_length: Field required"):
+        config_from_dict({**BASE, "model": {k: v for k, v in model.items() if k != "context_length"}})
+    chat = config_from_dict({**BASE, "model": {**model, "mode": "chat", "local_path": "/weights"}}).model
+    assert local_weights(chat) == ModelConfig(path="/weights", chat_template=True)
+
+
+def test_missing_api_key_variable_is_a_config_error_naming_field_and_variable(monkeypatch):
+    monkeypatch.delenv("TUNEORPROMPT_TEST_KEY", raising=False)
+    spec = OpenAIModelConfig(kind="openai", base_url="http://127.0.0.1:1/v1", model="m", context_length=64,
+                             api_key_env="TUNEORPROMPT_TEST_KEY")
+    with pytest.raises(ConfigError, match=r"model\.api_key_env: the environment variable TUNEORPROMPT_TEST_KEY is not set"):
+        load_backend(spec)
+
+
+def test_vllm_kind_without_vllm_installed_says_what_to_install():
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    spec = VLLMModelConfig(kind="vllm", path=str(TESTBED / "model"))
+    with pytest.raises(ImportError, match=r"model\.kind: vllm needs vLLM.*pip install 'tuneorprompt\[vllm\]'"):
+        load_backend(spec)
+
+
+def test_chat_render_is_a_stable_unambiguous_key():
+    spec = OpenAIModelConfig(kind="openai", base_url="http://x/v1", model="m", context_length=64, mode="chat")
+    backend = OpenAIBackend(client=None, spec=spec)
+    # A role boundary inside a message's text must not read as a turn of its own.
+    tricky = (Message("user", 'hi"}, {"role": "assistant'), )
+    plain = (Message("user", "hi"), Message("assistant", ""))
+    assert backend.render(tricky) != backend.render(plain)
+    assert backend.render("hi") == backend.render((Message("user", "hi"),))  # a plain prompt is one user turn
+    assert json.loads(backend.render(plain)) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]
+    completions = OpenAIBackend(client=None, spec=spec.model_copy(update={"mode": "completions"}))
+    with pytest.raises(ValueError, match="completions mode"):
+        completions.render(plain)
+    assert completions.fingerprint != backend.fingerprint
+
+
+# ---- retries, against a real (tiny) HTTP server ----------------------------------------------------------
+
+
+class FlakyServer:
+    """Answers each POST with the next status of `script` (then 200 with a completion); lists model "m"."""
+
+    def __init__(self, script: list[int]):
+        self.script = list(script)
+        self.posts = 0
+        self.headers_seen: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet test output
+                pass
+
+            def _send(self, status: int, body: dict, headers: dict | None = None):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["content-length"]))
+                outer.posts += 1
+                outer.headers_seen.append(self.headers.get("authorization", ""))
+                if outer.script:
+                    # retry-after-ms keeps the test fast; the client's own backoff would wait ~0.5 s and more.
+                    self._send(outer.script.pop(0), {"error": {"message": "busy"}}, {"retry-after-ms": "10"})
+                    return
+                self._send(200, {
+                    "id": "c", "object": "text_completion", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "text": " Paris\nmore", "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+                })
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("failures", [[429], [503, 502]])
+def test_retries_429_and_5xx_then_answers(failures, monkeypatch):
+    monkeypatch.setenv("TUNEORPROMPT_TEST_KEY", SECRET)
+    with FlakyServer(failures) as server:
+        spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="m", context_length=64,
+                                 api_key_env="TUNEORPROMPT_TEST_KEY", max_retries=3)
+        completion, = load_openai_backend(spec).generate(["Capital of France?"], GenerationSettings(8, ("\n",)))
+        assert server.posts == len(failures) + 1
+    assert server.headers_seen == [f"Bearer {SECRET}"] * server.posts  # the key goes to the server only
+    assert completion.text == " Paris"  # the server returned past the stop string: cut here as the HF backend cuts
+    assert (completion.prompt_tokens, completion.generated_tokens) == (7, 2)  # from `usage`
+
+
+def test_gives_up_after_max_retries_with_the_servers_status():
+    with FlakyServer([429, 429, 429]) as server:
+        spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="m", context_length=64, max_retries=1)
+        with pytest.raises(ServedModelError, match=r"answered HTTP 429 to generate request 0"):
+            load_openai_backend(spec).generate(["x"], GenerationSettings(8))
+        assert server.posts == 2
+
+
+def test_a_model_the_server_does_not_list_is_an_error_before_any_arm():
+    with FlakyServer([]) as server:
+        spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="other", context_length=64)
+        with pytest.raises(ServedModelError, match=r"model\.model: 'other' is not served at .*it serves 'm'"):
+            load_openai_backend(spec)
+
+
+# ---- a real model server: transformers serve -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served_model(tmp_path_factory):
+    """`transformers serve` on a copy of the testbed model (with a chat template), offline, on a free
+    port of 127.0.0.1; stopped when the module's tests are done."""
+    if shutil.which("transformers", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("transformers serve is not installed (pip install 'transformers[serving]')")
+    model_dir = tmp_path_factory.mktemp("served") / "model"
+    shutil.copytree(TESTBED / "model", model_dir)
+    (model_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    port = free_port()
+    # HF_HUB_CACHE: an existing, empty folder; with none, /v1/models answers 500 offline.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path_factory.mktemp("hub-cache")),
+           "OMP_NUM_THREADS": "1"}
+    log = (model_dir.parent / "serve.log").open("w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "transformers"), "serve", str(model_dir), "--host", "127.0.0.1",
+         "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"transformers serve exited ({server.returncode}): {(model_dir.parent / 'serve.log').read_text()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("transformers serve did not become ready in 180 s")
+            time.sleep(0.5)
+        yield {"url": f"http://127.0.0.1:{port}/v1", "model_dir": model_dir}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def capitals_prompts(n: int = 24) -> list[str]:
+    rows = [json.loads(line) for line in (CAPITALS / "dev.jsonl").read_text().splitlines()[:n]]
+    return [f"Question: {row['input']}\nAnswer:" for row in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["completions", "chat"])
+def test_served_answers_match_the_local_backend(served_model, mode):
+    """The same greedy prompts through `transformers serve` and through the local HF backend."""
+    settings = GenerationSettings(max_new_tokens=16, stop=("\n",))
+    chat = mode == "chat"
+    prompts = capitals_prompts()
+    if chat:
+        prompts = [(Message("system", "Answer with the capital only."), Message("user", p)) for p in prompts]
+    spec = OpenAIModelConfig(kind="openai", base_url=served_model["url"], model=str(served_model["model_dir"]),
+                             mode=mode, context_length=256, tokenizer=str(served_model["model_dir"]), concurrency=4)
+    served = load_openai_backend(spec).generate(prompts, settings)
+    local_backend = load_hf_backend(ModelConfig(path=str(served_model["model_dir"]), device="cpu", chat_template=chat))
+    local = local_backend.generate(prompts, settings)
+    identical = sum(s.text == l.text for s, l in zip(served, local))
+    print(f"{mode}: {identical}/{len(prompts)} identical answers")
+    assert identical == len(prompts), [(s.text, l.text) for s, l in zip(served, local) if s.text != l.text]
+    # Token counts: the server's `usage` against the local tokenization of the same prompt.
+    assert [s.prompt_tokens for s in served] == [l.prompt_tokens for l in local]
+    assert [s.generated_tokens for s in served] == [l.generated_tokens for l in local]
+    # The local tokenizer counts as the server does (so demos are fitted to the real context).
+    assert [load_openai_backend(spec).count_tokens(p) for p in prompts[:3]] == [s.prompt_tokens for s in served[:3]]
+
+
+@pytest.mark.slow
+def test_a_run_through_the_server_reports_its_backend_skips_fine_tuning_and_never_writes_the_key(
+    served_model, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TUNEORPROMPT_TEST_KEY", SECRET)
+    config = {
+        "name": "served",
+        "model": {"kind": "openai", "base_url": served_model["url"], "model": str(served_model["model_dir"]),
+                  "context_length": 256, "api_key_env": "TUNEORPROMPT_TEST_KEY"},
+        "data": {k: str(CAPITALS / f"{k}.jsonl") for k in ("train", "dev", "test")} | {"max_test": 12},
+        "generation": {"max_new_tokens": 16},
+        "arms": ["baseline", {"kind": "few_shot", "k": [2]}, "lora"],
+        "learning_curve": {"enabled": True},
+    }
+    console = Console(file=open(tmp_path / "terminal.txt", "w"), width=200)
+    result = run_experiment(config, tmp_path / "run", console=console)
+    report = result.report
+    assert report["protocol"]["model"]["kind"] == "openai"
+    assert {a["name"]: a["backend"] for a in report["arms"]} == {"baseline": "openai", "few_shot@2": "openai"}
+    skipped = {s["arm"] for s in report["skipped_arms"]}
+    assert skipped == {"lora", "learning_curve"}
+    assert [w["arm"] for w in report["warnings"] if w["code"] == "skipped_arm"] == ["lora", "learning_curve"]
+    console.file.close()
+    terminal = (tmp_path / "terminal.txt").read_text()
+    assert "Skipping lora" in terminal and "model.local_path" in terminal
+    assert "lora was not run" in (tmp_path / "run" / "report.html").read_text()
+    for path in [tmp_path / "terminal.txt", *(tmp_path / "run").rglob("*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert "TUNEORPROMPT_TEST_KEY" in (tmp_path / "run" / "config.yaml").read_text()  # the variable's name only
+
+
+@pytest.mark.slow
+def test_with_local_weights_fine_tuning_arms_train_here_and_say_so(served_model, tmp_path):
+    config = {
+        "name": "served-lora",
+        "model": {"kind": "openai", "base_url": served_model["url"], "model": str(served_model["model_dir"]),
+                  "context_length": 256, "local_path": str(served_model["model_dir"])},
+        "data": {k: str(CAPITALS / f"{k}.jsonl") for k in ("train", "dev", "test")} | {"max_test": 12},
+        "generation": {"max_new_tokens": 16},
+        "arms": ["baseline", {"kind": "lora", "epochs": 1, "max_train_examples": 16, "learning_rates": [1e-3]}],
+    }
+    report = run_experiment(config, tmp_path / "run", console=Console(file=open(os.devnull, "w"))).report
+    assert {a["name"]: a["backend"] for a in report["arms"]} == {"baseline": "openai", "lora": "hf"}
+    assert report["skipped_arms"] == [] and report["protocol"]["model"]["chat_template"] is False

@@ -1,0 +1,212 @@
+"""MLflow tracking against a real local SQLite store, read back through `MlflowClient`: what a
+finished run logs, and that a failed or killed run never stays RUNNING nor loses its files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sys
+
+import pytest
+from rich.console import Console
+
+pytest.importorskip("mlflow", reason="tracking tests need the mlflow extra: pip install -e '.[mlflow]'")
+from mlflow import MlflowClient  # noqa: E402
+
+from tests.fakes import ScriptedBackend  # noqa: E402
+from tests.test_experiment import answer_by_instruction, write_task  # noqa: E402
+from tuneorprompt.config import ConfigError, config_from_dict  # noqa: E402
+from tuneorprompt.experiment import run_experiment  # noqa: E402
+from tuneorprompt.tracking import (  # noqa: E402
+    MAX_PARAM_VALUE,
+    TrackingError,
+    check_tracking,
+    config_params,
+    metric_prefix,
+    result_metrics,
+)
+
+
+def tracked_config(tmp_path, **tracking) -> dict:
+    return {
+        "name": "tracked",
+        "model": {"path": "unused-with-an-injected-backend"},
+        "data": write_task(tmp_path / "data", n=12),
+        "arms": ["baseline", {"kind": "few_shot", "k": [2]}],
+        "target": {"accuracy": 0.3},
+        "tracking": {"backend": "mlflow", **tracking},
+    }
+
+
+def only_run(run_dir, experiment="tracked"):
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} in {run_dir / 'mlflow.db'}"
+    runs = client.search_runs([found.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_a_finished_run_logs_config_results_recommendation_and_report(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_experiment(tracked_config(tmp_path), run_dir, backend=ScriptedBackend(answer_by_instruction))
+    client, run = only_run(run_dir)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tracked"
+
+    params = run.data.params
+    assert params["model.path"] == "unused-with-an-injected-backend"
+    assert params["arms.0.kind"] == "baseline" and params["arms.1.k"] == "[2]"
+    assert params["target.accuracy"] == "0.3" and params["tracking.uri"] == "null"
+
+    metrics = run.data.metrics
+    for arm in result.report["arms"]:
+        prefix = metric_prefix(arm["name"])
+        for figure in ("accuracy", "accuracy_lenient", "relevance"):
+            assert metrics[f"{prefix}/{figure}"] == pytest.approx(arm[figure]["value"])
+            assert metrics[f"{prefix}/{figure}_ci_low"] == pytest.approx(arm[figure]["ci_low"])
+            assert metrics[f"{prefix}/{figure}_ci_high"] == pytest.approx(arm[figure]["ci_high"])
+        assert metrics[f"{prefix}/prompt_tokens"] == pytest.approx(arm["prompt_tokens"])
+        assert metrics[f"{prefix}/flops_per_query"] == pytest.approx(arm["flops_per_query"])
+    assert "few_shot_2/accuracy" in metrics  # `few_shot@2`: `@` is not allowed in an MLflow name
+
+    tags = run.data.tags
+    assert tags["recommendation"] == (result.report["recommendation"]["arm"] or "none")
+    assert tags["recommendation.reason"] == result.report["recommendation"]["reason"]
+    assert json.loads(tags["arms"]) == {"baseline": "baseline", "few_shot_2": "few_shot@2"}
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.json", "report.html", "config.yaml", "environment.json"} <= artifacts
+    # The default store keeps its artifacts in the run directory, not in ./mlruns of the caller.
+    assert (run_dir / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_failed_run_is_marked_failed(tmp_path):
+    def broken(prompt: str) -> str:
+        raise RuntimeError("the model server went away")
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="went away"):
+        run_experiment(tracked_config(tmp_path), run_dir, backend=ScriptedBackend(broken))
+    _, run = only_run(run_dir)
+    assert run.info.status == "FAILED"
+    assert run.data.params["model.path"]  # params were logged at the start
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_run_stopped_by_ctrl_c_or_sigterm_is_marked_killed(tmp_path, signum):
+    def killed(prompt: str) -> str:
+        # Ctrl-C, or what a scheduler's timeout sends (terminate_as_interrupt makes it RunInterrupted).
+        os.kill(os.getpid(), signum)
+        return " unreachable\n"
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tracked_config(tmp_path), run_dir, backend=ScriptedBackend(killed))
+    _, run = only_run(run_dir)
+    assert run.info.status == "KILLED"
+
+
+def test_a_tracker_that_fails_only_warns_and_the_results_are_kept(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("artifact store full")
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", refuse)
+    out = io.StringIO()
+    run_dir = tmp_path / "run"
+    run_experiment(tracked_config(tmp_path), run_dir, backend=ScriptedBackend(answer_by_instruction),
+                   console=Console(file=out, width=400))
+    assert "Tracking warning" in out.getvalue() and "artifact store full" in out.getvalue()
+    assert (run_dir / "report.json").is_file() and (run_dir / "report.html").is_file()
+    _, run = only_run(run_dir)
+    assert run.info.status == "FINISHED"
+
+
+def test_an_unreachable_tracker_leaves_the_run_untracked_with_a_warning(tmp_path):
+    out = io.StringIO()
+    run_dir = tmp_path / "run"
+    result = run_experiment(tracked_config(tmp_path, uri="nosuchscheme://tracker"), run_dir,
+                            backend=ScriptedBackend(answer_by_instruction), console=Console(file=out, width=400))
+    assert "cannot start an MLflow run at nosuchscheme://tracker" in out.getvalue()
+    assert result.report["arms"] and (run_dir / "report.json").is_file()
+
+
+def test_an_experiment_name_and_uri_are_used_as_given(tmp_path, monkeypatch):
+    store = tmp_path / "shared" / "mlflow.db"
+    store.parent.mkdir()
+    run_dir = tmp_path / "run"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # MLflow puts a new experiment's artifacts in ./mlruns of the working directory
+    run_experiment(tracked_config(tmp_path, uri=f"sqlite:///{store}", experiment="team"), run_dir,
+                   backend=ScriptedBackend(answer_by_instruction))
+    assert not (run_dir / "mlflow.db").exists()
+    _, run = only_run(store.parent, experiment="team")
+    assert run.info.status == "FINISHED"
+
+
+# ---- config and names -----------------------------------------------------------------------------
+
+
+def test_params_are_flat_masked_and_cut_to_mlflows_limit():
+    params = config_params({
+        "model": {"path": "gpt2", "api_key": "sk-123", "headers": {"Authorization": "Bearer x"}},
+        "prompt": {"instructions": ["x" * 10_000]},
+        "generation": {"max_new_tokens": 32, "stop": ["\n"]},
+        "seeds": [0, 1],
+        "costs": {"price_per_hour": None},
+    })
+    assert params["model.path"] == "gpt2"
+    assert params["model.api_key"] == "***" and params["model.headers.Authorization"] == "***"
+    assert params["generation.max_new_tokens"] == "32" and params["generation.stop"] == '["\\n"]'
+    assert params["seeds"] == "[0, 1]" and params["costs.price_per_hour"] == "null"
+    assert len(params["prompt.instructions"]) == MAX_PARAM_VALUE
+    assert params["prompt.instructions"].endswith("[truncated; the full value is in the config.yaml artifact]")
+
+
+def test_training_costs_and_prices_become_metrics_and_unmeasured_ones_are_left_out():
+    interval = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}
+    report = {
+        "arms": [{"name": "lora+instruction", "accuracy": interval, "accuracy_lenient": None, "relevance": interval,
+                  "prompt_tokens": 10.0, "generated_tokens": 2.0, "seconds_per_query": 0.5,
+                  "queries_per_second": 2.0, "flops_per_query": None,
+                  "training": {"wall_seconds": 30.0, "flops": 1e12, "train_tokens": 500, "peak_gpu_mb": None,
+                               "extra": {"learning_rate": 1e-4}}}],
+        "costs": [{"arm": "lora+instruction", "per_query": {"price": 0.002}, "one_time": {"price": 1.5},
+                   "total_price_at_expected_queries": 21.5}],
+        "recommendation": {"meets_target": {"lora+instruction": True}},
+    }
+    metrics = result_metrics(report)
+    assert metrics["lora_instruction/accuracy_ci_low"] == 0.8 and metrics["lora_instruction/meets_target"] == 1.0
+    assert metrics["lora_instruction/training_seconds"] == 30.0 and metrics["lora_instruction/training_flops"] == 1e12
+    assert metrics["lora_instruction/price_per_query"] == 0.002
+    assert metrics["lora_instruction/total_price_at_expected_queries"] == 21.5
+    for absent in ("accuracy_lenient", "flops_per_query", "training_peak_gpu_mb", "training_extra"):
+        assert f"lora_instruction/{absent}" not in metrics
+
+
+def test_arm_names_become_valid_metric_prefixes():
+    assert metric_prefix("few_shot@2") == "few_shot_2"
+    assert metric_prefix("lora+instruction") == "lora_instruction"
+    assert metric_prefix("baseline") == "baseline"
+
+
+def test_an_unknown_tracking_key_is_named(tmp_path):
+    raw = tracked_config(tmp_path)
+    raw["tracking"]["urii"] = "x"
+    with pytest.raises(ConfigError, match=r"tracking\.urii: unknown key"):
+        config_from_dict(raw)
+    raw["tracking"] = {"backend": "wandb"}
+    with pytest.raises(ConfigError, match=r"tracking\.backend"):
+        config_from_dict(raw)
+
+
+def test_tracking_without_mlflow_installed_fails_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
+    config = config_from_dict(tracked_config(tmp_path))
+    with pytest.raises(TrackingError, match=r"tracking\.backend: mlflow .*tuneorprompt\[mlflow\]"):
+        check_tracking(config.tracking)
+    with pytest.raises(TrackingError):
+        run_experiment(config, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,187 @@
+"""`kind: openai`: a model behind an OpenAI-compatible server (`transformers serve`, vLLM's and
+llama.cpp's servers, a hosted API), through the official `openai` client
+(`pip install 'tuneorprompt[openai]'`).
+
+Decisions that keep its answers comparable with the local backend's, and where they are made:
+- Decoding: greedy (temperature 0) with a fixed `seed` where the server uses one; `max_tokens` and
+  stop strings from the run's `GenerationSettings`. The text is cut at the first stop string here
+  too (`hf._cut_at_stop`): some servers return the stop string, some do not, and the OpenAI API
+  takes at most four of them (more are cut here only, after the server has generated past them).
+- Prompts: completions mode sends the rendered text to /v1/completions and the server tokenizes it
+  (its BOS handling, not `hf.encode_prompt`'s, decides the first token). Chat mode sends the
+  conversation to /v1/chat/completions and the server's chat template renders it; `render` is the
+  conversation as JSON (role boundaries unambiguous), which keys the generation cache.
+- Identity: the fingerprint is the server's URL, the served model name, the mode, `revision` (a label
+  the user changes when the weights behind the name change) and the seed. The server cannot prove
+  which weights it runs, so that label is the user's word.
+- Tokens: prompt and completion counts come from the response's `usage`; fitting demos into the context
+  needs counts before a request, from a local tokenizer (`tokenizer`, else `local_path`) or, without
+  one, an estimate (UTF-8 bytes: never fewer tokens than a byte-level tokenizer gives).
+- Failures: the client retries 429, 5xx, timeouts and lost connections `max_retries` times with
+  exponential backoff (honouring Retry-After); other errors stop the run with the server's message.
+- The API key is read from the environment variable `api_key_env` names when the backend is made,
+  and given only to the client: it is never part of the config, fingerprint, store or report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+from tuneorprompt.backends.hf import _cut_at_stop, encode_prompt
+from tuneorprompt.config import ConfigError, OpenAIModelConfig
+from tuneorprompt.keys import content_key
+from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
+
+# Sent when `api_key_env` is None: local servers ignore the key, but the client requires one.
+PLACEHOLDER_KEY = "EMPTY"
+MAX_STOP_STRINGS = 4  # what the OpenAI API accepts in `stop`
+# Without a tokenizer, per chat message: room for the role markers a chat template adds.
+_ESTIMATED_TOKENS_PER_MESSAGE = 16
+
+
+class ServedModelError(ValueError):
+    """A server that cannot be reached, refuses the key, does not serve the model, or rejects a request."""
+
+
+def api_key(spec: OpenAIModelConfig) -> str:
+    if spec.api_key_env is None:
+        return PLACEHOLDER_KEY
+    value = os.environ.get(spec.api_key_env)
+    if not value:
+        raise ConfigError(
+            f"model.api_key_env: the environment variable {spec.api_key_env} is not set; it must hold the API key "
+            f"for {spec.base_url} (or remove api_key_env for a local server that needs no key)"
+        )
+    return value
+
+
+def load_openai_backend(spec: OpenAIModelConfig) -> "OpenAIBackend":
+    try:
+        import openai
+    except ImportError:
+        raise ImportError(
+            "model.kind: openai needs the openai client: pip install 'tuneorprompt[openai]'"
+        ) from None
+    client = openai.OpenAI(
+        base_url=spec.base_url, api_key=api_key(spec), max_retries=spec.max_retries, timeout=spec.timeout
+    )
+    _check_served(client, spec)
+    return OpenAIBackend(client, spec, _token_counter(spec))
+
+
+def _check_served(client, spec: OpenAIModelConfig) -> None:
+    """Fail before any arm runs when the server is down, refuses the key, or does not list the model."""
+    import openai
+
+    try:
+        served = [model.id for model in client.models.list()]
+    except openai.NotFoundError:
+        return  # a server without /v1/models: the first request will tell
+    except openai.AuthenticationError:
+        raise ServedModelError(
+            f"{spec.base_url} refused the API key (from ${spec.api_key_env or 'nothing: placeholder key'}); "
+            "check model.api_key_env"
+        ) from None
+    except openai.APIError as error:
+        raise ServedModelError(f"cannot list the models served at {spec.base_url}: {error}") from None
+    if spec.model not in served:
+        raise ServedModelError(
+            f"model.model: {spec.model!r} is not served at {spec.base_url}; it serves {', '.join(map(repr, served))}"
+        )
+
+
+def _token_counter(spec: OpenAIModelConfig) -> Callable[[Prompt], int] | None:
+    """Counts with the local tokenizer of the same model, rendered as the server renders it."""
+    source = spec.tokenizer or spec.local_path
+    if source is None:
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    chat = spec.mode == "chat"
+    if chat and tokenizer.chat_template is None:
+        raise ConfigError(f"model.tokenizer: {source!r} has no chat template, so it cannot count chat prompts")
+    return lambda prompt: len(encode_prompt(tokenizer, prompt, chat))
+
+
+def _turns(prompt: Prompt) -> tuple[Message, ...]:
+    return (Message("user", prompt),) if isinstance(prompt, str) else prompt
+
+
+class OpenAIBackend:
+    """A served model behind the `Backend` protocol; requests go out `concurrency` at a time."""
+
+    def __init__(self, client, spec: OpenAIModelConfig, count: Callable[[Prompt], int] | None = None):
+        self.client = client
+        self.spec = spec
+        self.chat_template = spec.mode == "chat"
+        self.context_length = spec.context_length
+        self.num_parameters = None
+        self.fingerprint = content_key(
+            "openai", spec.base_url.rstrip("/"), spec.model, spec.mode, spec.revision, spec.seed
+        )
+        self._count = count
+
+    def render(self, prompt: Prompt) -> str:
+        if not self.chat_template:
+            if not isinstance(prompt, str):
+                raise ValueError("a chat conversation was given to a served model in completions mode (model.mode)")
+            return prompt
+        turns = [{"role": turn.role, "content": turn.content} for turn in _turns(prompt)]
+        return json.dumps(turns, ensure_ascii=False)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        if self._count is not None:
+            return self._count(prompt)
+        if not self.chat_template:
+            return len(self.render(prompt).encode("utf-8")) + 1  # + a BOS the server may add
+        turns = _turns(prompt)
+        return sum(len(t.content.encode("utf-8")) + _ESTIMATED_TOKENS_PER_MESSAGE for t in turns) + (
+            _ESTIMATED_TOKENS_PER_MESSAGE  # the assistant header the answer follows
+        )
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
+        texts = [self.render(prompt) for prompt in prompts]  # a wrong kind of prompt fails before any request
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
+            answers = list(pool.map(lambda item: self._request(*item, settings), enumerate(prompts)))
+        seconds = (time.perf_counter() - started) / max(1, len(texts))  # seconds per query, as the HF backend
+        return [Completion(text, prompt_tokens, generated, seconds) for text, prompt_tokens, generated in answers]
+
+    def _request(self, index: int, prompt: Prompt, settings: GenerationSettings) -> tuple[str, int, int]:
+        import openai
+
+        options = {
+            "model": self.spec.model,
+            "max_tokens": settings.max_new_tokens,
+            "temperature": 0.0,
+            "stop": list(settings.stop[:MAX_STOP_STRINGS]) or None,
+        }
+        if self.spec.seed is not None:
+            options["seed"] = self.spec.seed
+        try:
+            if self.chat_template:
+                messages = [{"role": turn.role, "content": turn.content} for turn in _turns(prompt)]
+                response = self.client.chat.completions.create(messages=messages, **options)
+                text = response.choices[0].message.content or ""
+            else:
+                response = self.client.completions.create(prompt=prompt, **options)
+                text = response.choices[0].text
+        except openai.APIStatusError as error:
+            raise ServedModelError(
+                f"{self.spec.base_url} answered HTTP {error.status_code} to generate request {index} "
+                f"(model {self.spec.model!r}): {error.message}"
+            ) from None
+        except openai.APIError as error:  # connection lost or timed out after every retry
+            raise ServedModelError(
+                f"generate request {index} to {self.spec.base_url} failed after {self.spec.max_retries} retries: {error}"
+            ) from None
+        usage = response.usage
+        prompt_tokens = usage.prompt_tokens if usage else self.count_tokens(prompt)
+        # A server without `usage`: the answer's UTF-8 bytes, the same upper-bound estimate as count_tokens.
+        generated = usage.completion_tokens if usage else len(text.encode("utf-8"))
+        return _cut_at_stop(text, settings.stop), prompt_tokens, generated

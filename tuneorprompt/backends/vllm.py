@@ -1,0 +1,76 @@
+"""`kind: vllm`: prompt arms generate with vLLM in this process (`pip install 'tuneorprompt[vllm]'`;
+vLLM needs a CUDA GPU and pins its own torch). Fine-tuning arms still train and serve the same
+`path` with transformers (`backends.local_weights`).
+
+Prompts go to vLLM as token ids from `hf.encode_prompt`, so the model sees exactly the tokens the HF
+backend and fine-tuning give it; decoding is greedy (temperature 0) with the run's max_new_tokens and
+stop strings, and the text is cut at the first stop string as the HF backend cuts it. vLLM's batched
+kernels round differently from transformers', so near-ties may decode differently from `kind: hf`:
+the fingerprint says "vllm", and the two never share cached answers.
+
+Not tested in this repository's CI (vLLM does not install on its CPU machines); only the error for a
+missing package is.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from tuneorprompt.backends.hf import (
+    _cut_at_stop,
+    encode_prompt,
+    fingerprint_model,
+    render_prompt,
+    uses_chat_template,
+)
+from tuneorprompt.config import VLLMModelConfig
+from tuneorprompt.keys import content_key
+from tuneorprompt.records import Completion, GenerationSettings, Prompt
+
+
+def load_vllm_backend(spec: VLLMModelConfig) -> "VLLMBackend":
+    try:
+        import vllm
+    except ImportError:
+        raise ImportError(
+            "model.kind: vllm needs vLLM, which is not installed: pip install 'tuneorprompt[vllm]' (a CUDA GPU "
+            "is needed), or use kind: hf for the same model with transformers"
+        ) from None
+    llm = vllm.LLM(
+        model=spec.path, revision=spec.revision, dtype=spec.dtype, seed=spec.seed,
+        tensor_parallel_size=spec.tensor_parallel_size, gpu_memory_utilization=spec.gpu_memory_utilization,
+    )
+    return VLLMBackend(llm, spec)
+
+
+class VLLMBackend:
+    def __init__(self, llm, spec: VLLMModelConfig):
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+        self.chat_template = uses_chat_template(spec.chat_template, self.tokenizer)
+        model_config = llm.llm_engine.model_config
+        self.context_length = model_config.max_model_len
+        self.num_parameters = None  # vLLM does not expose its parameter count
+        self.fingerprint = content_key(
+            "vllm", fingerprint_model(spec.path, spec.revision), str(model_config.dtype), self.chat_template
+        )
+
+    def render(self, prompt: Prompt) -> str:
+        return render_prompt(self.tokenizer, prompt, self.chat_template)
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(encode_prompt(self.tokenizer, prompt, self.chat_template))
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
+        from vllm import SamplingParams, TokensPrompt
+
+        ids = [encode_prompt(self.tokenizer, prompt, self.chat_template) for prompt in prompts]
+        sampling = SamplingParams(temperature=0.0, max_tokens=settings.max_new_tokens, stop=list(settings.stop))
+        started = time.perf_counter()
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], sampling, use_tqdm=False)
+        seconds = (time.perf_counter() - started) / max(1, len(ids))
+        return [
+            Completion(_cut_at_stop(out.outputs[0].text, settings.stop), len(i), len(out.outputs[0].token_ids), seconds)
+            for i, out in zip(ids, outputs)
+        ]

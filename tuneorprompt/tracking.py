@@ -1,0 +1,276 @@
+"""Experiment tracking: a run's config, results and report also logged to MLflow, to browse and
+compare runs in `mlflow ui`.
+
+The run directory stays the record; the tracker holds a copy. Two rules follow:
+- A tracker that cannot be reached, or fails while logging, only warns: the run goes on, and its
+  results are written to the run directory before anything is logged, so none is ever lost.
+- The tracked run always ends with a final status: FINISHED, FAILED on an exception, KILLED on
+  Ctrl-C or SIGTERM (`rundir.terminate_as_interrupt` makes SIGTERM a KeyboardInterrupt); never
+  left RUNNING, which MLflow would show forever as a run still in progress.
+
+What is logged (see `log_results` for the names): the resolved config as params (`model.path`,
+`arms.0.kind`, ...), per arm the three headline figures with their 95% CI (`baseline/accuracy`,
+`baseline/accuracy_ci_low`, ...) and its costs, the recommendation as tags, and report.json,
+report.html, config.yaml and environment.json as artifacts.
+
+The MLflow client is used directly (`MlflowClient`), not `mlflow.start_run`: the fluent API keeps
+the tracking URI and the active run in global state, which a notebook's own MLflow use would share.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.markup import escape
+
+from tuneorprompt.config import ExperimentConfig, TrackingConfig
+
+# MLflow's limits (mlflow/utils/validation.py): longer param values are refused, not cut, and a
+# batch holds at most 100 params or tags and 1000 metrics.
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+TRUNCATED = " ... [truncated; the full value is in the config.yaml artifact]"
+
+# Metric and param names may hold only these characters; arm names such as `few_shot@2` or
+# `lora+instruction` are logged with the others replaced by "_" (the `arms` tag maps them back).
+_NOT_ALLOWED_IN_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+# Config values that may carry credentials (an endpoint's key or headers) are not copied into
+# params, which every viewer of the tracking server can read.
+_SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|token|authorization|headers|credentials?)$", re.I)
+
+ARTIFACTS = ("report.json", "report.html", "config.yaml", "environment.json")
+
+
+class TrackingError(ValueError):
+    """Tracking asked for and impossible before the run starts (MLflow not installed); a ValueError,
+    so the CLI shows it as a set-up mistake with its message, not a traceback."""
+
+
+def check_tracking(tracking: TrackingConfig | None) -> None:
+    """Fail before any work when `tracking` names a tracker whose package is missing; a missing
+    package is a set-up mistake to fix now, not something to find out after an hour of training."""
+    if tracking is None:
+        return
+    try:
+        import mlflow  # noqa: F401
+        import sqlalchemy  # noqa: F401  # mlflow-skinny reads SQLite stores only with these two
+        import alembic  # noqa: F401
+    except ImportError as error:
+        raise TrackingError(
+            f"tracking.backend: mlflow needs the MLflow client ({error.name} is not installed): "
+            "pip install 'tuneorprompt[mlflow]'"
+        ) from None
+
+
+def tracking_uri(tracking: TrackingConfig, run_dir: Path) -> str:
+    """The configured URI, or a SQLite store in the run directory (absolute, so the URI does not
+    depend on the working directory of whoever opens it later)."""
+    return tracking.uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+@contextmanager
+def track_run(config: ExperimentConfig, run_dir: Path, console: Console, enabled: bool = True) -> Iterator[Tracker]:
+    """Within the block, an MLflow run is open (or nothing, without `config.tracking`); it ends
+    FINISHED when the block completes, KILLED on KeyboardInterrupt, FAILED on any other exception.
+    The exception itself always propagates unchanged."""
+    tracker = Tracker.start(config, Path(run_dir), console) if enabled and config.tracking else Tracker(None, None)
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+
+
+class Tracker:
+    """One MLflow run; every method warns instead of raising. Without a client it does nothing."""
+
+    def __init__(self, client: Any, run_id: str | None, run_dir: Path | None = None, console: Console | None = None):
+        self.client, self.run_id, self.run_dir, self.console = client, run_id, run_dir, console
+
+    @classmethod
+    def start(cls, config: ExperimentConfig, run_dir: Path, console: Console) -> Tracker:
+        """Open a run in the configured experiment (created when missing) and log the config as params."""
+        tracking = config.tracking
+        uri = tracking_uri(tracking, run_dir)
+        try:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            name = tracking.experiment or config.name
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                # In the run directory's own store the artifacts go next to it; MLflow's default
+                # would be ./mlruns in whatever directory the run was started from.
+                location = (run_dir.resolve() / "mlartifacts").as_uri() if tracking.uri is None else None
+                experiment_id = client.create_experiment(name, artifact_location=location)
+            else:
+                experiment_id = experiment.experiment_id
+            run = client.create_run(experiment_id, run_name=config.name, tags=_start_tags(run_dir))
+        except Exception as error:  # noqa: BLE001  (any tracker failure: warn, and run untracked)
+            _warn(console, f"cannot start an MLflow run at {uri} ({type(error).__name__}: {error}); "
+                           f"this run is not tracked, its results are written to {run_dir} as always")
+            return cls(None, None)
+        tracker = cls(client, run.info.run_id, run_dir, console)
+        tracker._guarded("log the config as params", tracker._log_params, config)
+        return tracker
+
+    def log_results(self, report: dict) -> None:
+        """Metrics, tags and artifacts of a finished run; call after the report files are written."""
+        self._guarded("log the results", self._log_results, report)
+
+    def end(self, status: str) -> None:
+        if self.client is None:
+            return
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except KeyboardInterrupt:
+            # A second Ctrl-C while ending: still never leave the run RUNNING.
+            self._guarded("mark the run KILLED", self.client.set_terminated, self.run_id, "KILLED")
+            raise
+        except Exception as error:  # noqa: BLE001
+            self._warning(f"could not mark MLflow run {self.run_id} {status} ({type(error).__name__}: {error})")
+
+    # ---- what is logged -------------------------------------------------------------------------
+
+    def _log_params(self, config: ExperimentConfig) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(key, value) for key, value in config_params(config.model_dump(mode="json")).items()]
+        for start in range(0, len(params), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=params[start:start + PARAMS_PER_BATCH], synchronous=True)
+
+    def _log_results(self, report: dict) -> None:
+        import time
+
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, 0) for key, value in result_metrics(report).items()]
+        tags = [RunTag(key, value) for key, value in result_tags(report).items()]
+        for start in range(0, len(metrics), METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + METRICS_PER_BATCH], synchronous=True)
+        for start in range(0, len(tags), PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=tags[start:start + PARAMS_PER_BATCH], synchronous=True)
+        for name in ARTIFACTS:
+            if (self.run_dir / name).is_file():
+                self.client.log_artifact(self.run_id, str(self.run_dir / name))
+
+    # ---- failures warn, never raise -------------------------------------------------------------
+
+    def _guarded(self, what: str, function, *args) -> None:
+        if self.client is None:
+            return
+        try:
+            function(*args)
+        except Exception as error:  # noqa: BLE001  (the run's own files are already safe on disk)
+            self._warning(f"could not {what} to MLflow run {self.run_id} ({type(error).__name__}: {error})")
+
+    def _warning(self, message: str) -> None:
+        where = f"; the run's results are in {self.run_dir}" if self.run_dir else ""
+        _warn(self.console, message + where)
+
+
+def _warn(console: Console | None, message: str) -> None:
+    (console or Console(stderr=True)).print(f"[bold yellow]Tracking warning:[/] {escape(message)}")
+
+
+def _start_tags(run_dir: Path) -> dict[str, str]:
+    from tuneorprompt.experiment import git_commit  # provenance lives there; imported late (no cycle)
+
+    tags = {"tuneorprompt.run_dir": str(run_dir.resolve())}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+# ---- pure: config and report -> MLflow names and values --------------------------------------------
+
+
+def config_params(config: dict[str, Any]) -> dict[str, str]:
+    """The config flattened to dotted keys (`model.path`, `arms.0.kind`, `seeds`): nested mappings
+    and lists of mappings are walked, other lists and scalars are written as JSON (a string as
+    itself). Values longer than MLflow accepts are cut with a note; credentials are masked."""
+    params: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else str(name))
+            return
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            for index, item in enumerate(value):
+                walk(item, f"{key}.{index}")
+            return
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, "", {}, []):
+            text = "***"
+        if len(text) > MAX_PARAM_VALUE:
+            text = text[:MAX_PARAM_VALUE - len(TRUNCATED)] + TRUNCATED
+        params[_NOT_ALLOWED_IN_NAME.sub("_", key)] = text
+
+    walk(config, "")
+    return params
+
+
+def metric_prefix(arm: str) -> str:
+    return _NOT_ALLOWED_IN_NAME.sub("_", arm)
+
+
+def result_metrics(report: dict) -> dict[str, float]:
+    """Per arm `<arm>/<name>`: accuracy, accuracy_lenient and relevance with `_ci_low`/`_ci_high`
+    (accuracies as fractions 0-1, relevance on the report's 0-100 scale), `meets_target` (0/1), the
+    per-query costs, the training costs of fine-tuned arms, and prices where the config gives them."""
+    metrics: dict[str, float] = {}
+    meets = report.get("recommendation", {}).get("meets_target", {})
+    costs = {row["arm"]: row for row in report.get("costs") or []}
+    for arm in report["arms"]:
+        prefix = metric_prefix(arm["name"])
+
+        def put(name: str, value: Any) -> None:
+            if isinstance(value, (int, float)):  # None (not measured) and dicts (training extras) are left out
+                metrics[f"{prefix}/{name}"] = float(value)
+
+        for figure in ("accuracy", "accuracy_lenient", "relevance"):
+            interval = arm.get(figure)
+            if interval:
+                put(figure, interval["value"])
+                put(f"{figure}_ci_low", interval["ci_low"])
+                put(f"{figure}_ci_high", interval["ci_high"])
+        if arm["name"] in meets:
+            put("meets_target", meets[arm["name"]])
+        for cost in ("prompt_tokens", "generated_tokens", "seconds_per_query", "queries_per_second", "flops_per_query"):
+            put(cost, arm.get(cost))
+        for name, value in (arm.get("training") or {}).items():
+            put("training_seconds" if name == "wall_seconds" else f"training_{name}", value)
+        row = costs.get(arm["name"], {})
+        put("price_per_query", row.get("per_query", {}).get("price"))
+        put("one_time_price", row.get("one_time", {}).get("price"))
+        put("total_price_at_expected_queries", row.get("total_price_at_expected_queries"))
+    return metrics
+
+
+def result_tags(report: dict) -> dict[str, str]:
+    """The recommendation (`recommendation`: the arm, or `none` when no arm meets the target), its
+    reason, the most accurate arm, the warnings' codes, and the metric prefix of each arm."""
+    decision = report.get("recommendation") or {}
+    tags = {
+        "recommendation": decision.get("arm") or "none",
+        "recommendation.reason": decision.get("reason") or "",
+        "recommendation.best": decision.get("best") or "",
+        "warnings": ",".join(w["code"] for w in report.get("warnings") or []),
+        "arms": json.dumps({metric_prefix(a["name"]): a["name"] for a in report["arms"]}, ensure_ascii=False),
+    }
+    return {key: value if len(value) <= MAX_TAG_VALUE else value[:MAX_TAG_VALUE - 3] + "..." for key, value in tags.items()}
