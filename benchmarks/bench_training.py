@@ -1,7 +1,7 @@
 """Fine-tuning throughput: tuneorprompt's training path against a naive Trainer loop, on data of varied lengths.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --threads 1            # SmolLM2-135M-Instruct
-    OMP_NUM_THREADS=1 python benchmarks/bench_training.py --model testbed --smoke  # CI: seconds
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_training --threads 1            # SmolLM2-135M-Instruct
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_training --model testbed --smoke  # CI: seconds
 
 Three sides train the same model from the same weights on the same token ids (the inference prompt, the
 answer, EOS), one epoch at the same batch size, full fine-tuning:
@@ -52,6 +52,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from benchmarks.common import model_dir, update_results
 from tuneorprompt.backends.hf import uses_chat_template
 from tuneorprompt.config import FineTuneArm, ModelConfig, PromptConfig
 from tuneorprompt.finetune import TrainingExample, _lora_config, build_trainer, training_dataset
@@ -59,23 +60,11 @@ from tuneorprompt.prompts import PromptFormat
 from tuneorprompt.records import Example
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results.json"
 TASKS = {
     "smollm2": [ROOT / "tuneorprompt" / "realworld" / "tasks" / t / "train.jsonl" for t in ("capitals", "cities")],
     "testbed": [ROOT / "tuneorprompt" / "testbed" / "tasks" / t / "train.jsonl" for t in ("capitals", "newfacts")],
 }
 DEMOS = (0, 0, 1, 2, 4, 8)
-
-
-def model_dir(name: str) -> str:
-    if name == "smollm2":
-        from tuneorprompt.backends.gguf import dequantized_dir
-        from tuneorprompt.testbed.demo import smollm2_file
-
-        return str(dequantized_dir(smollm2_file()))
-    if name == "testbed":
-        return str(ROOT / "tuneorprompt" / "testbed" / "model")
-    return name
 
 
 def varied_examples(files: list[Path], tokenizer, context: int, n: int, seed: int) -> tuple[list[TrainingExample], bool]:
@@ -187,15 +176,6 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def write_results(figures: dict) -> None:
-    """Merge into benchmarks/results.json (other benchmarks own other keys): read, update, replace."""
-    data = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
-    data.update(figures)
-    temporary = RESULTS.with_name(f"{RESULTS.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, RESULTS)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="smollm2 (default), testbed, or a model directory")
@@ -286,8 +266,7 @@ def main() -> None:
     if args.model != "smollm2" or args.kind != "full" or set(sides) != {"naive", "grouped", "ours"}:
         print("results.json: written only for --model smollm2, full, all sides", file=sys.stderr)
         return
-    write_results({key: value for key, value in figures.items()})
-    print(f"wrote {sorted(figures)} to {RESULTS}")
+    update_results(figures)
 
 
 if __name__ == "__main__":

@@ -526,3 +526,21 @@ def test_model_code_runs_only_with_trust_remote_code(tiny_gpt2_dir, tmp_path):
     assert not marker.exists()
     assert type(load(model_dir, revision=COMMIT, trust_remote_code=True).model).__name__ == "CustomGPT2"
     assert marker.exists()
+
+
+def test_released_weights_load_again_on_next_use_with_the_same_answers(tiny_llama_dir):
+    backend = load(tiny_llama_dir, batch_size=4)
+    settings = GenerationSettings(max_new_tokens=8, stop=())
+    before = backend.generate(PROMPTS, settings)
+    first_model = backend.model
+    backend.release()
+    assert backend._model is None  # freed: fine-tuning trains its own copy meanwhile
+    assert [c.text for c in backend.generate(PROMPTS, settings)] == [c.text for c in before]
+    assert backend.model is not first_model
+
+
+def test_a_backend_over_weights_in_memory_keeps_them_on_release(tiny_gpt2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    backend = HFBackend(model, AutoTokenizer.from_pretrained(tiny_gpt2_dir), fingerprint="in memory")
+    backend.release()  # nothing could load them again (a model being fine-tuned is served this way)
+    assert backend.model is model

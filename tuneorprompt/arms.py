@@ -33,7 +33,7 @@ from tuneorprompt.config import (
 from tuneorprompt.decide import CostEstimate
 from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
 from tuneorprompt.keys import content_key, jsonable
-from tuneorprompt.memory import peak_rss_mb, reset_peak_rss
+from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.prompts import PlacedInstruction, PromptFormat, PromptRecipe, compile_template
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
 from tuneorprompt.retrieval import Embed, NearestDemos, PassageRetriever, RandomDemos
@@ -262,6 +262,9 @@ class FineTune:
         base = local_weights(ctx.config.model)  # not None: plan_run skips fine-tuning arms without local weights
         job = content_key(ctx.base.fingerprint, describe_job(base, self.spec, examples, seed, dev_key))
         out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}-{job[:12]}"
+        # Training loads its own copy of the base model: the run's copy is freed meanwhile (and loaded
+        # again by the next arm that asks it for a generation), so no arm holds two.
+        ctx.base.release()
         tuned = finetune(base, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
                 "model_dir": str(tuned.model_dir),

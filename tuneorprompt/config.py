@@ -62,7 +62,8 @@ class ModelConfig(Strict):
         64, ge=1, description="Prompts per generation batch (their shared prefix is computed once; see backends/hf.py)."
     )
     num_threads: int | None = Field(
-        None, ge=1, description="torch CPU threads. None leaves torch's default; 1 is steadiest on a shared machine."
+        None, ge=1, description="torch CPU threads. None: the cores not busy with other work when the model loads "
+        "(see tuneorprompt/machine.py); 1 is steadiest on a machine shared with other jobs."
     )
     chat_template: bool | Literal["auto"] = Field(
         "auto",

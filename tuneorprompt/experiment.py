@@ -22,6 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from rich.console import Console
 
@@ -53,6 +54,7 @@ from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
 from tuneorprompt.evaluate import Scorer, overlong_prompts
 from tuneorprompt.keys import content_key, examples_key, file_sha256, texts_key
+from tuneorprompt.machine import free_cores
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
 from tuneorprompt.progress import make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
@@ -164,6 +166,10 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     # every later load, for inference and fine-tuning, reads.
     if isinstance(config.model, ModelConfig):
         config = config.model_copy(update={"model": local_model_config(config.model)})
+        if config.model.num_threads is None:
+            # Chosen once, here, while this process is idle: every later load (fine-tuned models
+            # included) uses the same count, and environment.json records it.
+            config = config.model_copy(update={"model": config.model.model_copy(update={"num_threads": free_cores()})})
     arms, skipped, config = _without_local_weights(arms, config)
     if backend is None:
         backend = load_backend(config.model)
@@ -361,7 +367,7 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-            "git_commit": git_commit()}
+            "git_commit": git_commit(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 def git_commit() -> str | None:

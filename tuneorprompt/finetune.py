@@ -24,11 +24,11 @@ setup -> train -> select -> write results:
    by the caller's evaluator alone.
 
 Why transformers' Trainer and not TRL's SFTTrainer: SFTTrainer (TRL 1.16) always computes the loss
-through its chunked log-prob kernel, which runs as plain torch ops where there is no Triton (CPU).
-Measured with benchmarks/bench_training.py (one CPU thread, full fine-tuning, 160 capitals examples,
-batch 8), in real tokens per second relative to a naive loop padded to the longest example: on the
-testbed model (2k vocabulary) SFTTrainer 0.94-0.96x, this path 1.12x; on a 32k-vocabulary model
-SFTTrainer 0.72x, this path 1.18x. The loss is the same (mean cross-entropy over the answer tokens).
+through its chunked log-prob kernel, which runs as plain torch ops where there is no Triton (CPU),
+and it offers neither of the two savings below; in an earlier measurement on one CPU thread it ran
+at 0.72-0.96x the tokens/s of a naive Trainer loop. The loss is the same (mean cross-entropy over
+the answer tokens). What this path gains is measured by benchmarks/bench_training.py against that
+naive loop (random batches padded to their longest sequence, logits at every position).
 
 Keys and reuse. A learning rate's run depends on the model, the training data, the arm's settings
 (all but the grid: epochs shape the schedule), the seed, and how dev is scored (`dev_key`: dev
@@ -100,7 +100,7 @@ from tuneorprompt.backends.hf import (
 )
 from tuneorprompt.backends import ServeTrained
 from tuneorprompt.config import FineTuneArm, ModelConfig
-from tuneorprompt.memory import peak_rss_mb, reset_peak_rss
+from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.keys import content_key
 from tuneorprompt.records import Prompt, TrainingCost
 from tuneorprompt.stats import training_flops

@@ -10,7 +10,7 @@ model:
   dtype: float32              # float32 | bfloat16 | float16 | auto
   device: auto                # auto | cpu | cuda | cuda:1
   batch_size: 64              # prompts per generation batch; lower it if a long-prompt batch runs out of memory
-  num_threads: null           # torch CPU threads; 1 is steadiest on a shared machine
+  num_threads: null           # torch CPU threads; null: the cores free at start; 1 is steadiest on a shared machine
   chat_template: auto         # auto: the tokenizer's chat template when it has one (instruct models)
   # allow_pickle: false       # also load pickle *.bin weights; pickle can run code, so only files you trust
   # trust_remote_code: false  # run the model repository's own Python code; needs revision: <40-hex commit>

@@ -44,3 +44,10 @@ class CachedBackend:
 
     def count_tokens(self, prompt: Prompt) -> int:
         return self.inner.count_tokens(prompt)
+
+    def release(self) -> None:
+        """Frees the wrapped backend's weights where it can load them again (`HFBackend.release`);
+        a served model holds none here."""
+        release = getattr(self.inner, "release", None)
+        if release is not None:
+            release()

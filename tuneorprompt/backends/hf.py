@@ -23,12 +23,14 @@ Decisions that make arms comparable, and where they are made:
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import inspect
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -211,7 +213,7 @@ class HFBackend:
 
     def __init__(
         self, model, tokenizer, *, fingerprint: str, batch_size: int = 64, chat_template: bool = False,
-        reuse_prefix: bool = True,
+        reuse_prefix: bool = True, reload: Callable[[], object] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -220,10 +222,10 @@ class HFBackend:
                 raise ModelLoadError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an EOS token")
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        model.eval()
-        model.generation_config = _greedy_generation_config(model, tokenizer)
-        self.model = model
         self.tokenizer = tokenizer
+        self._model = self._for_serving(model)
+        self._reload = reload  # loads the same weights again after `release`; None: they stay in memory
+        self._served_as = (model.dtype, model.device.type)
         self.fingerprint = serving_fingerprint(fingerprint, model, chat_template)
         self.batch_size = batch_size
         self.chat_template = chat_template
@@ -233,6 +235,29 @@ class HFBackend:
         eos = model.generation_config.eos_token_id
         self._eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
         self._cache_argument = _cache_argument(model)
+
+    def _for_serving(self, model):
+        model.eval()
+        model.generation_config = _greedy_generation_config(model, self.tokenizer)
+        return model
+
+    @property
+    def model(self):
+        """The model, loaded again (the same files, dtype and device) if `release` freed it."""
+        if self._model is None:
+            model = self._for_serving(self._reload())
+            if (model.dtype, model.device.type) != self._served_as:  # the fingerprint says how it is served
+                raise ModelLoadError(f"the model reloaded as {model.dtype} on {model.device.type}, not as {self._served_as}")
+            self._model = model
+        return self._model
+
+    def release(self) -> None:
+        """Frees the weights until the next use loads them again. Fine-tuning calls it before training
+        its own copy, so that no arm holds two copies of the base model. A backend made from weights
+        in memory (no `reload`) keeps them."""
+        if self._reload is not None:
+            self._model = None
+            gc.collect()
 
     def render(self, prompt: Prompt) -> str:
         return render_prompt(self.tokenizer, prompt, self.chat_template)
@@ -518,12 +543,33 @@ def load_hf_backend(config: ModelConfig, adapter: Path | None = None) -> HFBacke
         _refuse_pickle_only(config, local)
     source = str(local) if local else config.path
     tried = f"local directory {local}" if local else f"hub id {config.path!r} (revision {config.revision or 'main'})"
-    try:
+    with _load_errors(config, tried):
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
-        device, dtype = resolve_device_and_dtype(config)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device, **model_load_options(config))
+    fingerprint = fingerprint_model(source, config.revision)
+    if adapter is not None:
+        fingerprint = _adapter_fingerprint(fingerprint, Path(adapter))
+
+    def load_model():
+        with _load_errors(config, tried):
+            device, dtype = resolve_device_and_dtype(config)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, device_map=device, **model_load_options(config)
+            )
+        return model if adapter is None else _with_adapter(model, Path(adapter))
+
+    return HFBackend(
+        load_model(), tokenizer, fingerprint=fingerprint, batch_size=config.batch_size,
+        chat_template=uses_chat_template(config.chat_template, tokenizer), reload=load_model,
+    )
+
+
+@contextmanager
+def _load_errors(config: ModelConfig, tried: str) -> Iterator[None]:
+    """transformers' load failures as one `ModelLoadError` naming the model and what was tried."""
+    try:
+        yield
     except Exception as error:
         if _raised_in_torch_load(error):
             raise ModelLoadError(
@@ -537,25 +583,20 @@ def load_hf_backend(config: ModelConfig, adapter: Path | None = None) -> HFBacke
                 f"{error}"
             ) from None
         raise
-    fingerprint = fingerprint_model(source, config.revision)
-    if adapter is not None:
-        model, fingerprint = _with_adapter(model, fingerprint, Path(adapter))
-    return HFBackend(
-        model, tokenizer, fingerprint=fingerprint, batch_size=config.batch_size,
-        chat_template=uses_chat_template(config.chat_template, tokenizer),
-    )
 
 
-def _with_adapter(model, base_fingerprint: str, adapter: Path):
+def _with_adapter(model, adapter: Path):
     from peft import PeftModel
 
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelLoadError(f"adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
     try:
-        model = PeftModel.from_pretrained(model, adapter)
+        return PeftModel.from_pretrained(model, adapter)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelLoadError(
             f"cannot load adapter {adapter} onto the model with PeftModel.from_pretrained: {error}"
         ) from None
-    combined = hashlib.sha256((base_fingerprint + fingerprint_files(_fingerprinted_files(adapter))).encode())
-    return model, combined.hexdigest()
+
+
+def _adapter_fingerprint(base_fingerprint: str, adapter: Path) -> str:
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    return hashlib.sha256((base_fingerprint + fingerprint_files(_fingerprinted_files(adapter))).encode()).hexdigest()
