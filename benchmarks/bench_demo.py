@@ -14,6 +14,7 @@ child). Thread counts are the demos' own settings (the testbed: 1; SmolLM2: the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -56,15 +57,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"bench-demo-{demo}-") as scratch:
             arguments = ["demo", *DEMOS[demo], "--out", str(Path(scratch) / "run"), *extra]
             first, first_peak = timed_command(arguments)
+            threads = json.loads((Path(scratch) / "run" / "environment.json").read_text())["torch_threads"]
             rerun, rerun_peak = timed_command(arguments)
         label = "tuneorprompt demo" + (" --model smollm2" if demo == "smollm2" else "")
-        print_figure(f"{label}", first, "s")
+        print_figure(f"{label} ({threads} torch threads)", first, "s")
         print_figure(f"{label} peak RSS", first_peak, "MiB")
         print_figure(f"{label} re-run unchanged", rerun, "s", rerun / first)
         print_figure(f"{label} re-run peak RSS", rerun_peak, "MiB")
         prefix = "demo" if demo == "testbed" else "real_demo"
         figures |= {f"{prefix}_seconds": round(first, 1), f"{prefix}_peak_rss_mb": round(first_peak),
-                    f"{prefix}_rerun_seconds": round(rerun, 1), f"{prefix}_rerun_time_fraction": round(rerun / first, 3)}
+                    f"{prefix}_rerun_seconds": round(rerun, 1), f"{prefix}_threads": threads, f"{prefix}_rerun_time_fraction": round(rerun / first, 3)}
     if "demo_rerun_time_fraction" in figures:
         figures["rerun_time_fraction"] = figures["demo_rerun_time_fraction"]
     if not args.smoke:
