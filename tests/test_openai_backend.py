@@ -292,7 +292,9 @@ def test_a_run_through_the_server_reports_its_backend_skips_fine_tuning_and_neve
     console.file.close()
     terminal = (tmp_path / "terminal.txt").read_text()
     assert "Skipping lora" in terminal and "model.local_path" in terminal
-    assert "lora was not run" in (tmp_path / "run" / "report.html").read_text()
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "lora was not run" in html
+    assert html.count("<small>(openai)</small>") == 2  # each arm's row names the backend that answered it
     for path in [tmp_path / "terminal.txt", *(tmp_path / "run").rglob("*")]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path

@@ -70,7 +70,7 @@ strategy {{ r.strategy }}.</p>
 <thead><tr><th scope="col">arm</th><th scope="col">accuracy % [95% CI]</th><th scope="col">lenient accuracy % [95% CI]</th>
 <th scope="col">relevance [95% CI]</th><th scope="col">prompt tokens</th>
 <th scope="col">generated tokens</th><th scope="col">ms / query</th><th scope="col">GFLOPs / query</th><th scope="col">training s</th><th scope="col">training PFLOPs</th><th scope="col">peak RSS MiB</th></tr></thead>
-<tbody>{% for a in r.arms %}<tr><th scope="row">{{ a.name }}</th>
+<tbody>{% for a in r.arms %}<tr><th scope="row">{{ a.name }}{% if a.backend and r.protocol.model.kind != "hf" %}<br><small>({{ a.backend }})</small>{% endif %}</th>
 <td>{{ "%.1f [%.1f, %.1f]" | format(100 * a.accuracy.value, 100 * a.accuracy.ci_low, 100 * a.accuracy.ci_high) }}</td>
 <td>{% set l = a.accuracy_lenient %}{{ "%.1f [%.1f, %.1f]" | format(100 * l.value, 100 * l.ci_low, 100 * l.ci_high) if l else "-" }}</td>
 <td>{{ "%.1f [%.1f, %.1f]" | format(a.relevance.value, a.relevance.ci_low, a.relevance.ci_high) }}</td>
