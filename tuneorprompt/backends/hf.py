@@ -291,7 +291,7 @@ class HFBackend:
 
     def _prefill(self, prefix: list[int]) -> DynamicCache:
         """The KV cache of `prefix` alone: [1, heads, len(prefix), head_dim] per layer."""
-        cache = DynamicCache()
+        cache = self._new_cache()
         with torch.inference_mode():
             self.model(
                 input_ids=torch.tensor([prefix], device=self.model.device), use_cache=True, logits_to_keep=1,
@@ -319,7 +319,7 @@ class HFBackend:
         suffix_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
         mask = torch.cat([torch.ones(batch, len(prefix), dtype=suffix_mask.dtype, device=device), suffix_mask], 1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(prefix) :]  # [B, S]; pads get 0 (masked anyway)
-        cache = DynamicCache()
+        cache = self._new_cache()
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(batch)
@@ -350,6 +350,10 @@ class HFBackend:
             text = _cut_at_stop(self._decode(tokens[:length]), settings.stop)
             completions.append(Completion(text, len(prefix) + len(suffix), length, seconds))
         return completions
+
+    def _new_cache(self) -> DynamicCache:
+        # With the model's config, as `generate` makes it: sliding-window layers keep only their window.
+        return DynamicCache(config=self.model.config)
 
     def _last_logits(self, input_ids, mask, positions, cache: DynamicCache) -> torch.Tensor:
         """Next-token logits [rows, vocab] in float32 (as `generate` upcasts them), appending to `cache`."""
