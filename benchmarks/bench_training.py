@@ -194,7 +194,7 @@ def main() -> None:
 
     args.lr = args.lr or {"full": 1e-5, "lora": 1e-4}[args.kind]
     torch.set_num_threads(args.threads)
-    path = model_dir(args.model)
+    path = str(model_dir(args.model))
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = AutoModelForCausalLM.from_pretrained(path).config
     files = TASKS.get(args.model, TASKS["smollm2"])

@@ -97,14 +97,21 @@ def test_a_failed_run_is_marked_failed(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_run_stopped_by_ctrl_c_or_sigterm_is_marked_killed(tmp_path, signum):
+    # Python's own Ctrl-C handler, also where this process was started with SIGINT ignored (a shell
+    # starts background jobs so, and Python then leaves it ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
     def killed(prompt: str) -> str:
         # Ctrl-C, or what a scheduler's timeout sends (terminate_as_interrupt makes it RunInterrupted).
         os.kill(os.getpid(), signum)
         return " unreachable\n"
 
     run_dir = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(tracked_config(tmp_path), run_dir, backend=ScriptedBackend(killed))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(tracked_config(tmp_path), run_dir, backend=ScriptedBackend(killed))
+    finally:
+        signal.signal(signal.SIGINT, previous)
     _, run = only_run(run_dir)
     assert run.info.status == "KILLED"
 
