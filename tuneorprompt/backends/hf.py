@@ -319,8 +319,9 @@ class HFBackend:
         suffix_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
         mask = torch.cat([torch.ones(batch, len(prefix), dtype=suffix_mask.dtype, device=device), suffix_mask], 1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(prefix) :]  # [B, S]; pads get 0 (masked anyway)
-        cache = self._new_cache()
-        if prefix_cache is not None:
+        if prefix_cache is None:
+            cache = self._new_cache()
+        else:  # a copy per batch: decoding appends to it in place
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(batch)
         stop_window = 4 * max((len(s) for s in settings.stop), default=0) + 1
@@ -331,7 +332,7 @@ class HFBackend:
             for _ in range(settings.max_new_tokens):
                 tokens = logits.argmax(-1)  # [rows]; greedy, ties to the lowest id as in `generate`
                 finished = []
-                for slot, (row, token) in enumerate(zip(rows.tolist(), tokens.tolist())):
+                for row, token in zip(rows.tolist(), tokens.tolist()):
                     generated[row].append(token)
                     finished.append(token in self._eos_ids or self._has_stop(generated[row], settings.stop, stop_window))
                 keep = torch.tensor([not done for done in finished])
