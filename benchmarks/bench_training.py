@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ from benchmarks.common import model_dir, update_results
 from tuneorprompt.backends.hf import uses_chat_template
 from tuneorprompt.config import FineTuneArm, ModelConfig, PromptConfig
 from tuneorprompt.finetune import TrainingExample, _lora_config, build_trainer, training_dataset
-from tuneorprompt.prompts import PromptFormat
+from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.records import Example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +68,20 @@ TASKS = {
 DEMOS = (0, 0, 1, 2, 4, 8)
 
 
+@dataclass(frozen=True)
+class DrawnDemos:
+    """Each example's own seeded draw of demonstrations, as a `PromptRecipe` demo source."""
+
+    by_id: dict[str, list[Example]]
+    k: int = max(DEMOS)
+
+    def __call__(self, example: Example) -> list[Example]:
+        return self.by_id[example.id]
+
+
 def varied_examples(files: list[Path], tokenizer, context: int, n: int, seed: int) -> tuple[list[TrainingExample], bool]:
-    """Each example's prompt with a seeded number of demonstrations; demos dropped until it fits."""
+    """Each example's prompt, built by the tool's own `PromptRecipe`, with a seeded number of
+    demonstrations; the farthest demos are dropped until it fits `context`."""
     pool = []
     for path in files:
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -78,18 +91,18 @@ def varied_examples(files: list[Path], tokenizer, context: int, n: int, seed: in
     chat = uses_chat_template("auto", tokenizer)
     fmt = PromptFormat(PromptConfig(), chat=chat)
     rng = random.Random(seed)
+    chosen = rng.sample(pool, min(n, len(pool)))
+    drawn = {}
+    for example in chosen:
+        count = rng.choice(DEMOS)
+        drawn[example.id] = rng.sample([d for d in pool if d.id != example.id], count)
+    recipe = PromptRecipe(fmt, demos=DrawnDemos(drawn))
     examples = []
-    for example in rng.sample(pool, min(n, len(pool))):
-        demos = rng.sample([d for d in pool if d.id != example.id], rng.choice(DEMOS))
-        while True:
-            if chat:
-                prompt = fmt.conversation(fmt.plain(example), demos, None) if demos else fmt.plain(example)
-            else:
-                prompt = fmt.with_demonstrations(fmt.plain(example), demos)
-            candidate = TrainingExample(example.id, prompt, fmt.answer(example))
-            if not demos or len(training_dataset(tokenizer, [candidate], chat)["input_ids"][0]) <= context:
+    for example in chosen:
+        for kept in range(len(drawn[example.id]), -1, -1):
+            candidate = TrainingExample(example.id, recipe.build(example, max_demos=kept), fmt.answer(example))
+            if kept == 0 or len(training_dataset(tokenizer, [candidate], chat)["input_ids"][0]) <= context:
                 break
-            demos = demos[1:]
         examples.append(candidate)
     return examples, chat
 

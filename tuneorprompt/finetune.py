@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -89,19 +88,20 @@ from transformers import (
 )
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from tuneorprompt.backends import ServeTrained
 from tuneorprompt.backends.hf import (
     HFBackend,
     ModelLoadError,
     encode_prompt,
     fingerprint_model,
+    forward_parameters,
     load_hf_backend,
     model_load_options,
     uses_chat_template,
 )
-from tuneorprompt.backends import ServeTrained
 from tuneorprompt.config import FineTuneArm, ModelConfig
-from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.keys import content_key
+from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.records import Prompt, TrainingCost
 from tuneorprompt.stats import training_flops
 
@@ -550,8 +550,7 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # with tqdm off, Trainer would print every log dict
     # A model whose forward takes no `logits_to_keep` (older remote code) trains with the stock loss.
-    causal_lm = model.get_base_model() if arm.kind == "lora" else model
-    trainer.supervised_logits_only = "logits_to_keep" in inspect.signature(causal_lm.forward).parameters
+    trainer.supervised_logits_only = "logits_to_keep" in forward_parameters(model)
     return trainer
 
 

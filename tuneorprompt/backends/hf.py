@@ -465,11 +465,17 @@ class HFBackend:
             )
 
 
+def forward_parameters(model) -> set[str]:
+    """The keyword arguments a causal LM's `forward` takes; for a PEFT model, those of the model it
+    wraps (PEFT passes them through)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
+
+
 def _cache_argument(model) -> str:
     """The forward argument that takes the KV cache: `cache` since transformers 5.24, which deprecates
-    `past_key_values`. A PEFT model passes it through to the model it wraps."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    `past_key_values`."""
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
 
 def _shared_prefix(encoded: list[list[int]]) -> list[int]:
