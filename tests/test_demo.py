@@ -8,6 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from tests.golden_reports import as_text, machine, normalized, read_golden
 from tuneorprompt.cli import app
 
 pytestmark = pytest.mark.slow
@@ -23,8 +24,34 @@ def run_demo(task: str, out) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
-def test_capitals_prompting_helps_but_fine_tuning_wins(tmp_path):
-    report = run_demo("capitals", tmp_path / "capitals")
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory) -> dict:
+    """Each bundled demo run once for this module: task -> (report, run directory)."""
+    runs = {}
+
+    def run(task: str):
+        if task not in runs:
+            out = tmp_path_factory.mktemp("demo") / task
+            runs[task] = (run_demo(task, out), out)
+        return runs[task]
+
+    return run
+
+
+@pytest.mark.parametrize("task", ["capitals", "newfacts"])
+def test_demo_report_matches_its_golden_file(demo_runs, task):
+    """The report, without timings, memory and paths, is byte-identical to the golden one
+    (tests/golden): a change meant to keep behaviour must keep every number and sentence."""
+    report, run_dir = demo_runs(task)
+    written_on, golden = read_golden(f"demo-{task}")
+    if machine() != written_on:
+        pytest.skip(f"the golden report was written on {written_on}; this machine is {machine()}: a kernel may "
+                    "round differently here, so only the story-level tests apply")
+    assert as_text(normalized(report, run_dir)) == as_text(golden)
+
+
+def test_capitals_prompting_helps_but_fine_tuning_wins(demo_runs):
+    report, _ = demo_runs("capitals")
     arms = {a["name"]: a for a in report["arms"]}
     accuracy = {name: a["accuracy"]["value"] for name, a in arms.items()}
     prompt_arms = [a for a in report["arms"] if a["kind"] in PROMPT_KINDS]
@@ -55,8 +82,8 @@ def test_capitals_prompting_helps_but_fine_tuning_wins(tmp_path):
     assert report["break_even"] and report["costs"]
 
 
-def test_newfacts_only_context_reaches_the_facts(tmp_path):
-    report = run_demo("newfacts", tmp_path / "newfacts")
+def test_newfacts_only_context_reaches_the_facts(demo_runs):
+    report, _ = demo_runs("newfacts")
     arms = {a["name"]: a for a in report["arms"]}
     context = arms["context"]["accuracy"]
     for name, arm in arms.items():
