@@ -54,9 +54,9 @@ from transformers import (
 )
 
 from benchmarks.common import model_dir, update_results
-from tuneorprompt.backends.hf import uses_chat_template
 from tuneorprompt.config import FineTuneArm, ModelConfig, PromptConfig
-from tuneorprompt.finetune import TrainingExample, _lora_config, build_trainer, training_dataset
+from tuneorprompt.finetune import _lora_config, build_trainer
+from tuneorprompt.training_data import TrainingExample, training_dataset
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.records import Example
 
@@ -88,7 +88,7 @@ def varied_examples(files: list[Path], tokenizer, context: int, n: int, seed: in
             if line.strip():
                 row = json.loads(line)
                 pool.append(Example(row["id"], row["input"], (row["target"],)))
-    chat = uses_chat_template("auto", tokenizer)
+    chat = tokenizer.chat_template is not None  # chat_template: auto
     fmt = PromptFormat(PromptConfig(), chat=chat)
     rng = random.Random(seed)
     chosen = rng.sample(pool, min(n, len(pool)))

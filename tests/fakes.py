@@ -14,7 +14,6 @@ class ScriptedBackend:
     answer: Callable[[str], str]  # rendered prompt -> completion text
     fingerprint: str = "scripted"
     context_length: int = 4096
-    num_parameters: int | None = 1000
     chat_template: bool = False  # with True, conversations render as "role: content" lines
     prompts_seen: list[str] = field(default_factory=list)
 

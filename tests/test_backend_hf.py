@@ -28,10 +28,10 @@ from tuneorprompt.backends.hf import (
     PromptTooLongError,
     _shared_prefix,
     encode_prompt,
-    fingerprint_model,
     load_hf_backend,
 )
 from tuneorprompt.config import ModelConfig
+from tuneorprompt.model import fingerprint_directory
 from tuneorprompt.records import GenerationSettings, Message
 
 # Different lengths (1 to ~25 tokens), so batches carry real left padding.
@@ -376,9 +376,9 @@ def test_fingerprint_follows_how_the_model_is_served(tiny_gpt2_dir, tmp_path):
 def test_fingerprint_follows_the_weights(tiny_gpt2_dir, tmp_path):
     assert load(tiny_gpt2_dir).fingerprint == load(tiny_gpt2_dir).fingerprint
     copied = shutil.copytree(tiny_gpt2_dir, tmp_path / "copy")
-    assert fingerprint_model(str(copied), None) == fingerprint_model(str(tiny_gpt2_dir), None)
+    assert fingerprint_directory(copied) == fingerprint_directory(tiny_gpt2_dir)
     other = build_tiny_gpt2(tmp_path / "other-seed", seed=1)
-    assert fingerprint_model(str(other), None) != fingerprint_model(str(tiny_gpt2_dir), None)
+    assert fingerprint_directory(other) != fingerprint_directory(tiny_gpt2_dir)
 
 
 def test_hub_id_resolves_from_the_local_cache(tiny_gpt2_dir, tmp_path, monkeypatch):
@@ -394,17 +394,19 @@ def test_hub_id_resolves_from_the_local_cache(tiny_gpt2_dir, tmp_path, monkeypat
     assert backend.fingerprint == load(tiny_gpt2_dir).fingerprint  # the same files, served the same way
 
 
-def test_load_errors_name_the_path_and_what_was_tried(tmp_path, monkeypatch):
+def test_load_errors_name_the_path_and_what_was_tried(tiny_gpt2_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelLoadError, match="model directory '/no/such/model' does not exist"):
         load(Path("/no/such/model"))
     (tmp_path / "not-a-model").mkdir()
-    with pytest.raises(ModelLoadError, match=r"cannot load model .*not-a-model.*tried the local directory"):
+    with pytest.raises(ModelLoadError, match=r"model '.*not-a-model': no weight files"):
         load(tmp_path / "not-a-model")
-    with pytest.raises(ModelLoadError, match=r"cannot load model 'nobody/missing-model': tried the hub id"):
-        load_hf_backend(ModelConfig(path="nobody/missing-model", device="cpu"))
+    broken = shutil.copytree(tiny_gpt2_dir, tmp_path / "broken")
+    (broken / "config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match=r"cannot load model .*broken.*tried the directory"):
+        load(broken)
     with pytest.raises(ModelLoadError, match="'nobody/missing-model'.*not in the Hugging Face cache"):
-        fingerprint_model("nobody/missing-model", None)
+        load_hf_backend(ModelConfig(path="nobody/missing-model", device="cpu"))
 
 
 def test_adapter_changes_outputs_and_fingerprint(tiny_llama_dir, tmp_path):
@@ -489,7 +491,7 @@ def test_pickle_that_would_run_code_is_refused_before_it_runs(tiny_gpt2_dir, tmp
         weights.write_bytes(pickle.dumps(payload, protocol=2))
     else:
         weights.write_bytes(b"truncated download")
-    with pytest.raises(ModelLoadError, match=r"pickle weights \(\*\.bin\) in the local directory .* are corrupt"):
+    with pytest.raises(ModelLoadError, match=r"pickle weights \(\*\.bin\) in the directory .* are corrupt"):
         load(model_dir, allow_pickle=True)
     assert not marker.exists()
 
@@ -497,7 +499,7 @@ def test_pickle_that_would_run_code_is_refused_before_it_runs(tiny_gpt2_dir, tmp
 def test_corrupt_safetensors_is_a_load_error(tiny_gpt2_dir, tmp_path):
     model_dir = shutil.copytree(tiny_gpt2_dir, tmp_path / "model")
     (model_dir / "model.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ModelLoadError, match=r"cannot load model .*tried the local directory .*deserializing header"):
+    with pytest.raises(ModelLoadError, match=r"cannot load model .*tried the directory .*deserializing header"):
         load(model_dir)
 
 

@@ -16,17 +16,12 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import build_tiny_gpt2, build_tiny_llama
-from tuneorprompt.backends.hf import encode_prompt, fingerprint_model, load_hf_backend
+from tuneorprompt.backends.hf import encode_prompt, load_hf_backend
+from tuneorprompt.model import fingerprint_directory
 from tuneorprompt.config import FineTuneArm, ModelConfig
-from tuneorprompt.finetune import (
-    FineTuneStateError,
-    TrainingDataError,
-    TrainingExample,
-    build_trainer,
-    finetune,
-    tokenize_example,
-    training_dataset,
-)
+from tuneorprompt.finetune import build_trainer, finetune
+from tuneorprompt.training_data import TrainingDataError, TrainingExample, tokenize_example, training_dataset
+from tuneorprompt.training_state import FineTuneStateError
 from tuneorprompt.records import GenerationSettings
 
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin")]
@@ -167,11 +162,11 @@ def test_an_examples_loss_and_gradients_do_not_depend_on_its_batch(family, tiny_
 
 
 def test_length_grouped_batches_cover_every_example_once_and_pad_less_than_random_ones():
-    from tuneorprompt.finetune import _LengthGroupedSampler
+    from tuneorprompt.training_data import LengthGroupedSampler
 
     generator = torch.Generator().manual_seed(1)
     lengths = torch.randint(10, 300, (203,), generator=generator).tolist()
-    sampler = _LengthGroupedSampler(lengths, batch_size=8)
+    sampler = LengthGroupedSampler(lengths, batch_size=8)
 
     def padded(batches: list[list[int]]) -> int:
         return sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
@@ -195,9 +190,11 @@ def test_length_grouped_batches_cover_every_example_once_and_pad_less_than_rando
 def test_the_job_records_the_batching_recipe(tiny_gpt2_dir):
     """A fine-tune stored under another batching recipe (random batches, or another grouping) is
     another job: its folder key changes and an existing folder of the old recipe is not resumed."""
-    from tuneorprompt.finetune import BATCHING, describe_job
+    from tuneorprompt.finetune import describe_job
+    from tuneorprompt.model import resolve_local_weights
+    from tuneorprompt.training_data import BATCHING
 
-    job = describe_job(cpu(tiny_gpt2_dir), FineTuneArm(kind="lora"), capitals(), seed=0, dev_key="d")
+    job = describe_job(resolve_local_weights(cpu(tiny_gpt2_dir)), FineTuneArm(kind="lora"), capitals(), seed=0, dev_key="d")
     assert job["batching"] == BATCHING == {"order": "length-grouped", "group_batches": 50, "logits": "supervised"}
 
 
@@ -290,7 +287,7 @@ def test_overfit_reproduces_the_examples_and_stops_at_eos(kind, family, batch_si
     output = raw.eval().generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)
     assert tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True) == completions[0].text
 
-    assert tuned.backend.fingerprint != fingerprint_model(base.path, None)
+    assert tuned.backend.fingerprint != fingerprint_directory(Path(base.path))
     assert not any(tuned.model_dir.glob("*.pt")) and not (tuned.model_dir / "training_args.bin").exists()
     assert sorted(p.name for p in tuned.model_dir.parent.iterdir()) == ["model", "result.json"]
     # Finished runs keep their state and best epoch (another grid may select it), not their checkpoints.
@@ -337,7 +334,7 @@ def test_selection_keeps_the_best_dev_epoch_ties_to_the_cheaper(tiny_gpt2_dir, t
     for name, param in tuned.backend.model.named_parameters():
         assert torch.equal(param, seen[3][1][name]), name  # the weights scored 4th: lr 2e-3, epoch 1
     fingerprints = [fingerprint for fingerprint, _ in seen]
-    assert len(set(fingerprints)) == 6 and fingerprint_model(base.path, None) not in fingerprints
+    assert len(set(fingerprints)) == 6 and fingerprint_directory(Path(base.path)) not in fingerprints
     assert tuned.cost.train_tokens == 6 * extra["tokens_per_epoch"]  # the whole search is the cost
 
     def never(backend):

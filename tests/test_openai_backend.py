@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tuneorprompt.backends import load_backend, local_weights
+from tuneorprompt.backends import load_backend
+from tuneorprompt.model import resolve_model
 from tuneorprompt.backends.hf import load_hf_backend
 from tuneorprompt.backends.openai import OpenAIBackend, ServedModelError, load_openai_backend
 from tuneorprompt.config import (
@@ -60,20 +61,23 @@ BASE = {"data": {"file": str(CAPITALS / "dev.jsonl")}}
 def test_kind_defaults_to_hf_so_existing_configs_keep_their_meaning():
     config = config_from_dict({**BASE, "model": {"path": "some/model"}})
     assert isinstance(config.model, ModelConfig) and config.model.kind == "hf"
-    assert local_weights(config.model) is config.model
 
 
 def test_openai_kind_validates_and_errors_name_the_field():
     model = {"kind": "openai", "base_url": "http://127.0.0.1:1/v1", "model": "m", "context_length": 256}
     config = config_from_dict({**BASE, "model": model})
     assert isinstance(config.model, OpenAIModelConfig) and config.model.mode == "completions"
-    assert local_weights(config.model) is None  # no local_path: fine-tuning arms are skipped
+    assert not resolve_model(config.model).trainable  # no local_path: fine-tuning arms are skipped
     with pytest.raises(ConfigError, match=r"model\.context_lenght: unknown key"):
         config_from_dict({**BASE, "model": {**model, "context_lenght": 256}})
     with pytest.raises(ConfigError, match=r"model\.context_length: Field required"):
         config_from_dict({**BASE, "model": {k: v for k, v in model.items() if k != "context_length"}})
-    chat = config_from_dict({**BASE, "model": {**model, "mode": "chat", "local_path": "/weights"}}).model
-    assert local_weights(chat) == ModelConfig(path="/weights", chat_template=True)
+    local = config_from_dict({**BASE, "model": {**model, "local_path": str(TESTBED / "model")}}).model
+    weights = resolve_model(local).weights
+    assert weights.directory == TESTBED / "model" and weights.chat_template is False  # prompts as the server's mode
+    chat = config_from_dict({**BASE, "model": {**model, "mode": "chat", "local_path": str(TESTBED / "model")}}).model
+    with pytest.raises(ValueError, match=r"model\.local_path: .* has no chat template, and model\.mode is chat"):
+        resolve_model(chat)
 
 
 def test_missing_api_key_variable_is_a_config_error_naming_field_and_variable(monkeypatch):
@@ -81,7 +85,7 @@ def test_missing_api_key_variable_is_a_config_error_naming_field_and_variable(mo
     spec = OpenAIModelConfig(kind="openai", base_url="http://127.0.0.1:1/v1", model="m", context_length=64,
                              api_key_env="TUNEORPROMPT_TEST_KEY")
     with pytest.raises(ConfigError, match=r"model\.api_key_env: the environment variable TUNEORPROMPT_TEST_KEY is not set"):
-        load_backend(spec)
+        load_backend(resolve_model(spec))
 
 
 def test_vllm_kind_without_vllm_installed_says_what_to_install():
@@ -89,7 +93,7 @@ def test_vllm_kind_without_vllm_installed_says_what_to_install():
         pytest.skip("vLLM is installed here")
     spec = VLLMModelConfig(kind="vllm", path=str(TESTBED / "model"))
     with pytest.raises(ImportError, match=r"model\.kind: vllm needs vLLM.*pip install 'tuneorprompt\[vllm\]'"):
-        load_backend(spec)
+        load_backend(resolve_model(spec))
 
 
 def test_chat_render_is_a_stable_unambiguous_key():

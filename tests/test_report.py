@@ -97,7 +97,7 @@ def test_the_recommendation_follows_the_cost_order_estimated_before_the_run():
     """With a target every arm meets, the recommendation is the first arm of the given order."""
     inputs = report_inputs([{}, {}], target=0.0)
     assert build_report(**inputs)["recommendation"]["arm"] == "baseline"  # measured costs tie: config order
-    order = [CostEstimate("few_shot@8", 1e3, 0.0), CostEstimate("baseline", 2e3, 0.0)]  # cheapest first
+    order = [CostEstimate("few_shot@8", 1e3, 0.0, 10.0), CostEstimate("baseline", 2e3, 0.0, 20.0)]  # cheapest first
     report = build_report(**inputs, cost_order=order, protocol={"key": "abc"})
     assert report["recommendation"]["arm"] == "few_shot@8"
     assert report["cost_order"] == [e.to_dict() for e in order]

@@ -21,7 +21,6 @@ import numpy as np
 from pydantic import BaseModel
 
 from tuneorprompt import stats
-from tuneorprompt.backends import local_weights
 from tuneorprompt.backends.base import Backend
 from tuneorprompt.backends.cached import CachedBackend
 from tuneorprompt.config import (
@@ -34,6 +33,7 @@ from tuneorprompt.decide import CostEstimate
 from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
 from tuneorprompt.keys import content_key, jsonable
 from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
+from tuneorprompt.model import ResolvedModel
 from tuneorprompt.prompts import PlacedInstruction, PromptFormat, PromptRecipe, compile_template
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
 from tuneorprompt.retrieval import Embed, NearestDemos, PassageRetriever, RandomDemos
@@ -45,6 +45,7 @@ class ArmContext:
     """Everything an arm may use to adapt: the training pool, the dev split, the base model."""
 
     config: ExperimentConfig
+    model: ResolvedModel
     train: list[Example]
     dev: list[Example]
     base: Backend
@@ -259,8 +260,8 @@ class FineTune:
 
         # The folder is named by the job's content (and the base weights as served), so a changed model,
         # data, setting or dev scoring trains into a new folder instead of resuming another job's state.
-        base = local_weights(ctx.config.model)  # not None: plan_run skips fine-tuning arms without local weights
-        job = content_key(ctx.base.fingerprint, describe_job(base, self.spec, examples, seed, dev_key))
+        base = ctx.model.weights  # not None: plan_run skips fine-tuning arms without local weights
+        job = content_key(ctx.model.fingerprint, describe_job(base, self.spec, examples, seed, dev_key))
         out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}-{job[:12]}"
         # Training loads its own copy of the base model: the run's copy is freed meanwhile (and loaded
         # again by the next arm that asks it for a generation), so no arm holds two.
@@ -331,17 +332,19 @@ def estimate_cost(
     training: the order the `ladder` strategy runs arms in and the recommendation ranks them by.
     `recipe` is how the arm will prompt, with `instruction` standing in for the one dev will choose.
 
-    Per query: 2 * params * (mean dev prompt tokens + mean reference answer tokens + 1 for the stop).
-    The answer length is the same for every arm: what differs before running is the prompt. Once:
-    fine-tuning's forward and backward passes over the training tokens, every epoch of every learning
-    rate in the grid (LoRA as frozen weights: its adapters are a rounding error).
+    Per query: mean dev prompt tokens + mean reference answer tokens + 1 for the stop, and
+    2 * params * those tokens in FLOPs when the model's size is known (else None: a served model of
+    unknown size is ranked by tokens). The answer length is the same for every arm: what differs
+    before running is the prompt. Once: fine-tuning's forward and backward passes over the training
+    tokens, every epoch of every learning rate in the grid (LoRA as frozen weights: its adapters are
+    a rounding error).
     """
-    params = ctx.base.num_parameters or 0
+    params = ctx.model.num_parameters
     budget = ctx.base.context_length - ctx.settings.max_new_tokens
     prompts = [recipe.build(e) for e in ctx.dev]
-    prompt_tokens = np.mean([min(ctx.base.count_tokens(p), budget) for p in prompts])
-    answer_tokens = np.mean([_answer_tokens(ctx, e) + 1 for e in ctx.dev])
-    per_query = stats.inference_flops(params, float(prompt_tokens), float(answer_tokens))
+    prompt_tokens = float(np.mean([min(ctx.base.count_tokens(p), budget) for p in prompts]))
+    answer_tokens = float(np.mean([_answer_tokens(ctx, e) + 1 for e in ctx.dev]))
+    per_query = stats.inference_flops(params, prompt_tokens, answer_tokens) if params is not None else None
     one_time = 0.0
     if isinstance(arm, FineTune):
         from tuneorprompt.finetune import DEFAULT_LEARNING_RATES  # heavy imports only with fine-tuning arms
@@ -354,7 +357,7 @@ def estimate_cost(
         grid = arm.spec.learning_rates or DEFAULT_LEARNING_RATES[arm.kind]
         trainable = params if arm.kind == "full" else 0
         one_time = stats.training_flops(params, tokens_per_epoch * arm.spec.epochs * len(grid), trainable)
-    return CostEstimate(arm.name, per_query, one_time)
+    return CostEstimate(arm.name, per_query, one_time, prompt_tokens + answer_tokens)
 
 
 def _answer_tokens(ctx: ArmContext, example: Example) -> int:

@@ -59,10 +59,16 @@ def _done(result) -> None:
 
 
 def _quiet_loading() -> None:
-    """Per-tensor "Loading weights" bars from transformers drown the run's own progress bars."""
+    """Per-tensor "Loading weights" bars from transformers drown the run's own progress bars, and
+    transformers 5 deprecates `is_gradient_checkpointing`, which PEFT still reads on every forward of a
+    LoRA model: a FutureWarning that says nothing to a tuneorprompt user. Set here, for the command's
+    process, not when the library is imported (a notebook keeps its own settings)."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 @app.command()

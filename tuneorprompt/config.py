@@ -138,6 +138,12 @@ class OpenAIModelConfig(Strict):
         "(with default hf settings). Without it, fine-tuning arms and the fine-tuning learning curve are skipped, "
         "and the report says so.",
     )
+    num_parameters: int | None = Field(
+        None, ge=1,
+        description="The served model's parameter count, for FLOPs estimates. None: counted from `local_path`'s "
+        "weights when given; else unknown, and arms are ranked by tokens per query (priced by "
+        "costs.price_per_1k_tokens when given) instead of FLOPs.",
+    )
 
     @property
     def label(self) -> str:

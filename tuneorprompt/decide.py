@@ -50,10 +50,11 @@ class ArmOutcome:
 
     name: str
     correct: np.ndarray  # [n_seeds, n_items] per-item correctness in [0, 1], items in the shared test order
-    per_query_flops: float  # mean inference FLOPs per test query; 0 when unknown (a served endpoint)
+    per_query_flops: float | None  # mean inference FLOPs per test query; None when the model's size is unknown
     one_time_flops: float = 0.0  # training FLOPs (mean over seeds); 0 for prompt arms
     kind: str = ""  # "instruction", "lora", ...: tells prompt arms from fine-tuned ones; "" when unknown
     correct_lenient: np.ndarray | None = None  # the lenient view, same shape as `correct`; None when not scored
+    per_query_tokens: float | None = None  # mean prompt + generated tokens per test query; ranks when FLOPs are unknown
 
     @property
     def fine_tuned(self) -> bool:
@@ -73,19 +74,21 @@ class ArmOutcome:
                     f"arm {self.name!r}: correct_lenient has shape {lenient.shape}, correct {correct.shape}"
                 )
             object.__setattr__(self, "correct_lenient", lenient)
-        for field in ("per_query_flops", "one_time_flops"):
-            value = getattr(self, field)
-            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
-                raise DecisionError(f"arm {self.name!r}: {field} = {value!r}, expected a non-negative number")
+        _check_costs(self)
 
 
 @dataclass(frozen=True)
 class CostEstimate:
-    """An arm's cost as estimated before it runs, in FLOPs (see `arms.estimate_cost`)."""
+    """An arm's cost as estimated before it runs (see `arms.estimate_cost`): FLOPs when the model's size
+    is known, and always the tokens per query."""
 
     name: str
-    per_query_flops: float
+    per_query_flops: float | None
     one_time_flops: float
+    per_query_tokens: float
+
+    def __post_init__(self) -> None:
+        _check_costs(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,8 +98,18 @@ class Costed(Protocol):
     """Anything with an arm's name and costs: an ArmOutcome, or costs estimated before a run."""
 
     name: str
-    per_query_flops: float
+    per_query_flops: float | None
     one_time_flops: float
+    per_query_tokens: float | None
+
+
+def _check_costs(arm: Costed) -> None:
+    for field in ("per_query_flops", "one_time_flops", "per_query_tokens"):
+        value = getattr(arm, field)
+        if value is None and field != "one_time_flops":
+            continue
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+            raise DecisionError(f"arm {arm.name!r}: {field} = {value!r}, expected a non-negative number")
 
 
 C = TypeVar("C", bound=Costed)
@@ -140,6 +153,7 @@ class Recommendation:
     level: float
     expected_queries: float | None
     prompt_vs_finetune: PromptVsFinetune | None = None  # when both kinds of arm were run
+    cost_basis: str = "flops"  # what ranked the arms: "flops", or "tokens" per query when FLOPs are unknown
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,8 +162,26 @@ class Recommendation:
 # ---- ordering and the target rule -----------------------------------------------------------------
 
 
-def cost_key(arm: Costed, expected_queries: float | None = None) -> tuple[float, float]:
-    """Sort key, cheapest first.
+def cost_basis(arms: Sequence[Costed]) -> str:
+    """What the arms are ranked by: "flops" when every arm's FLOPs per query are known, else "tokens"
+    per query (a served model of unknown size), which every arm must then have. Never a cost of 0 for
+    an unknown one: that would rank arms in the order they were listed."""
+    if all(arm.per_query_flops is not None for arm in arms):
+        return "flops"
+    missing = [arm.name for arm in arms if arm.per_query_tokens is None]
+    if missing:
+        raise DecisionError(f"arms {', '.join(missing)}: neither FLOPs nor tokens per query are known, so they "
+                            "cannot be ranked by cost")
+    return "tokens"
+
+
+def mixed_cost_basis(arms: Sequence[Costed]) -> list[str]:
+    """The arms whose FLOPs are known in a run ranked by tokens: a reader must know their FLOPs were not used."""
+    return [arm.name for arm in arms if arm.per_query_flops is not None] if cost_basis(arms) == "tokens" else []
+
+
+def cost_key(arm: Costed, expected_queries: float | None = None, basis: str = "flops") -> tuple[float, float]:
+    """Sort key, cheapest first; per-query cost in FLOPs, or in tokens when `basis` is "tokens".
 
     With an expected query volume Q: the total cost one_time + Q * per_query (ties: less up front).
     Without one there is no exchange rate between a one-time and a per-query cost, so one-time cost
@@ -157,16 +189,19 @@ def cost_key(arm: Costed, expected_queries: float | None = None) -> tuple[float,
     any that does (prompt first, fine-tune if needed), prompt arms by their per-query cost,
     fine-tuned arms by their training cost.
     """
+    per_query = arm.per_query_flops if basis == "flops" else arm.per_query_tokens
     if expected_queries is None:
-        return (arm.one_time_flops, arm.per_query_flops)
-    return (arm.one_time_flops + expected_queries * arm.per_query_flops, arm.one_time_flops)
+        return (arm.one_time_flops, per_query)
+    return (arm.one_time_flops + expected_queries * per_query, arm.one_time_flops)
 
 
 def ladder_order(arms: Sequence[C], expected_queries: float | None = None) -> list[C]:
-    """`arms` cheapest first by `cost_key`; a stable sort, so equal costs keep the given order."""
+    """`arms` cheapest first by `cost_key` on their `cost_basis`; a stable sort, so equal costs keep the
+    given order."""
     if expected_queries is not None and not (math.isfinite(expected_queries) and expected_queries >= 0):
         raise DecisionError(f"expected_queries = {expected_queries!r}: expected a non-negative number")
-    return sorted(arms, key=lambda arm: cost_key(arm, expected_queries))
+    basis = cost_basis(arms) if arms else "flops"
+    return sorted(arms, key=lambda arm: cost_key(arm, expected_queries, basis))
 
 
 def _check_target(target: float) -> None:
@@ -269,6 +304,7 @@ def recommend(
         level=level,
         expected_queries=expected_queries,
         prompt_vs_finetune=versus,
+        cost_basis=cost_basis(outcomes),
     )
 
 
@@ -516,9 +552,12 @@ class _Wording:
         return f"{interval.value:.1%} ({self.level:.0%} CI {interval.low:.1%}-{interval.high:.1%})"
 
     def cost(self, arm: ArmOutcome) -> str:
-        parts = [f"{arm.per_query_flops:.3g} FLOPs per query" if arm.per_query_flops else "per-query FLOPs unknown"]
+        if arm.per_query_flops is not None:
+            parts = [f"{arm.per_query_flops:.3g} FLOPs per query"]
+        else:  # a served model of unknown size: ranked by tokens (see `cost_basis`)
+            parts = [f"{arm.per_query_tokens:.3g} tokens per query (FLOPs unknown: model size not known)"]
         parts.append(f"{arm.one_time_flops:.3g} training FLOPs" if arm.one_time_flops else "no training")
-        if self.expected_queries is not None:
+        if self.expected_queries is not None and arm.per_query_flops is not None:
             total = arm.one_time_flops + self.expected_queries * arm.per_query_flops
             parts.append(f"{total:.3g} FLOPs in total over {self.expected_queries:g} queries")
         return ", ".join(parts)

@@ -40,12 +40,9 @@ from tuneorprompt.arms import (
 )
 from tuneorprompt.backends.base import Backend, PromptTooLongError
 from tuneorprompt.backends.cached import CachedBackend
-from tuneorprompt.backends.gguf import local_model_config
-from tuneorprompt.backends import load_backend, local_weights
+from tuneorprompt.backends import load_backend
 from tuneorprompt.config import (
     ExperimentConfig,
-    ModelConfig,
-    OpenAIModelConfig,
     apply_overrides,
     config_from_dict,
     load_config,
@@ -54,7 +51,7 @@ from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
 from tuneorprompt.evaluate import Scorer, overlong_prompts
 from tuneorprompt.keys import content_key, examples_key, file_sha256, texts_key
-from tuneorprompt.machine import free_cores
+from tuneorprompt.model import ResolvedModel, resolve_model
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
 from tuneorprompt.progress import make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
@@ -135,11 +132,11 @@ def run_experiment(
 
 @dataclass
 class RunPlan:
-    """A checked experiment, ready to run: data loaded, model loaded, templates compiled, every arm
-    feasible and its cost estimated, every prompt known to fit the model's context."""
+    """A checked experiment, ready to run: data loaded, model resolved and loaded, templates compiled,
+    every arm feasible and its cost estimated, every prompt known to fit the model's context."""
 
-    config: ExperimentConfig  # as resolved for running: a .gguf path converted, `chat_template: auto` decided
-    given: ExperimentConfig  # as the user gave it (config.yaml, and the model the report names)
+    config: ExperimentConfig  # as the user gave it (config.yaml, and the model the report names)
+    model: ResolvedModel  # the model as resolved once for this run: keys, fine-tuning and the report read it
     run_dir: Path
     splits: Splits
     overlap: OverlapReport
@@ -148,6 +145,7 @@ class RunPlan:
     arms: list[Arm]  # cheapest first, by `estimates`
     estimates: list[decide.CostEstimate]  # in the same order
     protocol: dict[str, Any]  # what every arm's result depends on, as recorded in report.json
+    learning_curve: bool  # asked for, and possible with this model
     # Arms the config asks for that cannot run here, each {"arm", "reason"}: listed in the report's
     # warnings and in the terminal, never silently left out.
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -157,36 +155,26 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     """Every check that needs no generation or training, in the order that finds a user's mistake
     soonest: data, templates and arms, the model, then each arm's prompts against its context.
     Nothing is written. `tuneorprompt check-data` runs this too."""
-    given = config
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
     PromptFormat(config.prompt)  # compiles the templates: a syntax error is found before the model loads
     arms = expand_arms(config)
-    # A .gguf file becomes a plain model directory (converted once, cached by the file's hash) that
-    # every later load, for inference and fine-tuning, reads.
-    if isinstance(config.model, ModelConfig):
-        config = config.model_copy(update={"model": local_model_config(config.model)})
-        if config.model.num_threads is None:
-            # Chosen once, here, while this process is idle: every later load (fine-tuned models
-            # included) uses the same count, and environment.json records it.
-            config = config.model_copy(update={"model": config.model.model_copy(update={"num_threads": free_cores()})})
-    arms, skipped, config = _without_local_weights(arms, config)
-    if backend is None:
-        backend = load_backend(config.model)
-    if config.prompt.system is not None and not backend.chat_template:
+    model = resolve_model(config.model) if backend is None else _answered_by(backend, config, arms)
+    arms, skipped = _without_local_weights(arms, model)
+    learning_curve = config.learning_curve.enabled and model.trainable
+    if config.learning_curve.enabled and not model.trainable:
+        skipped.append({"arm": "learning_curve", "reason": _NO_LOCAL_WEIGHTS.format(kind=model.kind)})
+    if config.prompt.system is not None and not model.chat_template:
         raise ValueError("prompt.system needs a chat template, and this model is used without one (model.chat_template)")
-    # From here on, `chat_template: auto` is what it resolved to: keys, fine-tuning and the report use it.
-    if "chat_template" in type(config.model).model_fields:  # kind: openai has `mode` instead
-        config = config.model_copy(
-            update={"model": config.model.model_copy(update={"chat_template": backend.chat_template})}
-        )
-    prompt_format = PromptFormat(config.prompt, chat=backend.chat_template)
+    if backend is None:
+        backend = load_backend(model)
+    prompt_format = PromptFormat(config.prompt, chat=model.chat_template)
     if any(arm.uses_instruction for arm in arms):
         prompt_format.instruction_candidates()  # none to try is an error now, not after the first arms
-    if any(isinstance(arm, FineTune) for arm in arms) or config.learning_curve.enabled:
+    if any(isinstance(arm, FineTune) for arm in arms) or learning_curve:
         from tuneorprompt.finetune import check_trainable  # heavy imports only with fine-tuning arms
 
-        check_trainable(local_weights(config.model))
+        check_trainable(model.weights)
     relevance = RelevanceScorer(config.metric.relevance_model)
     scorer = Scorer(
         extract=partial(extract_answer, rule=config.generation.extract, regex=config.generation.extract_regex),
@@ -194,9 +182,9 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
         lenient=lenient_match,
         relevance=relevance.score,
     )
-    protocol = protocol_record(config, backend.fingerprint, splits, corpus)
+    protocol = protocol_record(config, model, splits, corpus)
     ctx = ArmContext(
-        config=config, train=splits.train, dev=splits.dev, base=backend, format=prompt_format,
+        config=config, model=model, train=splits.train, dev=splits.dev, base=backend, format=prompt_format,
         settings=GenerationSettings(config.generation.max_new_tokens, tuple(config.generation.stop)),
         scorer=scorer, store=None, run_dir=run_dir, embed=relevance.embed, corpus=corpus,
         protocol_key=protocol["key"],
@@ -217,32 +205,43 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
         estimates.append(estimate_cost(arm, recipe, instruction, ctx))
     estimates = decide.ladder_order(estimates, config.costs.expected_queries)
     by_name = {arm.name: arm for arm in arms}
-    return RunPlan(config, given, run_dir, splits, overlap, backend, ctx, [by_name[e.name] for e in estimates], estimates,
-                   protocol, skipped)
+    return RunPlan(config, model, run_dir, splits, overlap, backend, ctx, [by_name[e.name] for e in estimates],
+                   estimates, protocol, learning_curve, skipped)
+
+
+def _answered_by(backend: Backend, config: ExperimentConfig, arms: list[Arm]) -> ResolvedModel:
+    """The model when a backend is given instead (a scripted fake in tests, a notebook's own client): it
+    answers the prompt arms under its own fingerprint; fine-tuning arms still train the config's local
+    weights, whose size then prices every arm. Otherwise the size is unknown and costs count tokens."""
+    wants_weights = any(isinstance(arm, FineTune) for arm in arms) or config.learning_curve.enabled
+    weights = resolve_model(config.model).weights if wants_weights else None
+    return ResolvedModel(
+        spec=config.model, label=config.model.label, fingerprint=backend.fingerprint,
+        chat_template=backend.chat_template, num_parameters=weights.num_parameters if weights else None,
+        weights=weights,
+    )
 
 
 def _retrieves_by_embedding(arm: Arm) -> bool:
     return (isinstance(arm, FewShot) and arm.retrieved) or (isinstance(arm, Context) and arm.spec.retriever == "embedding")
 
 
-def _without_local_weights(
-    arms: list[Arm], config: ExperimentConfig
-) -> tuple[list[Arm], list[dict[str, str]], ExperimentConfig]:
+_NO_LOCAL_WEIGHTS = ("model.kind: {kind} has no local weights to fine-tune; set model.local_path to a local Hugging "
+                     "Face directory of the same model")
+
+
+def _without_local_weights(arms: list[Arm], model: ResolvedModel) -> tuple[list[Arm], list[dict[str, str]]]:
     """Fine-tuning needs local weights; a served model without `local_path` has none. Its fine-tuning
-    arms and learning curve are skipped (and reported as skipped) rather than failing the prompt arms
-    the server can answer; a config of fine-tuning arms only is an error."""
-    if local_weights(config.model) is not None:
-        return arms, [], config
-    reason = (f"model.kind: {config.model.kind} has no local weights to fine-tune; set model.local_path to a "
-              "local Hugging Face directory of the same model")
+    arms are skipped (and reported as skipped) rather than failing the prompt arms the server can
+    answer; a config of fine-tuning arms only is an error."""
+    if model.trainable:
+        return arms, []
+    reason = _NO_LOCAL_WEIGHTS.format(kind=model.kind)
     skipped = [{"arm": arm.name, "reason": reason} for arm in arms if isinstance(arm, FineTune)]
-    if config.learning_curve.enabled:
-        skipped.append({"arm": "learning_curve", "reason": reason})
-        config = config.model_copy(update={"learning_curve": config.learning_curve.model_copy(update={"enabled": False})})
     kept = [arm for arm in arms if not isinstance(arm, FineTune)]
     if not kept:
         raise ValueError(f"arms: every arm fine-tunes, and {reason}")
-    return kept, skipped, config
+    return kept, skipped
 
 
 def check_prompts_fit(arm_name: str, recipe: PromptRecipe, ctx: ArmContext, test: list[Example]) -> None:
@@ -281,20 +280,20 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
                 break
 
         learning_curve = None
-        if config.learning_curve.enabled and stopped_early_at is None:
+        if plan.learning_curve and stopped_early_at is None:
             learning_curve = run_learning_curve(ctx, splits.test, plan.arms, records, infos)
 
     # ---- aggregate, decide, report ---------------------------------------------------------------
     # Which backend answered: fine-tuned arms are served by transformers from local weights whatever
     # `model.kind` serves the prompt arms.
     summaries = [
-        {**summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], ctx.base.num_parameters),
-         "backend": "hf" if isinstance(arm, FineTune) else config.model.kind}
+        {**summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], plan.model.num_parameters),
+         "backend": "hf" if isinstance(arm, FineTune) else plan.model.kind}
         for arm in plan.arms
         if arm.name in records
     ]
     report_inputs = dict(
-        config=plan.given,
+        config=plan.config,
         summaries=summaries,
         records=records,
         overlap=plan.overlap,
@@ -318,7 +317,7 @@ _PROTOCOL_MODEL_FIELDS = {"kind", "dtype", "device", "chat_template", "revision"
 
 
 def protocol_record(
-    config: ExperimentConfig, fingerprint: str, splits: Splits, corpus: list[str] | None
+    config: ExperimentConfig, model: ResolvedModel, splits: Splits, corpus: list[str] | None
 ) -> dict[str, Any]:
     """What every arm's result depends on, and its content key (`key`): the model as served, the
     data as the run reads it (after `fields`, the seeded split and `max_test`), and the prompt,
@@ -326,11 +325,11 @@ def protocol_record(
     the settings and data its numbers came from."""
     record = {
         "version": PROTOCOL_VERSION,
-        "model_fingerprint": fingerprint,
-        # The settings that change answers, of whichever kind (`include` skips those a kind lacks).
-        "model": config.model.model_dump(mode="json", include=_PROTOCOL_MODEL_FIELDS)
-        # A served model's chat-template use, under the name every kind's report reads it by.
-        | ({"chat_template": config.model.mode == "chat"} if isinstance(config.model, OpenAIModelConfig) else {}),
+        "model_fingerprint": model.fingerprint,
+        # The settings that change answers, of whichever kind (`include` skips those a kind lacks), and
+        # chat-template use as resolved, under the name every kind's report reads it by.
+        "model": model.spec.model_dump(mode="json", include=_PROTOCOL_MODEL_FIELDS)
+        | {"chat_template": model.chat_template},
         "data": {split: examples_key(getattr(splits, split)) for split in ("train", "dev", "test")},
         "data_files": {
             name: file_sha256(path)

@@ -45,6 +45,27 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+# ---- models ------------------------------------------------------------------------------------------
+
+
+def serving_fingerprint(files_fingerprint: str, dtype: str, device: str, chat_template: bool) -> str:
+    """A local model's identity as transformers serves it: its files (`model.fingerprint_files`), and the
+    dtype and device type its weights run in (kernels round differently) and whether prompts are
+    wrapped in its chat template, all of which change what it answers. The dtype is spelled as torch
+    prints it ("torch.float32"), the device by its type ("cuda" for "cuda:1")."""
+    return content_key(files_fingerprint, f"torch.{dtype}", device.split(":")[0], chat_template)
+
+
+def served_model_key(spec, files_fingerprint: str | None = None) -> str:
+    """A model served by another engine: an OpenAI-compatible server is its URL, served name, mode,
+    revision label and seed (the server cannot prove which weights it runs: the revision label is the
+    user's word); vLLM in this process is its files, dtype setting and chat-template use, under its own
+    name so that its answers are never mixed with transformers'."""
+    if spec.kind == "openai":
+        return content_key("openai", spec.base_url.rstrip("/"), spec.model, spec.mode, spec.revision, spec.seed)
+    return content_key("vllm", files_fingerprint, spec.dtype, spec.chat_template)
+
+
 def examples_key(examples: Sequence[Example]) -> str:
     """The content of a split as the run uses it: ids, inputs and acceptable targets, in order.
     Hashing the parsed examples (not the file bytes) covers the file's content, `fields`, the seeded

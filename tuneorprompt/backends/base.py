@@ -1,4 +1,4 @@
-"""The backend contract: what the product calls (render, generate, count_tokens and four facts),
+"""The backend contract: what the product calls (render, generate, count_tokens and three facts),
 plain dataclasses in and out.
 
 Anything that can complete text greedily implements it: the Hugging Face backend (`hf.py`), a
@@ -26,8 +26,6 @@ class Backend(Protocol):
     fingerprint: str
     # Longest prompt + completion the model accepts, in tokens.
     context_length: int
-    # Parameter count for FLOPs estimates; None when unknown (a served endpoint).
-    num_parameters: int | None
     # Whether prompts are rendered with the model's chat template: arms then build conversations
     # (system message, demos as user/assistant turns) instead of one block of text.
     chat_template: bool

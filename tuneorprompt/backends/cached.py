@@ -17,7 +17,6 @@ class CachedBackend:
         self.store = store
         self.fingerprint = backend.fingerprint
         self.context_length = backend.context_length
-        self.num_parameters = backend.num_parameters
         self.chat_template = backend.chat_template
 
     def render(self, prompt: Prompt) -> str:

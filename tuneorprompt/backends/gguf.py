@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from tuneorprompt.backends.hf import ModelLoadError
 from tuneorprompt.config import ModelConfig
 from tuneorprompt.keys import file_sha256
+from tuneorprompt.model import ModelLoadError
 
 SOURCE_FILE = "gguf_source.json"  # written into each converted directory: which file it came from
 _MAGIC = b"GGUF"  # the first four bytes of every GGUF file

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import inspect
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -38,44 +38,23 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Gene
 
 from tuneorprompt.backends.base import PromptTooLongError
 from tuneorprompt.config import ModelConfig
-from tuneorprompt.keys import content_key
+from tuneorprompt.keys import serving_fingerprint
+from tuneorprompt.model import (
+    LocalWeights,
+    ModelLoadError,
+    adapter_fingerprint,
+    as_local_weights,
+    has_chat_template,
+    pickle_refused,
+)
 from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
 
-
-class ModelLoadError(ValueError):
-    """A model or adapter that cannot be found or loaded; the message names the path and what was tried."""
-
-
-# Files whose bytes decide what a model answers to a given prompt text: weights, model and generation
-# configs (eos ids), tokenizer files (how text becomes tokens, the chat template), adapter config.
-_FINGERPRINT_PATTERNS = (
-    "*.safetensors",
-    "*.bin",
-    "*.json",  # config.json, generation_config.json, tokenizer*.json, adapter_config.json, ...
-    "*.model",  # SentencePiece tokenizers
-    "merges.txt",
-    "*.jinja",  # chat templates saved beside the tokenizer
-)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 # Tokenizers without a configured maximum report transformers' VERY_LARGE_INTEGER (1e30).
 _SANE_MODEL_MAX_LENGTH = 10_000_000
 
 
 # ---- prompts -> tokens --------------------------------------------------------------------------------
-
-
-def uses_chat_template(setting: bool | str, tokenizer) -> bool:
-    """`model.chat_template` resolved against the tokenizer: "auto" uses the template when there is one."""
-    if setting == "auto":
-        return tokenizer.chat_template is not None
-    if setting and tokenizer.chat_template is None:
-        raise ModelLoadError(
-            f"model.chat_template is true but the tokenizer {tokenizer.name_or_path!r} has no chat template; "
-            "set it to auto or false for base models"
-        )
-    return bool(setting)
 
 
 def render_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> str:
@@ -101,65 +80,6 @@ def encode_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> list[int]:
     """
     text = render_prompt(tokenizer, prompt, chat_template)
     return tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
-
-
-# ---- fingerprints -------------------------------------------------------------------------------------
-
-
-def fingerprint_files(paths: Iterable[Path]) -> str:
-    """sha256 (hex) over each file's name, size and bytes, in name order.
-
-    Names, not full paths: a model copied to another directory keeps its fingerprint. The size
-    delimits one file's bytes from the next name.
-    """
-    digest = hashlib.sha256()
-    for path in sorted((Path(p) for p in paths), key=lambda p: p.name):
-        digest.update(path.name.encode("utf-8") + b"\0")
-        digest.update(path.stat().st_size.to_bytes(8, "little"))
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fingerprinted_files(directory: Path) -> list[Path]:
-    found = {path for pattern in _FINGERPRINT_PATTERNS for path in directory.glob(pattern) if path.is_file()}
-    return sorted(found)
-
-
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    """The local snapshot folder of a hub model already in the Hugging Face cache (no network)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except (LocalEntryNotFoundError, ValueError, OSError) as error:
-        raise ModelLoadError(
-            f"model {repo_id!r} (revision {revision or 'main'}): not a local directory, and not in the "
-            f"Hugging Face cache ({error}); download it once with network access, or give a local path"
-        ) from None
-
-
-def fingerprint_model(path_or_id: str, revision: str | None) -> str:
-    """Fingerprint of a local model directory, or of a hub model's files in the local cache."""
-    directory = _local_dir(path_or_id) or _hub_snapshot(path_or_id, revision)
-    files = _fingerprinted_files(directory)
-    if not any(path.suffix in {".safetensors", ".bin"} for path in files):
-        raise ModelLoadError(f"model {path_or_id!r}: no weight files (*.safetensors, *.bin) in {directory}")
-    return fingerprint_files(files)
-
-
-def _local_dir(path_or_id: str) -> Path | None:
-    """The local model directory `path_or_id` names, or None when it is a hub id ("name", "org/name")."""
-    local = Path(path_or_id).expanduser()
-    if local.is_dir():
-        return local
-    if local.exists():
-        raise ModelLoadError(f"model path {path_or_id!r} is a file; give the model's directory")
-    if path_or_id.startswith(("/", ".", "~")) or path_or_id.count("/") > 1:
-        raise ModelLoadError(f"model directory {path_or_id!r} does not exist")
-    return None
 
 
 # ---- the backend --------------------------------------------------------------------------------------
@@ -197,12 +117,6 @@ def _context_length(model, tokenizer) -> int:
     return min(known)
 
 
-def serving_fingerprint(files_fingerprint: str, model, chat_template: bool) -> str:
-    """The backend's identity: the model's files (`fingerprint_model`, or in-memory weights during
-    training) as served here: dtype, device type and chat-template use change what it answers."""
-    return content_key(files_fingerprint, str(model.dtype), model.device.type, chat_template)
-
-
 class HFBackend:
     """A Hugging Face causal LM behind the `Backend` protocol.
 
@@ -226,7 +140,11 @@ class HFBackend:
         self._model = self._for_serving(model)
         self._reload = reload  # loads the same weights again after `release`; None: they stay in memory
         self._served_as = (model.dtype, model.device.type)
-        self.fingerprint = serving_fingerprint(fingerprint, model, chat_template)
+        # `fingerprint` identifies the files (or in-memory weights); served here they answer as their
+        # dtype and device type make them.
+        self.fingerprint = serving_fingerprint(
+            fingerprint, str(model.dtype).removeprefix("torch."), model.device.type, chat_template
+        )
         self.batch_size = batch_size
         self.chat_template = chat_template
         self.reuse_prefix = reuse_prefix  # off only to measure it: outputs are the same either way
@@ -498,15 +416,6 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
 # ---- loading ------------------------------------------------------------------------------------------
 
 
-def resolve_device_and_dtype(config: ModelConfig) -> tuple[str, torch.dtype | str]:
-    """THE resolution of `model.device` and `model.dtype`: 'auto' device is cuda when there is one,
-    else cpu; dtype 'auto' is left to transformers (the checkpoint's own dtype)."""
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return device, _DTYPES[config.dtype]
-
-
 def model_load_options(config: ModelConfig) -> dict:
     """What every `AutoModelForCausalLM.from_pretrained` of the user's model is given, so that no
     load runs code the user has not allowed: pickle weights (*.bin), the repository's own Python code.
@@ -520,23 +429,6 @@ def model_load_options(config: ModelConfig) -> dict:
     }
 
 
-def _refuse_pickle_only(config: ModelConfig, local: Path | None) -> None:
-    """A model whose only weights are pickle files is refused up front: transformers' own error
-    ("no file named model.safetensors") would not say why, nor what to do."""
-    try:
-        directory = local or _hub_snapshot(config.path, config.revision)
-    except ModelLoadError:
-        return  # neither local nor cached: transformers will say what it can find
-    if any(directory.glob("*.safetensors")):
-        return
-    pickles = sorted(path.name for path in directory.glob("*.bin"))
-    if pickles:
-        raise ModelLoadError(
-            f"model {config.path!r}: {directory} holds only pickle weights ({', '.join(pickles)}), and loading "
-            "pickle can run code; set model.allow_pickle: true if you trust these files, or convert them to safetensors"
-        )
-
-
 def _raised_in_torch_load(error: BaseException) -> bool:
     """Whether `error` was raised inside torch.load, i.e. by a *.bin file's bytes. transformers unpickles
     with weights_only=True, which raises UnpicklingError for anything but tensors (before a forbidden call
@@ -545,35 +437,46 @@ def _raised_in_torch_load(error: BaseException) -> bool:
     return any(frame.f_code is torch.serialization.load.__code__ for frame, _ in frames)
 
 
-def load_hf_backend(config: ModelConfig, adapter: Path | None = None) -> HFBackend:
-    """Load `config.path` (a local directory, else a hub id) and, optionally, a PEFT adapter on top."""
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    local = _local_dir(config.path)
-    if not config.allow_pickle:
-        _refuse_pickle_only(config, local)
-    source = str(local) if local else config.path
-    tried = f"local directory {local}" if local else f"hub id {config.path!r} (revision {config.revision or 'main'})"
+def load_hf_backend(weights: LocalWeights | ModelConfig, adapter: Path | None = None) -> HFBackend:
+    """Serve local weights (resolved once per run by `model.resolve_model`; a `ModelConfig` is resolved
+    here, for notebooks and tests) and, optionally, a PEFT adapter on top."""
+    weights = as_local_weights(weights)
+    config = weights.spec
+    torch.set_num_threads(config.num_threads)
+    source = str(weights.directory)
+    tried = f"directory {source}" + (f" (hub id {config.path!r})" if source != config.path else "")
     with _load_errors(config, tried):
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=config.revision, trust_remote_code=config.trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
+    if has_chat_template(weights.directory) != (tokenizer.chat_template is not None):
+        # `chat_template: auto` was decided from the files; the tokenizer transformers loads must agree.
+        raise ModelLoadError(
+            f"model {config.path!r}: its files and its loaded tokenizer disagree on whether it has a chat template; "
+            "set model.chat_template to true or false"
         )
-    fingerprint = fingerprint_model(source, config.revision)
+    fingerprint = weights.files_fingerprint
     if adapter is not None:
-        fingerprint = _adapter_fingerprint(fingerprint, Path(adapter))
+        fingerprint = adapter_fingerprint(fingerprint, Path(adapter))
 
     def load_model():
         with _load_errors(config, tried):
-            device, dtype = resolve_device_and_dtype(config)
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=dtype, device_map=device, **model_load_options(config)
+                source, dtype=getattr(torch, weights.dtype), device_map=weights.device, **model_load_options(config)
             )
         return model if adapter is None else _with_adapter(model, Path(adapter))
 
-    return HFBackend(
+    backend = HFBackend(
         load_model(), tokenizer, fingerprint=fingerprint, batch_size=config.batch_size,
-        chat_template=uses_chat_template(config.chat_template, tokenizer), reload=load_model,
+        chat_template=weights.chat_template, reload=load_model,
     )
+    if adapter is None and backend.fingerprint != weights.fingerprint:
+        raise ModelLoadError(f"model {config.path!r} loaded in another dtype or on another device than it resolved to "
+                             f"({weights.dtype} on {weights.device})")
+    if adapter is None and backend.num_parameters != weights.num_parameters:
+        warnings.warn(
+            f"model {config.path!r}: {backend.num_parameters:,} parameters loaded, {weights.num_parameters:,} counted "
+            "in its weight files; FLOPs estimates use the files' count", stacklevel=2,
+        )
+    return backend
 
 
 @contextmanager
@@ -583,11 +486,7 @@ def _load_errors(config: ModelConfig, tried: str) -> Iterator[None]:
         yield
     except Exception as error:
         if _raised_in_torch_load(error):
-            raise ModelLoadError(
-                f"cannot load model {config.path!r}: the pickle weights (*.bin) in the {tried} are corrupt or hold "
-                f"more than tensors ({type(error).__name__}); torch's safe loader refused them, so no code in them "
-                "ran. Use a safetensors copy of the model."
-            ) from None
+            raise pickle_refused(config.path, tried, error) from None
         if isinstance(error, (OSError, ValueError, KeyError, RuntimeError, SafetensorError)):
             raise ModelLoadError(
                 f"cannot load model {config.path!r}: tried the {tried} with AutoTokenizer and AutoModelForCausalLM: "
@@ -605,9 +504,3 @@ def _with_adapter(model, adapter: Path):
         raise ModelLoadError(
             f"cannot load adapter {adapter} onto the model with PeftModel.from_pretrained: {error}"
         ) from None
-
-
-def _adapter_fingerprint(base_fingerprint: str, adapter: Path) -> str:
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelLoadError(f"adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
-    return hashlib.sha256((base_fingerprint + fingerprint_files(_fingerprinted_files(adapter))).encode()).hexdigest()

@@ -120,7 +120,6 @@ class OpenAIBackend:
         self.spec = spec
         self.chat_template = spec.mode == "chat"
         self.context_length = spec.context_length
-        self.num_parameters = None
         self.fingerprint = content_key(
             "openai", spec.base_url.rstrip("/"), spec.model, spec.mode, spec.revision, spec.seed
         )

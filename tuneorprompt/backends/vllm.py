@@ -1,6 +1,6 @@
 """`kind: vllm`: prompt arms generate with vLLM in this process (`pip install 'tuneorprompt[vllm]'`;
 vLLM needs a CUDA GPU and pins its own torch). Fine-tuning arms still train and serve the same
-`path` with transformers (`backends.local_weights`).
+`path` with transformers (`ResolvedModel.weights`).
 
 Prompts go to vLLM as token ids from `hf.encode_prompt`, so the model sees exactly the tokens the HF
 backend and fine-tuning give it; decoding is greedy (temperature 0) with the run's max_new_tokens and
@@ -17,19 +17,13 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from tuneorprompt.backends.hf import (
-    _cut_at_stop,
-    encode_prompt,
-    fingerprint_model,
-    render_prompt,
-    uses_chat_template,
-)
-from tuneorprompt.config import VLLMModelConfig
-from tuneorprompt.keys import content_key
+from tuneorprompt.backends.hf import _cut_at_stop, encode_prompt, render_prompt
+from tuneorprompt.model import ResolvedModel
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
 
-def load_vllm_backend(spec: VLLMModelConfig) -> "VLLMBackend":
+def load_vllm_backend(model: ResolvedModel) -> "VLLMBackend":
+    spec = model.spec
     try:
         import vllm
     except ImportError:
@@ -41,20 +35,16 @@ def load_vllm_backend(spec: VLLMModelConfig) -> "VLLMBackend":
         model=spec.path, revision=spec.revision, dtype=spec.dtype, seed=spec.seed,
         tensor_parallel_size=spec.tensor_parallel_size, gpu_memory_utilization=spec.gpu_memory_utilization,
     )
-    return VLLMBackend(llm, spec)
+    return VLLMBackend(llm, model)
 
 
 class VLLMBackend:
-    def __init__(self, llm, spec: VLLMModelConfig):
+    def __init__(self, llm, model: ResolvedModel):
         self.llm = llm
         self.tokenizer = llm.get_tokenizer()
-        self.chat_template = uses_chat_template(spec.chat_template, self.tokenizer)
-        model_config = llm.llm_engine.model_config
-        self.context_length = model_config.max_model_len
-        self.num_parameters = None  # vLLM does not expose its parameter count
-        self.fingerprint = content_key(
-            "vllm", fingerprint_model(spec.path, spec.revision), str(model_config.dtype), self.chat_template
-        )
+        self.chat_template = model.chat_template  # decided from the model's files (`model.uses_chat_template`)
+        self.context_length = llm.llm_engine.model_config.max_model_len
+        self.fingerprint = model.fingerprint
 
     def render(self, prompt: Prompt) -> str:
         return render_prompt(self.tokenizer, prompt, self.chat_template)

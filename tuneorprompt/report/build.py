@@ -48,10 +48,11 @@ def build_report(
         decide.ArmOutcome(
             name=s["name"],
             correct=outcome_matrix(records[s["name"]], "correct"),
-            per_query_flops=s["flops_per_query"] or 0.0,
+            per_query_flops=s["flops_per_query"],
             one_time_flops=(s["training"] or {}).get("flops", 0.0),
             kind=s["kind"],
             correct_lenient=outcome_matrix(records[s["name"]], "correct_lenient"),
+            per_query_tokens=s["prompt_tokens"] + s["generated_tokens"],
         )
         for s in summaries
     ]
@@ -76,7 +77,7 @@ def build_report(
         "warnings": [
             {"code": "skipped_arm", "arm": skip["arm"], "message": f"{skip['arm']} was not run: {skip['reason']}"}
             for skip in skipped_arms
-        ] + report_warnings(summaries, records, config.metric.accuracy),
+        ] + cost_basis_warnings(outcomes) + report_warnings(summaries, records, config.metric.accuracy),
         "skipped_arms": list(skipped_arms),
         "data": {
             **{f"n_{split}": size for split, size in split_sizes.items()},
@@ -93,6 +94,18 @@ def build_report(
         "protocol": protocol,
         "environment": environment,
     }
+
+
+def cost_basis_warnings(outcomes: Sequence[decide.ArmOutcome]) -> list[dict]:
+    """Said whenever arms are not ranked by FLOPs: a reader comparing costs must know what was counted."""
+    if decide.cost_basis(outcomes) == "flops":
+        return []
+    mixed = decide.mixed_cost_basis(outcomes)
+    message = ("Arms are ranked by tokens per query (prompt + generated), not FLOPs: the model's size is unknown. "
+               "Set model.num_parameters to rank them by FLOPs; costs.price_per_1k_tokens prices the tokens.")
+    if mixed:
+        message += f" {', '.join(mixed)} had FLOPs figures, which the ranking does not use."
+    return [{"code": "cost_basis", "basis": "tokens", "message": message}]
 
 
 def paired_tests(records: dict[str, list[list[ExampleRecord]]], names: list[str], recommended: str | None) -> list:
