@@ -22,7 +22,6 @@ import pytest
 from rich.console import Console
 
 from tuneorprompt.backends import load_backend
-from tuneorprompt.model import resolve_model
 from tuneorprompt.backends.hf import load_hf_backend
 from tuneorprompt.backends.openai import OpenAIBackend, ServedModelError, load_openai_backend
 from tuneorprompt.config import (
@@ -32,7 +31,8 @@ from tuneorprompt.config import (
     VLLMModelConfig,
     config_from_dict,
 )
-from tuneorprompt.experiment import run_experiment
+from tuneorprompt.experiment import plan_run, run_experiment
+from tuneorprompt.model import resolve_model
 from tuneorprompt.records import GenerationSettings, Message
 
 TESTBED = Path(__file__).resolve().parents[1] / "tuneorprompt" / "testbed"
@@ -318,3 +318,37 @@ def test_with_local_weights_fine_tuning_arms_train_here_and_say_so(served_model,
     report = run_experiment(config, tmp_path / "run", console=Console(file=open(os.devnull, "w"))).report
     assert {a["name"]: a["backend"] for a in report["arms"]} == {"baseline": "openai", "lora": "hf"}
     assert report["skipped_arms"] == [] and report["protocol"]["model"]["chat_template"] is False
+
+
+# ---- costs of a served model: never silently zero ---------------------------------------------------------
+
+COST_ARMS = [{"kind": "few_shot", "k": [8]}, "instruction", "baseline"]  # listed most expensive first
+
+
+def cost_plan(model: dict, tmp_path: Path):
+    config = config_from_dict({
+        "model": model, "arms": COST_ARMS,
+        "data": {k: str(CAPITALS / f"{k}.jsonl") for k in ("train", "dev", "test")}, "generation": {"max_new_tokens": 16},
+    })
+    return plan_run(config, tmp_path / "run")
+
+
+def test_a_served_model_of_unknown_size_is_ranked_by_tokens_not_by_list_order(tmp_path):
+    with FlakyServer([]) as server:
+        plan = cost_plan({"kind": "openai", "base_url": server.url, "model": "m", "context_length": 2048}, tmp_path)
+    assert plan.model.num_parameters is None and plan.model.cost_basis == "tokens"
+    assert all(e.per_query_flops is None for e in plan.estimates)  # unknown, not 0
+    tokens = [e.per_query_tokens for e in plan.estimates]
+    assert [e.name for e in plan.estimates] == ["baseline", "instruction", "few_shot@8"] and tokens == sorted(tokens)
+
+
+@pytest.mark.slow
+def test_a_served_model_of_declared_size_is_ranked_as_the_same_local_model(served_model, tmp_path):
+    model_dir = served_model["model_dir"]
+    local = cost_plan({"path": str(model_dir), "chat_template": False, "num_threads": 1}, tmp_path / "local")
+    served = cost_plan({"kind": "openai", "base_url": served_model["url"], "model": str(model_dir),
+                        "context_length": local.base.context_length, "tokenizer": str(model_dir),
+                        "num_parameters": local.model.num_parameters}, tmp_path / "served")
+    assert served.model.cost_basis == local.model.cost_basis == "flops"
+    assert [e.to_dict() for e in served.estimates] == [e.to_dict() for e in local.estimates]
+    assert [e.name for e in served.estimates] == ["baseline", "instruction", "few_shot@8"]
