@@ -31,7 +31,8 @@ from tuneorprompt.config import (
 )
 from tuneorprompt.decide import CostEstimate
 from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
-from tuneorprompt.keys import content_key, jsonable
+from tuneorprompt import keys
+from tuneorprompt.keys import jsonable
 from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.model import ResolvedModel
 from tuneorprompt.prompts import PlacedInstruction, PromptFormat, PromptRecipe, compile_template
@@ -73,14 +74,14 @@ class ArmContext:
         The model is not in it: the caller scores several models (fine-tuning epochs) under one key."""
         prompts = [recipe.build(e) for e in self.dev]
         targets = [list(e.targets) for e in self.dev]
-        return content_key(prompts, targets, self.config.generation, self.config.metric)
+        return keys.dev_key(prompts, targets, self.config.generation, self.config.metric)
 
     def chosen_instruction(self) -> PlacedInstruction:
         """The candidate instruction (and, with a chat template, its placement) with the best dev
         accuracy (ties: the earlier candidate), chosen once per run and shared by every arm that uses
         an instruction."""
         if self._instruction is None:
-            key = content_key(self.protocol_key, "instruction-choice")
+            key = keys.instruction_choice_key(self.protocol_key)
             candidates = self.format.instruction_candidates()
             for i, candidate in enumerate(candidates):
                 recipe = PromptRecipe(self.format, instruction=candidate)
@@ -256,12 +257,12 @@ class FineTune:
 
         def dev_score(backend: Backend) -> float:
             system = System(f"{self.name}-dev", seed, CachedBackend(backend, ctx.store), query_recipe)
-            return ctx.dev_accuracy(system, content_key(dev_key, backend.fingerprint))
+            return ctx.dev_accuracy(system, keys.dev_score_key(dev_key, backend.fingerprint))
 
         # The folder is named by the job's content (and the base weights as served), so a changed model,
         # data, setting or dev scoring trains into a new folder instead of resuming another job's state.
         base = ctx.model.weights  # not None: plan_run skips fine-tuning arms without local weights
-        job = content_key(ctx.model.fingerprint, describe_job(base, self.spec, examples, seed, dev_key))
+        job = keys.finetune_job_key(describe_job(base, self.spec, examples, seed, dev_key))
         out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}-{job[:12]}"
         # Training loads its own copy of the base model: the run's copy is freed meanwhile (and loaded
         # again by the next arm that asks it for a generation), so no arm holds two.
@@ -301,7 +302,7 @@ def seeds_of(arm: Arm, seeds: list[int]) -> list[int]:
 
 def arm_key(arm: Arm, seed: int, protocol_key: str) -> str:
     spec = arm.spec.model_dump(mode="json") if arm.spec is not None else None
-    return content_key(protocol_key, arm.name, spec, seed)
+    return keys.arm_key(protocol_key, arm.name, spec, seed)
 
 
 def run_arm(arm: Arm, seed: int, ctx: ArmContext, test: list[Example]) -> tuple[list[ExampleRecord], dict]:

@@ -50,7 +50,7 @@ from tuneorprompt.config import (
 from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
 from tuneorprompt.evaluate import Scorer, overlong_prompts
-from tuneorprompt.keys import content_key, examples_key, file_sha256, texts_key
+from tuneorprompt.keys import PROTOCOL_VERSION, config_key, examples_key, file_sha256, protocol_key, texts_key
 from tuneorprompt.model import ResolvedModel, resolve_model
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
 from tuneorprompt.progress import make_progress
@@ -63,10 +63,6 @@ from tuneorprompt.summary import outcome_matrix, summarize_arm
 from tuneorprompt.tracking import check_tracking, track_run
 
 PACKAGES = ("tuneorprompt", "torch", "transformers", "peft", "trl", "accelerate", "sentence-transformers")
-
-# Part of every stored result's key: bumped when a change to prompting, decoding or scoring code
-# changes what a stored result means, so results of the old code are not read back as current.
-PROTOCOL_VERSION = 1
 
 
 @dataclass
@@ -110,7 +106,7 @@ def run_experiment(
         try:
             for previous in list(store.runs())[-1:]:
                 console.print(f"Re-using {run_dir}: {previous.describe()}")
-            run_id = store.begin_run(content_key(config))
+            run_id = store.begin_run(config_key(config))
             try:
                 save_resolved_config(config, run_dir)
                 # The tracked run ends FINISHED, FAILED or KILLED with this block; it is logged to
@@ -341,8 +337,7 @@ def protocol_record(
         "generation": config.generation.model_dump(mode="json"),
         "metric": config.metric.model_dump(mode="json"),
     }
-    # The file hashes are provenance only: the parsed data above is what results depend on.
-    return {**record, "key": content_key({k: v for k, v in record.items() if k != "data_files"})}
+    return {**record, "key": protocol_key(record)}
 
 
 def _as_config(config: ExperimentConfig | dict | str | Path, overrides: list[str] | None) -> ExperimentConfig:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -66,7 +65,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tuneorprompt.backends.hf import HFBackend, ModelLoadError, forward_parameters, load_hf_backend, model_load_options
 from tuneorprompt.config import FineTuneArm, ModelConfig
-from tuneorprompt.keys import content_key
+from tuneorprompt.keys import grid_key, trained_weights_fingerprint, training_data_key
 from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.model import LocalWeights, as_local_weights
 from tuneorprompt.records import TrainingCost
@@ -123,7 +122,7 @@ def finetune(
     grid = tuple(arm.learning_rates) or DEFAULT_LEARNING_RATES[arm.kind]
     _claim(base, out_dir, describe_job(base, arm, examples, seed, dev_key))
     torch.set_num_threads(base.spec.num_threads)
-    grid_dir = out_dir / f"grid-{content_key(grid)[:12]}"
+    grid_dir = out_dir / f"grid-{grid_key(grid)[:12]}"
     if not (grid_dir / "result.json").exists():
         _train_and_select(base, arm, examples, grid, dev_score, out_dir, grid_dir, seed)
     return _load_result(base, arm.kind, [out_dir / f"lr-{lr:g}" for lr in grid], grid_dir)
@@ -162,7 +161,7 @@ def describe_job(
     job's state must not be resumed. The grid is not part of it. The model is its fingerprint as
     served here (files, dtype, device type, chat-template use), not its path: a model copied to
     another folder, or a checkout moved, re-uses its fine-tunes."""
-    data = content_key([[e.id, e.prompt, e.answer] for e in examples])
+    data = training_data_key(examples)
     arm_settings = arm.model_dump(mode="json", exclude={"learning_rates"})
     return {"model": base.fingerprint, "arm": arm_settings, "seed": seed, "data": data, "dev": dev_key,
             "batching": BATCHING}
@@ -419,14 +418,13 @@ def _served(model, tokenizer, base: LocalWeights, fingerprint: str) -> Iterator[
 
 
 def _weights_fingerprint(model, base_fingerprint: str) -> str:
-    """Identifies in-memory weights for the generation cache: the base files plus the bytes of every
-    trainable tensor (the adapter for LoRA, all weights for full fine-tuning)."""
-    digest = hashlib.sha256(base_fingerprint.encode())
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            digest.update(name.encode() + b"\0")
-            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy())
-    return "trained-" + digest.hexdigest()
+    """In-memory weights for the generation cache (`keys.trained_weights_fingerprint`): the trainable
+    tensors' raw bytes, as they are."""
+    trainable = (
+        (name, param.detach().cpu().contiguous().view(torch.uint8).numpy())  # a buffer, not a copy
+        for name, param in model.named_parameters() if param.requires_grad
+    )
+    return trained_weights_fingerprint(base_fingerprint, trainable)
 
 
 def _sort_target_modules(adapter_config: Path) -> None:

@@ -1,11 +1,20 @@
 """Content keys: every stored result is found by a hash of everything that determined it.
 
-A result is looked up by what produced it, never by a name: a generation by the serving identity
-of the model, the decoding settings and the exact prompt; an arm's test records by the model, the
-data, the prompt, decoding and scoring settings, the arm's spec and its seed; a fine-tuning run by
-its training data, model, arm settings, seed and how dev scored it. Change any input and the key
-changes, so a re-run into the same directory recomputes exactly what the change affects and reads
-back the rest; the same inputs always give the same key, in any process on any machine.
+A result is looked up by what produced it, never by a name. Change any input and the key changes,
+so a re-run into the same directory recomputes exactly what the change affects and reads back the
+rest; the same inputs always give the same key, in any process on any machine.
+
+This file holds every recipe, one function per stored thing, so a staleness audit reads one file:
+  model identity     `fingerprint_files`, `adapter_fingerprint`, `serving_fingerprint`,
+                     `served_model_key`, `trained_weights_fingerprint`
+  the protocol       `protocol_key` (model as served, data, prompt, decoding, scoring; `PROTOCOL_VERSION`)
+  a generation       `generation_key` (serving identity, decoding settings, exact prompt text)
+  dev scores         `dev_key` (dev prompts and targets, decoding, scoring), `dev_score_key`,
+                     `instruction_choice_key`
+  an arm's result    `arm_key` (protocol, arm name and spec, seed)
+  a fine-tuning job  `training_data_key`, `finetune_job_key`, `grid_key`
+  a run              `config_key`
+and the version of the store's layout (`STORE_LAYOUT`) beside them.
 """
 
 from __future__ import annotations
@@ -16,7 +25,15 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tuneorprompt.records import Example
+from tuneorprompt.records import Example, GenerationSettings
+
+# Part of every stored result's key (through `protocol_key`): bumped when a change to prompting,
+# decoding or scoring code changes what a stored result means, so results of the old code are not
+# read back as current.
+PROTOCOL_VERSION = 1
+# The store's table layout (`store.Store`): bumped whenever a table or a key's meaning changes, so a
+# store of another layout is refused rather than read with the wrong meaning.
+STORE_LAYOUT = 3
 
 
 def jsonable(value: Any) -> Any:
@@ -45,11 +62,40 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-# ---- models ------------------------------------------------------------------------------------------
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---- model identity -------------------------------------------------------------------------------------
+
+
+def fingerprint_files(paths: Iterable[Path]) -> str:
+    """sha256 (hex) over each file's name, size and bytes, in name order.
+
+    Names, not full paths: a model copied to another directory keeps its fingerprint. The size
+    delimits one file's bytes from the next name.
+    """
+    digest = hashlib.sha256()
+    for path in sorted((Path(p) for p in paths), key=lambda p: p.name):
+        digest.update(path.name.encode("utf-8") + b"\0")
+        digest.update(path.stat().st_size.to_bytes(8, "little"))
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def adapter_fingerprint(base_fingerprint: str, adapter_files: Iterable[Path]) -> str:
+    """A base model's files with a PEFT adapter's files on top."""
+    return hashlib.sha256((base_fingerprint + fingerprint_files(adapter_files)).encode()).hexdigest()
 
 
 def serving_fingerprint(files_fingerprint: str, dtype: str, device: str, chat_template: bool) -> str:
-    """A local model's identity as transformers serves it: its files (`model.fingerprint_files`), and the
+    """A local model's identity as transformers serves it: its files (`fingerprint_files`), and the
     dtype and device type its weights run in (kernels round differently) and whether prompts are
     wrapped in its chat template, all of which change what it answers. The dtype is spelled as torch
     prints it ("torch.float32"), the device by its type ("cuda" for "cuda:1")."""
@@ -66,6 +112,20 @@ def served_model_key(spec, files_fingerprint: str | None = None) -> str:
     return content_key("vllm", files_fingerprint, spec.dtype, spec.chat_template)
 
 
+def trained_weights_fingerprint(base_fingerprint: str, tensors: Iterable[tuple[str, Any]]) -> str:
+    """Weights being fine-tuned, in memory, for the generation cache during dev scoring: the base
+    files plus the name and bytes of every trainable tensor (the adapter for LoRA, all weights for
+    full fine-tuning); each tensor as a buffer of its bytes."""
+    digest = hashlib.sha256(base_fingerprint.encode())
+    for name, data in tensors:
+        digest.update(name.encode() + b"\0")
+        digest.update(data)
+    return "trained-" + digest.hexdigest()
+
+
+# ---- the protocol and the data --------------------------------------------------------------------------
+
+
 def examples_key(examples: Sequence[Example]) -> str:
     """The content of a split as the run uses it: ids, inputs and acceptable targets, in order.
     Hashing the parsed examples (not the file bytes) covers the file's content, `fields`, the seeded
@@ -77,9 +137,60 @@ def texts_key(texts: Iterable[str]) -> str:
     return content_key(list(texts))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def protocol_key(record: dict) -> str:
+    """What every arm's result depends on (`experiment.protocol_record`, which holds `PROTOCOL_VERSION`),
+    without `data_files`: the file hashes are provenance only, the parsed data is what results depend on."""
+    return content_key({k: v for k, v in record.items() if k != "data_files"})
+
+
+def config_key(config) -> str:
+    """A run's resolved config, as the store's list of runs records it."""
+    return content_key(config)
+
+
+# ---- generations, dev scores, arm results --------------------------------------------------------------
+
+
+def generation_key(fingerprint: str, settings: GenerationSettings, prompt: str) -> str:
+    """One greedy generation: who answered, with which decoding settings, to which exact text."""
+    return content_key(fingerprint, settings, prompt)
+
+
+def dev_key(prompts: Sequence, targets: Sequence[Sequence[str]], generation, metric) -> str:
+    """A dev score: the exact dev prompts and targets, decoding and scoring settings. The model is not
+    in it: a caller scoring several models (fine-tuning epochs) adds each one's fingerprint
+    (`dev_score_key`)."""
+    return content_key(list(prompts), [list(t) for t in targets], generation, metric)
+
+
+def dev_score_key(dev: str, fingerprint: str) -> str:
+    return content_key(dev, fingerprint)
+
+
+def instruction_choice_key(protocol: str) -> str:
+    """The dev records of the candidate instructions, chosen once per run and shared by every arm."""
+    return content_key(protocol, "instruction-choice")
+
+
+def arm_key(protocol: str, arm_name: str, spec: dict | None, seed: int) -> str:
+    """An arm's test records and notes: the protocol, the arm's name and settings, and its seed."""
+    return content_key(protocol, arm_name, spec, seed)
+
+
+# ---- fine-tuning ---------------------------------------------------------------------------------------
+
+
+def training_data_key(examples: Sequence) -> str:
+    """The training examples as rendered for training: ids, prompts (text or conversation), answers."""
+    return content_key([[e.id, e.prompt, e.answer] for e in examples])
+
+
+def finetune_job_key(job: dict) -> str:
+    """A fine-tuning job's folder (`finetune.describe_job`: model as served, data, arm settings, seed,
+    dev scoring, batching), so a changed input trains into a new folder instead of resuming another's."""
+    return content_key(job)
+
+
+def grid_key(learning_rates: Sequence[float]) -> str:
+    """The selection among a job's learning rates: each grid has its own."""
+    return content_key(tuple(learning_rates))

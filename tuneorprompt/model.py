@@ -13,15 +13,13 @@ Nothing here imports torch or transformers at module level: resolving reads the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
 
 from tuneorprompt.config import ModelConfig, ModelSpec, OpenAIModelConfig, VLLMModelConfig
-from tuneorprompt.keys import served_model_key, serving_fingerprint
+from tuneorprompt import keys
 
 
 class ModelLoadError(ValueError):
@@ -47,7 +45,7 @@ class LocalWeights:
     @property
     def fingerprint(self) -> str:
         """The identity of this model as served by transformers here (`keys.serving_fingerprint`)."""
-        return serving_fingerprint(self.files_fingerprint, self.dtype, self.device, self.chat_template)
+        return keys.serving_fingerprint(self.files_fingerprint, self.dtype, self.device, self.chat_template)
 
     def with_files(self, directory: Path) -> "LocalWeights":
         """Other weights of the same shape in `directory` (a fully fine-tuned copy), served the same way."""
@@ -97,14 +95,14 @@ def resolve_model(spec: ModelSpec) -> ResolvedModel:
         weights = _served_model_weights(spec) if spec.local_path is not None else None
         # The size the user declares for the served model, else that of its local copy, else unknown.
         size = spec.num_parameters if spec.num_parameters is not None else (weights and weights.num_parameters)
-        return ResolvedModel(spec, spec.label, served_model_key(spec), chat, size, weights)
+        return ResolvedModel(spec, spec.label, keys.served_model_key(spec), chat, size, weights)
     if isinstance(spec, VLLMModelConfig):
         weights = resolve_local_weights(
             ModelConfig(path=spec.path, revision=spec.revision, dtype=spec.dtype, chat_template=spec.chat_template)
         )
         spec = spec.model_copy(update={"chat_template": weights.chat_template})
         # vLLM's kernels are not transformers': its answers are cached apart from the hf backend's.
-        fingerprint = served_model_key(spec, files_fingerprint=weights.files_fingerprint)
+        fingerprint = keys.served_model_key(spec, files_fingerprint=weights.files_fingerprint)
         return ResolvedModel(spec, spec.label, fingerprint, weights.chat_template, weights.num_parameters, weights)
     raise TypeError(f"unknown model kind {type(spec).__name__}")
 
@@ -198,22 +196,6 @@ _FINGERPRINT_PATTERNS = (
 )
 
 
-def fingerprint_files(paths: Iterable[Path]) -> str:
-    """sha256 (hex) over each file's name, size and bytes, in name order.
-
-    Names, not full paths: a model copied to another directory keeps its fingerprint. The size
-    delimits one file's bytes from the next name.
-    """
-    digest = hashlib.sha256()
-    for path in sorted((Path(p) for p in paths), key=lambda p: p.name):
-        digest.update(path.name.encode("utf-8") + b"\0")
-        digest.update(path.stat().st_size.to_bytes(8, "little"))
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fingerprinted_files(directory: Path) -> list[Path]:
     found = {path for pattern in _FINGERPRINT_PATTERNS for path in directory.glob(pattern) if path.is_file()}
     return sorted(found)
@@ -224,14 +206,14 @@ def fingerprint_directory(directory: Path, name: str | None = None) -> str:
     files = fingerprinted_files(directory)
     if not any(path.suffix in {".safetensors", ".bin"} for path in files):
         raise ModelLoadError(f"model {name or str(directory)!r}: no weight files (*.safetensors, *.bin) in {directory}")
-    return fingerprint_files(files)
+    return keys.fingerprint_files(files)
 
 
 def adapter_fingerprint(base_fingerprint: str, adapter: Path) -> str:
-    """A base model's fingerprint with a PEFT adapter's files on top."""
+    """A base model's fingerprint with a PEFT adapter's files on top (`keys.adapter_fingerprint`)."""
     if not (adapter / "adapter_config.json").is_file():
         raise ModelLoadError(f"adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
-    return hashlib.sha256((base_fingerprint + fingerprint_files(fingerprinted_files(adapter))).encode()).hexdigest()
+    return keys.adapter_fingerprint(base_fingerprint, fingerprinted_files(adapter))
 
 
 # ---- "auto" decided ---------------------------------------------------------------------------------

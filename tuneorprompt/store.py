@@ -20,12 +20,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tuneorprompt.keys import content_key
+from tuneorprompt.keys import STORE_LAYOUT, generation_key
 from tuneorprompt.records import Completion, ExampleRecord, GenerationSettings
-
-# Bumped whenever a table or a key's meaning changes: a store of another layout is refused rather
-# than read with the wrong meaning.
-LAYOUT = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS generations (
@@ -124,12 +120,12 @@ class Store:
     def _check_layout(self) -> None:
         layout = self._db.execute("PRAGMA user_version").fetchone()[0]
         tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
-        if tables and layout != LAYOUT:
+        if tables and layout != STORE_LAYOUT:
             raise StoreError(
                 f"{self.path}: written by another version of tuneorprompt (store layout {layout}, this one reads "
-                f"{LAYOUT}); use a new run directory (--out) or delete this one"
+                f"{STORE_LAYOUT}); use a new run directory (--out) or delete this one"
             )
-        self._db.execute(f"PRAGMA user_version = {LAYOUT}")
+        self._db.execute(f"PRAGMA user_version = {STORE_LAYOUT}")
 
     def _explain(self, error: sqlite3.Error) -> str:
         message = str(error)
@@ -159,10 +155,6 @@ class Store:
 
     # ---- generation cache -------------------------------------------------------------------
 
-    @staticmethod
-    def generation_key(fingerprint: str, settings: GenerationSettings, prompt: str) -> str:
-        return content_key(fingerprint, settings, prompt)
-
     def cached(self, keys: Sequence[str]) -> dict[str, Completion]:
         found: dict[str, Completion] = {}
         for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
@@ -185,7 +177,7 @@ class Store:
         self._write(
             "INSERT OR REPLACE INTO generations VALUES (?,?,?,?,?,?,?,?)",
             many=[
-                (self.generation_key(fingerprint, settings, p), fingerprint, settings_json, p,
+                (generation_key(fingerprint, settings, p), fingerprint, settings_json, p,
                  c.text, c.prompt_tokens, c.generated_tokens, c.seconds)
                 for p, c in zip(prompts, completions)
             ],

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from tuneorprompt.backends.base import Backend
+from tuneorprompt.keys import generation_key
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 from tuneorprompt.store import Store
 
@@ -25,7 +26,7 @@ class CachedBackend:
     def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
         # Keyed by the exact text the model sees: two prompts that render alike are one generation.
         texts = [self.inner.render(p) for p in prompts]
-        keys = [Store.generation_key(self.fingerprint, settings, text) for text in texts]
+        keys = [generation_key(self.fingerprint, settings, text) for text in texts]
         found = self.store.cached(keys)
         missing = {key: (prompt, text) for prompt, text, key in zip(prompts, texts, keys) if key not in found}
         self.store.cache_stats.hits += len(prompts) - len(missing)

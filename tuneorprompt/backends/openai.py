@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 from tuneorprompt.backends.hf import _cut_at_stop, encode_prompt
 from tuneorprompt.config import ConfigError, OpenAIModelConfig
-from tuneorprompt.keys import content_key
+from tuneorprompt.keys import served_model_key
 from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
 
 # Sent when `api_key_env` is None: local servers ignore the key, but the client requires one.
@@ -120,9 +120,7 @@ class OpenAIBackend:
         self.spec = spec
         self.chat_template = spec.mode == "chat"
         self.context_length = spec.context_length
-        self.fingerprint = content_key(
-            "openai", spec.base_url.rstrip("/"), spec.model, spec.mode, spec.revision, spec.seed
-        )
+        self.fingerprint = served_model_key(spec)
         self._count = count
 
     def render(self, prompt: Prompt) -> str:
