@@ -126,7 +126,7 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented example experiment config."""
-    from tuneorprompt.templates import EXAMPLE_CONFIG
+    from tuneorprompt.example_config import EXAMPLE_CONFIG
 
     if path.exists() and not force:
         _fail(FileExistsError(f"{path} exists (use --force to overwrite)"))
