@@ -60,9 +60,16 @@ def _done(result) -> None:
 
 def _quiet_loading() -> None:
     """Per-tensor "Loading weights" bars from transformers drown the run's own progress bars."""
-    from transformers.utils import logging as hf_logging
+    # The hub's switch (huggingface_hub comes with transformers), which transformers copies when it
+    # loads: importing transformers here would cost a run that reads every answer from its store a
+    # second, for bars it never shows.
+    from huggingface_hub.utils import disable_progress_bars
 
-    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    if "transformers" in sys.modules:  # loaded before this command (a notebook, a test): copied already
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 @app.command()
