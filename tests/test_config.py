@@ -10,7 +10,7 @@ from tuneorprompt.config import (
     FineTuneArm,
     load_config,
 )
-from tuneorprompt.templates import EXAMPLE_CONFIG
+from tuneorprompt.example_config import EXAMPLE_CONFIG
 
 BASE = {"model": {"path": "m"}, "data": {"train": "a.jsonl", "dev": "b.jsonl", "test": "c.jsonl"}}
 

@@ -165,10 +165,19 @@ def test_cli_check_data_names_file_line_and_field(tmp_path):
     assert "dev.jsonl:2" in result.output and "target" in result.output
 
 
-def test_cli_init_writes_a_config_check_data_accepts(tmp_path):
+def test_cli_init_writes_a_config_check_data_accepts(tmp_path, tiny_gpt2_dir):
     target = tmp_path / "experiment.yaml"
     assert run_cli("init", str(target)).exit_code == 0
     assert run_cli("init", str(target)).exit_code == 2  # no silent overwrite
+    # The written config as a user would edit it: its model and data files pointed at real ones,
+    # every other key (prompts, arms with fine-tuning, metric, seeds) exactly as `init` wrote it.
+    data = write_task(tmp_path / "data", n=10)
+    edits = [f"model.path={tiny_gpt2_dir}"] + [f"data.{split}={path}" for split, path in data.items()]
+    checked = run_cli("check-data", str(target), *(arg for edit in edits for arg in ("--set", edit)))
+    assert checked.exit_code == 0, checked.output
+    assert "train 10, dev 10, test 10 examples" in checked.output
+    assert "loads; every arm's prompts fit its context of 256 tokens" in checked.output
+    assert "lora+instruction" in checked.output  # every arm of the example was planned, fine-tuning too
 
 
 # ---- one cost order ------------------------------------------------------------------------------

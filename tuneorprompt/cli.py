@@ -65,9 +65,16 @@ def _quiet_loading() -> None:
     process, not when the library is imported (a notebook keeps its own settings)."""
     import warnings
 
-    from transformers.utils import logging as hf_logging
+    # The hub's switch (huggingface_hub comes with transformers), which transformers copies when it
+    # loads: importing transformers here would cost a run that reads every answer from its store a
+    # second, for bars it never shows.
+    from huggingface_hub.utils import disable_progress_bars
 
-    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+    if "transformers" in sys.modules:  # loaded before this command (a notebook, a test): copied already
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
@@ -132,7 +139,7 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented example experiment config."""
-    from tuneorprompt.templates import EXAMPLE_CONFIG
+    from tuneorprompt.example_config import EXAMPLE_CONFIG
 
     if path.exists() and not force:
         _fail(FileExistsError(f"{path} exists (use --force to overwrite)"))

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from rich.console import Console
 
@@ -51,18 +47,17 @@ from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
 from tuneorprompt.evaluate import Scorer, overlong_prompts
 from tuneorprompt.keys import PROTOCOL_VERSION, config_key, examples_key, file_sha256, protocol_key, texts_key
-from tuneorprompt.model import ResolvedModel, resolve_model
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
+from tuneorprompt.model import ResolvedModel, resolve_model
 from tuneorprompt.progress import make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
+from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
 from tuneorprompt.report import build_report, write_report
 from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
 from tuneorprompt.store import Store
 from tuneorprompt.summary import outcome_matrix, summarize_arm
 from tuneorprompt.tracking import check_tracking, track_run
-
-PACKAGES = ("tuneorprompt", "torch", "transformers", "peft", "trl", "accelerate", "sentence-transformers")
 
 
 @dataclass
@@ -348,31 +343,6 @@ def _as_config(config: ExperimentConfig | dict | str | Path, overrides: list[str
     if isinstance(config, dict):
         return config_from_dict(apply_overrides(dict(config), overrides or []))
     return load_config(config, overrides)
-
-
-# ---- provenance ------------------------------------------------------------------------------------
-
-
-def environment() -> dict[str, Any]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-            "git_commit": git_commit(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-
-
-def git_commit() -> str | None:
-    """Commit of the tuneorprompt checkout in use (None for an installed wheel)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def save_resolved_config(config: ExperimentConfig, run_dir: Path) -> None:

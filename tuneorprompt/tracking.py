@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tuneorprompt.config import ExperimentConfig, TrackingConfig
+from tuneorprompt.provenance import git_commit
 
 # MLflow's limits (mlflow/utils/validation.py): longer param values are refused, not cut, and a
 # batch holds at most 100 params or tags and 1000 metrics.
@@ -187,8 +188,6 @@ def _warn(console: Console | None, message: str) -> None:
 
 
 def _start_tags(run_dir: Path) -> dict[str, str]:
-    from tuneorprompt.experiment import git_commit  # provenance lives there; imported late (no cycle)
-
     tags = {"tuneorprompt.run_dir": str(run_dir.resolve())}
     commit = git_commit()
     if commit:
