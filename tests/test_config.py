@@ -52,7 +52,7 @@ def test_bad_values_are_reported_with_their_path(tmp_path):
     raw = {**BASE, "arms": [{"kind": "few_shot", "k": [0]}], "data": {"file": "x.jsonl", "train": "a.jsonl"}}
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, raw))
-    assert "arms.0.few_shot.k" in str(error.value)
+    assert "arms.0.k" in str(error.value)
     assert "either `file`" in str(error.value)
 
 

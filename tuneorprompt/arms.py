@@ -1,37 +1,44 @@
 """The arms: each adapts the base model to the task using only the training pool and the dev split,
 and returns a `System` that the one evaluator scores on the test split.
 
-Like an optimizer's `compile(student, trainset)`, prompt arms and weight arms share one signature:
-`prepare(context, seed) -> System`. The context carries train and dev but not test, so no arm can
-choose anything on the test split.
+Like an optimizer's `compile(student, trainset)`, prompt arms and weight arms share one signature,
+`prepare(task, dev, base, seed) -> System`: frozen inputs in (`TaskData` holds train and dev but not
+test, so no arm can choose anything on the test split), a system out. Every choice an arm makes is
+scored by the `DevJudge`, on dev.
 
-An arm's test result is stored under a content key (`arm_key`): the protocol key of the run (model,
-data, prompt, decoding and scoring settings) plus the arm's own spec and seed. A re-run reads it back
-only when nothing that determined it has changed.
+An arm kind is two things: its settings class (`config.ArmSpec`) and its arm class here, which names
+that settings class (`spec_class`), declares its `family` (what the decision compares: prompt,
+retrieval or finetune) and is registered with `@arm_kind`. Nothing else lists arm kinds.
+
+An arm's test result is stored under a content key (`keys.arm_key`): the protocol key of the run
+(model, data, prompt, decoding and scoring settings) plus the arm's own spec and seed. A re-run reads
+it back only when nothing that determined it has changed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import jinja2
 import numpy as np
-from pydantic import BaseModel
 
-from tuneorprompt import stats
+from tuneorprompt import keys, stats
 from tuneorprompt.backends.base import Backend
 from tuneorprompt.backends.cached import CachedBackend
 from tuneorprompt.config import (
+    ArmSpec,
+    BaselineArm,
     ContextArm,
     ExperimentConfig,
     FewShotArm,
+    FewShotKnnArm,
     FineTuneArm,
+    InstructionArm,
 )
 from tuneorprompt.decide import CostEstimate
 from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
-from tuneorprompt import keys
 from tuneorprompt.keys import jsonable
 from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.model import ResolvedModel
@@ -40,137 +47,204 @@ from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
 from tuneorprompt.retrieval import Embed, NearestDemos, PassageRetriever, RandomDemos
 from tuneorprompt.store import Store
 
+Family = Literal["prompt", "retrieval", "finetune"]
 
-@dataclass
-class ArmContext:
-    """Everything an arm may use to adapt: the training pool, the dev split, the base model."""
 
-    config: ExperimentConfig
-    model: ResolvedModel
-    train: list[Example]
-    dev: list[Example]
-    base: Backend
+# ---- what an arm is given ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What an arm may adapt with: the training pool, the dev split, the task's prompt format, the
+    reference corpus. Never the test split."""
+
+    train: tuple[Example, ...]
+    dev: tuple[Example, ...]
     format: PromptFormat
-    settings: GenerationSettings
-    scorer: Scorer
-    store: Store | None  # None while the run is planned; set when it starts (nothing is stored before)
-    run_dir: Path
-    embed: Embed
-    protocol_key: str  # content key of what every arm's result depends on (see experiment.protocol_record)
-    corpus: list[str] | None = None
-    progress: Progress | None = None
-    _instruction: PlacedInstruction | None = field(default=None, repr=False)
-    instruction_scores: dict[str, float] = field(default_factory=dict)  # candidate label -> dev accuracy
+    embed: Embed  # text -> vector, for retrieved demos and passages
+    corpus: tuple[str, ...] | None = None
 
-    def dev_accuracy(self, system: System, key: str) -> float:
-        """Accuracy of `system` on dev; its records are stored under `key`. Relevance is not computed:
-        no choice uses it."""
-        records = evaluate(system, self.dev, "dev", self.settings, replace(self.scorer, relevance=None), self.progress)
+
+@dataclass(frozen=True)
+class Base:
+    """The base model: the backend that answers for it, what it resolved to, and where weights trained
+    from it are written."""
+
+    backend: Backend
+    model: ResolvedModel
+    models_dir: Path
+
+
+@dataclass(frozen=True)
+class InstructionChoice:
+    instruction: PlacedInstruction
+    dev_accuracy: dict[str, float]  # candidate label -> dev accuracy, in the order tried
+
+
+class DevJudge:
+    """Scores systems on dev, the only split an arm may choose on. Each score's records are stored under
+    a content key (a re-run reads them back) and every generation goes through the run's store. The
+    instruction is chosen once per run and shared by every arm that uses one."""
+
+    def __init__(self, task: TaskData, config: ExperimentConfig, settings: GenerationSettings, scorer: Scorer,
+                 store: Store, protocol_key: str, progress: Progress | None = None):
+        self.task = task
+        self.config = config
+        self.settings = settings
+        self.scorer = replace(scorer, relevance=None)  # no choice uses relevance
+        self.store = store
+        self.protocol_key = protocol_key
+        self.progress = progress
+        self._instruction: dict[str, InstructionChoice] = {}  # by the base's fingerprint
+
+    def key(self, recipe: PromptRecipe) -> str:
+        """The content key of `recipe`'s dev score (`keys.dev_key`), without the model."""
+        prompts = [recipe.build(e) for e in self.task.dev]
+        return keys.dev_key(prompts, [e.targets for e in self.task.dev], self.config.generation, self.config.metric)
+
+    def accuracy(self, system: System, key: str) -> float:
+        """Accuracy of `system` on dev; its records are stored under `key`."""
+        cached = replace(system, backend=CachedBackend(system.backend, self.store))
+        records = evaluate(cached, self.task.dev, "dev", self.settings, self.scorer, self.progress)
         self.store.put_records(key, records)
         return accuracy(records)
 
-    def dev_key(self, recipe: PromptRecipe) -> str:
-        """Content key of a dev score: the exact dev prompts and targets, decoding and scoring settings.
-        The model is not in it: the caller scores several models (fine-tuning epochs) under one key."""
-        prompts = [recipe.build(e) for e in self.dev]
-        targets = [list(e.targets) for e in self.dev]
-        return keys.dev_key(prompts, targets, self.config.generation, self.config.metric)
-
-    def chosen_instruction(self) -> PlacedInstruction:
+    def instruction(self, base: Backend) -> InstructionChoice:
         """The candidate instruction (and, with a chat template, its placement) with the best dev
-        accuracy (ties: the earlier candidate), chosen once per run and shared by every arm that uses
-        an instruction."""
-        if self._instruction is None:
+        accuracy (ties: the earlier candidate)."""
+        if base.fingerprint not in self._instruction:
             key = keys.instruction_choice_key(self.protocol_key)
-            candidates = self.format.instruction_candidates()
-            for i, candidate in enumerate(candidates):
-                recipe = PromptRecipe(self.format, instruction=candidate)
-                self.instruction_scores[candidate.label] = self.dev_accuracy(
-                    System(f"instruction-candidate-{i}", 0, self.base, recipe), key
+            candidates = self.task.format.instruction_candidates()
+            scores = {
+                candidate.label: self.accuracy(
+                    System(f"instruction-candidate-{i}", 0, base, PromptRecipe(self.task.format, instruction=candidate)),
+                    key,
                 )
-            best = max(self.instruction_scores.values())
-            self._instruction = next(c for c in candidates if self.instruction_scores[c.label] == best)
-        return self._instruction
+                for i, candidate in enumerate(candidates)
+            }
+            best = max(scores.values())
+            chosen = next(c for c in candidates if scores[c.label] == best)
+            self._instruction[base.fingerprint] = InstructionChoice(chosen, scores)
+        return self._instruction[base.fingerprint]
 
-    def longest_instruction(self) -> PlacedInstruction:
-        """For cost estimates made before any dev scoring: the candidate whose prompt has the most tokens."""
-        example = self.dev[0]
-        return max(
-            self.format.instruction_candidates(),
-            key=lambda candidate: self.base.count_tokens(PromptRecipe(self.format, instruction=candidate).build(example)),
-        )
+
+# ---- the arm protocol and its registry -------------------------------------------------------------------
 
 
 class Arm(Protocol):
+    family: ClassVar[Family]
+    spec_class: ClassVar[type[ArmSpec]]
     name: str
-    kind: str
+    spec: ArmSpec  # the arm's settings, part of its result's key
     stochastic: bool  # repeated for every configured seed
     uses_instruction: bool  # queried with the instruction chosen on dev
-    spec: BaseModel | None  # the arm's settings, part of its result's key
+    retrieves_by_embedding: bool  # looks inputs up by embedding (their vectors are computed once, up front)
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
+    @classmethod
+    def expand(cls, spec: ArmSpec) -> list["Arm"]:
+        """One arm per report row: a few-shot spec with k: [1, 4] is few_shot@1 and few_shot@4."""
+        ...
+
+    def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
         """How the arm's queries are prompted, given the instruction (None unless `uses_instruction`)."""
         ...
 
-    def prepare(self, ctx: ArmContext, seed: int) -> System: ...
+    def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System: ...
 
 
-def _instruction_for(arm: Arm, ctx: ArmContext) -> PlacedInstruction | None:
-    return ctx.chosen_instruction() if arm.uses_instruction else None
+_ARM_CLASSES: dict[type[ArmSpec], type] = {}
 
 
+def arm_kind(cls: type) -> type:
+    """Registers an arm class for its `spec_class`: configs with that kind expand into it."""
+    _ARM_CLASSES[cls.spec_class] = cls
+    return cls
+
+
+def expand_arms(config: ExperimentConfig) -> list[Arm]:
+    """One arm object per report row, in the config's order."""
+    arms: list[Arm] = []
+    for spec in config.arms:
+        arms += _ARM_CLASSES[type(spec)].expand(spec)
+    names = [a.name for a in arms]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"arms: {', '.join(duplicates)} listed more than once")
+    return arms
+
+
+def _instruction_for(arm: Arm, dev: DevJudge, base: Base) -> PlacedInstruction | None:
+    return dev.instruction(base.backend).instruction if arm.uses_instruction else None
+
+
+# ---- the arms ----------------------------------------------------------------------------------------------
+
+
+@arm_kind
 @dataclass(frozen=True)
 class Baseline:
-    name: str = "baseline"
-    kind: str = "baseline"
-    stochastic: bool = False
-    uses_instruction: bool = False
-    spec: None = None
+    spec: BaselineArm = field(default_factory=BaselineArm)
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
-        return PromptRecipe(ctx.format)
+    family: ClassVar[Family] = "prompt"
+    spec_class: ClassVar[type[ArmSpec]] = BaselineArm
+    name = "baseline"
+    stochastic = False
+    uses_instruction = False
+    retrieves_by_embedding = False
 
-    def prepare(self, ctx: ArmContext, seed: int) -> System:
-        return System(self.name, seed, ctx.base, self.recipe(ctx, seed, None))
+    @classmethod
+    def expand(cls, spec: BaselineArm) -> list[Arm]:
+        return [cls(spec)]
+
+    def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
+        return PromptRecipe(task.format)
+
+    def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
+        return System(self.name, seed, base.backend, self.recipe(task, seed, None))
 
 
+@arm_kind
 @dataclass(frozen=True)
 class Instruction:
-    name: str = "instruction"
-    kind: str = "instruction"
-    stochastic: bool = False
-    uses_instruction: bool = True
-    spec: None = None
+    spec: InstructionArm = field(default_factory=InstructionArm)
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
-        return PromptRecipe(ctx.format, instruction=instruction)
+    family: ClassVar[Family] = "prompt"
+    spec_class: ClassVar[type[ArmSpec]] = InstructionArm
+    name = "instruction"
+    stochastic = False
+    uses_instruction = True
+    retrieves_by_embedding = False
 
-    def prepare(self, ctx: ArmContext, seed: int) -> System:
-        instruction = ctx.chosen_instruction()
-        info = {"instruction": instruction.text, "placement": instruction.placement,
-                "dev_accuracy_by_instruction": dict(ctx.instruction_scores)}
-        return System(self.name, seed, ctx.base, self.recipe(ctx, seed, instruction), info)
+    @classmethod
+    def expand(cls, spec: InstructionArm) -> list[Arm]:
+        return [cls(spec)]
+
+    def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
+        return PromptRecipe(task.format, instruction=instruction)
+
+    def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
+        choice = dev.instruction(base.backend)
+        info = {"instruction": choice.instruction.text, "placement": choice.instruction.placement,
+                "dev_accuracy_by_instruction": dict(choice.dev_accuracy)}
+        return System(self.name, seed, base.backend, self.recipe(task, seed, choice.instruction), info)
 
 
+@arm_kind
 @dataclass(frozen=True)
 class FewShot:
-    """k demonstrations before the query: a seeded random draw from the training pool (`few_shot`,
-    repeated per seed), or the k nearest training examples by embedding (`few_shot_knn`, deterministic)."""
+    """k demonstrations before the query: a seeded random draw from the training pool, repeated per seed."""
 
-    spec: FewShotArm  # a FewShotKnnArm for retrieved demos
+    spec: FewShotArm
     k: int
 
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
+    family: ClassVar[Family] = "prompt"
+    spec_class: ClassVar[type[ArmSpec]] = FewShotArm
+    stochastic = True
+    retrieves_by_embedding = False
 
-    @property
-    def retrieved(self) -> bool:
-        return self.spec.kind == "few_shot_knn"
-
-    @property
-    def stochastic(self) -> bool:
-        return not self.retrieved
+    @classmethod
+    def expand(cls, spec: FewShotArm) -> list[Arm]:
+        return [cls(spec, k) for k in spec.k]
 
     @property
     def uses_instruction(self) -> bool:
@@ -180,40 +254,69 @@ class FewShot:
     def name(self) -> str:
         return f"{self.spec.kind}@{self.k}" + ("+instruction" if self.spec.instruction else "")
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
-        demos = NearestDemos(ctx.train, self.k, ctx.embed) if self.retrieved else RandomDemos(tuple(ctx.train), self.k, seed)
-        return PromptRecipe(ctx.format, instruction=instruction, demos=demos)
+    def demos(self, task: TaskData, seed: int):
+        return RandomDemos(task.train, self.k, seed)
 
-    def prepare(self, ctx: ArmContext, seed: int) -> System:
-        instruction = _instruction_for(self, ctx)
-        recipe = self.recipe(ctx, seed, instruction)
+    def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
+        return PromptRecipe(task.format, instruction=instruction, demos=self.demos(task, seed))
+
+    def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
+        instruction = _instruction_for(self, dev, base)
+        recipe = self.recipe(task, seed, instruction)
         info: dict[str, Any] = {"k": self.k, "instruction": instruction.label if instruction else None}
         if isinstance(recipe.demos, RandomDemos):
             info["demo_ids"] = [d.id for d in recipe.demos.chosen]
-        return System(self.name, seed, ctx.base, recipe, info)
+        return System(self.name, seed, base.backend, recipe, info)
 
 
+@arm_kind
+@dataclass(frozen=True)
+class FewShotKnn(FewShot):
+    """The k training examples nearest to the query by embedding (deterministic: one seed)."""
+
+    spec: FewShotKnnArm
+    spec_class: ClassVar[type[ArmSpec]] = FewShotKnnArm
+    stochastic = False
+    retrieves_by_embedding = True
+
+    def demos(self, task: TaskData, seed: int):
+        return NearestDemos(list(task.train), self.k, task.embed)
+
+
+@arm_kind
 @dataclass(frozen=True)
 class Context:
+    """Passages of the reference corpus retrieved per question, before the prompt."""
+
     spec: ContextArm
 
+    family: ClassVar[Family] = "retrieval"
+    spec_class: ClassVar[type[ArmSpec]] = ContextArm
     name = "context"
-    kind = "context"
     stochastic = False
     uses_instruction = False
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
-        if not ctx.corpus:
+    @classmethod
+    def expand(cls, spec: ContextArm) -> list[Arm]:
+        return [cls(spec)]
+
+    @property
+    def retrieves_by_embedding(self) -> bool:
+        return self.spec.retriever == "embedding"
+
+    def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
+        if not task.corpus:
             raise ValueError("the context arm needs data.corpus (reference documents) in the config")
-        retriever = PassageRetriever(ctx.corpus, self.spec.top_k, self.spec.retriever, ctx.embed)
+        retriever = PassageRetriever(list(task.corpus), self.spec.top_k, self.spec.retriever, task.embed)
         template: jinja2.Template = compile_template(self.spec.template, "context.template")
-        return PromptRecipe(ctx.format, passages=retriever, context_template=template)
+        return PromptRecipe(task.format, passages=retriever, context_template=template)
 
-    def prepare(self, ctx: ArmContext, seed: int) -> System:
+    def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
         info = {"top_k": self.spec.top_k, "retriever": self.spec.retriever}
-        return System(self.name, seed, ctx.base, self.recipe(ctx, seed, None), info)
+        return System(self.name, seed, base.backend, self.recipe(task, seed, None), info)
 
 
+@arm_kind
 @dataclass(frozen=True)
 class FineTune:
     """LoRA or full fine-tuning on the training pool, learning rate and epoch chosen on dev."""
@@ -221,11 +324,14 @@ class FineTune:
     spec: FineTuneArm
     name_suffix: str = ""  # learning-curve variants: "@n=32"
 
+    family: ClassVar[Family] = "finetune"
+    spec_class: ClassVar[type[ArmSpec]] = FineTuneArm
     stochastic = True
+    retrieves_by_embedding = False
 
-    @property
-    def kind(self) -> str:
-        return self.spec.kind
+    @classmethod
+    def expand(cls, spec: FineTuneArm) -> list[Arm]:
+        return [cls(spec)]
 
     @property
     def name(self) -> str:
@@ -235,64 +341,42 @@ class FineTune:
     def uses_instruction(self) -> bool:
         return self.spec.instruction
 
-    def recipe(self, ctx: ArmContext, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
-        demos = RandomDemos(tuple(ctx.train), self.spec.few_shot_k, seed) if self.spec.few_shot_k else None
-        return PromptRecipe(ctx.format, instruction=instruction, demos=demos)
+    def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
+        demos = RandomDemos(task.train, self.spec.few_shot_k, seed) if self.spec.few_shot_k else None
+        return PromptRecipe(task.format, instruction=instruction, demos=demos)
 
-    def training_pool(self, ctx: ArmContext) -> list[Example]:
-        return ctx.train[: self.spec.max_train_examples] if self.spec.max_train_examples else ctx.train
+    def training_pool(self, task: TaskData) -> tuple[Example, ...]:
+        return task.train[: self.spec.max_train_examples] if self.spec.max_train_examples else task.train
 
-    def prepare(self, ctx: ArmContext, seed: int) -> System:
-        from tuneorprompt.finetune import (  # heavy imports only when training
-            TrainingExample,
-            describe_job,
-            finetune,
-        )
+    def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
+        from tuneorprompt.finetune import describe_job, finetune  # heavy imports only when training
+        from tuneorprompt.training_data import TrainingExample
 
-        instruction = _instruction_for(self, ctx)
-        train_recipe = PromptRecipe(ctx.format, instruction=instruction)
-        examples = [TrainingExample(e.id, train_recipe.build(e), ctx.format.answer(e)) for e in self.training_pool(ctx)]
-        query_recipe = self.recipe(ctx, seed, instruction)
-        dev_key = ctx.dev_key(query_recipe)
+        instruction = _instruction_for(self, dev, base)
+        train_recipe = PromptRecipe(task.format, instruction=instruction)
+        examples = [TrainingExample(e.id, train_recipe.build(e), task.format.answer(e)) for e in self.training_pool(task)]
+        query_recipe = self.recipe(task, seed, instruction)
+        dev_key = dev.key(query_recipe)
 
         def dev_score(backend: Backend) -> float:
-            system = System(f"{self.name}-dev", seed, CachedBackend(backend, ctx.store), query_recipe)
-            return ctx.dev_accuracy(system, keys.dev_score_key(dev_key, backend.fingerprint))
+            system = System(f"{self.name}-dev", seed, backend, query_recipe)
+            return dev.accuracy(system, keys.dev_score_key(dev_key, backend.fingerprint))
 
-        # The folder is named by the job's content (and the base weights as served), so a changed model,
-        # data, setting or dev scoring trains into a new folder instead of resuming another job's state.
-        base = ctx.model.weights  # not None: plan_run skips fine-tuning arms without local weights
-        job = keys.finetune_job_key(describe_job(base, self.spec, examples, seed, dev_key))
-        out_dir = ctx.run_dir / "models" / f"{self.name}-seed{seed}-{job[:12]}"
+        weights = base.model.weights  # not None: plan_run skips fine-tuning arms without local weights
+        # The folder is named by the job's content, so a changed model, data, setting or dev scoring
+        # trains into a new folder instead of resuming another job's state.
+        job = keys.finetune_job_key(describe_job(weights, self.spec, examples, seed, dev_key))
+        out_dir = base.models_dir / f"{self.name}-seed{seed}-{job[:12]}"
         # Training loads its own copy of the base model: the run's copy is freed meanwhile (and loaded
         # again by the next arm that asks it for a generation), so no arm holds two.
-        ctx.base.release()
-        tuned = finetune(base, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
+        base.backend.release()
+        tuned = finetune(weights, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
-                "model_dir": str(tuned.model_dir),
-                "training": tuned.cost}
-        return System(self.name, seed, CachedBackend(tuned.backend, ctx.store), query_recipe, info)
+                "model_dir": str(tuned.model_dir), "training": tuned.cost}
+        return System(self.name, seed, tuned.backend, query_recipe, info)
 
 
-def expand_arms(config: ExperimentConfig) -> list[Arm]:
-    """One arm object per report row: a few-shot spec with k: [1, 4] becomes few_shot@1 and few_shot@4."""
-    arms: list[Arm] = []
-    makers: dict[str, Callable] = {
-        "baseline": lambda spec: [Baseline()],
-        "instruction": lambda spec: [Instruction()],
-        "few_shot": lambda spec: [FewShot(spec, k) for k in spec.k],
-        "few_shot_knn": lambda spec: [FewShot(spec, k) for k in spec.k],
-        "context": lambda spec: [Context(spec)],
-        "lora": lambda spec: [FineTune(spec)],
-        "full": lambda spec: [FineTune(spec)],
-    }
-    for spec in config.arms:
-        arms += makers[spec.kind](spec)
-    names = [a.name for a in arms]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"arms: {', '.join(duplicates)} listed more than once")
-    return arms
+# ---- running an arm ----------------------------------------------------------------------------------------
 
 
 def seeds_of(arm: Arm, seeds: list[int]) -> list[int]:
@@ -300,34 +384,48 @@ def seeds_of(arm: Arm, seeds: list[int]) -> list[int]:
     return list(seeds) if arm.stochastic else list(seeds[:1])
 
 
-def arm_key(arm: Arm, seed: int, protocol_key: str) -> str:
-    spec = arm.spec.model_dump(mode="json") if arm.spec is not None else None
-    return keys.arm_key(protocol_key, arm.name, spec, seed)
+@dataclass(frozen=True)
+class TestSplit:
+    """The held-out split and its scorer (relevance included): read by `run_arm` only."""
+
+    examples: list[Example]
+    scorer: Scorer
 
 
-def run_arm(arm: Arm, seed: int, ctx: ArmContext, test: list[Example]) -> tuple[list[ExampleRecord], dict]:
+@dataclass(frozen=True)
+class ArmRun:
+    """One arm under one seed: its test records and its notes (choices, training cost, peak memory)."""
+
+    records: list[ExampleRecord]
+    info: dict
+
+
+def run_arm(arm: Arm, seed: int, task: TaskData, dev: DevJudge, base: Base, test: TestSplit) -> ArmRun:
     """Test records of one arm and seed: read back when the store has them under this arm's content
     key, else prepare and evaluate.
 
     The test split enters here only, after the arm has finished all of its choices on train/dev."""
-    key = arm_key(arm, seed, ctx.protocol_key)
-    info = ctx.store.finished_arm(key)
+    store = dev.store
+    key = keys.arm_key(dev.protocol_key, arm.name, arm.spec.model_dump(mode="json"), seed)
+    info = store.finished_arm(key)
     if info is not None:
-        return ctx.store.records(key, "test"), info
+        return ArmRun(store.records(key, "test"), info)
     reset_peak_rss()
-    system = arm.prepare(ctx, seed)
-    arm_records = evaluate(system, test, "test", ctx.settings, ctx.scorer, ctx.progress)
-    ctx.store.put_records(key, arm_records)
+    system = arm.prepare(task, dev, base, seed)
+    system = replace(system, backend=CachedBackend(system.backend, store))
+    records = evaluate(system, test.examples, "test", dev.settings, test.scorer, dev.progress)
+    store.put_records(key, records)
     info = jsonable(system.info | {"peak_rss_mb": round(peak_rss_mb())})
-    ctx.store.finish_arm(key, arm.name, seed, info)
-    return arm_records, info
+    store.finish_arm(key, arm.name, seed, info)
+    return ArmRun(records, info)
 
 
 # ---- cost estimates, before anything runs ------------------------------------------------------------
 
 
 def estimate_cost(
-    arm: Arm, recipe: PromptRecipe, instruction: PlacedInstruction | None, ctx: ArmContext
+    arm: Arm, recipe: PromptRecipe, instruction: PlacedInstruction | None, task: TaskData, base: Base,
+    settings: GenerationSettings,
 ) -> CostEstimate:
     """What the arm will cost, from token counts on dev and the model's size, without generating or
     training: the order the `ladder` strategy runs arms in and the recommendation ranks them by.
@@ -340,29 +438,37 @@ def estimate_cost(
     tokens, every epoch of every learning rate in the grid (LoRA as frozen weights: its adapters are
     a rounding error).
     """
-    params = ctx.model.num_parameters
-    budget = ctx.base.context_length - ctx.settings.max_new_tokens
-    prompts = [recipe.build(e) for e in ctx.dev]
-    prompt_tokens = float(np.mean([min(ctx.base.count_tokens(p), budget) for p in prompts]))
-    answer_tokens = float(np.mean([_answer_tokens(ctx, e) + 1 for e in ctx.dev]))
+    backend, params = base.backend, base.model.num_parameters
+    budget = backend.context_length - settings.max_new_tokens
+    prompt_tokens = float(np.mean([min(backend.count_tokens(recipe.build(e)), budget) for e in task.dev]))
+    answer_tokens = float(np.mean([_answer_tokens(task, backend, e) + 1 for e in task.dev]))
     per_query = stats.inference_flops(params, prompt_tokens, answer_tokens) if params is not None else None
     one_time = 0.0
     if isinstance(arm, FineTune):
         from tuneorprompt.finetune import DEFAULT_LEARNING_RATES  # heavy imports only with fine-tuning arms
 
-        train_recipe = PromptRecipe(ctx.format, instruction=instruction)
-        tokens_per_epoch = 0
-        for example in arm.training_pool(ctx):
-            prompt = train_recipe.build(example)
-            tokens_per_epoch += ctx.base.count_tokens(prompt) + _answer_tokens(ctx, example) + 1
-        grid = arm.spec.learning_rates or DEFAULT_LEARNING_RATES[arm.kind]
-        trainable = params if arm.kind == "full" else 0
+        train_recipe = PromptRecipe(task.format, instruction=instruction)
+        tokens_per_epoch = sum(
+            backend.count_tokens(train_recipe.build(e)) + _answer_tokens(task, backend, e) + 1
+            for e in arm.training_pool(task)
+        )
+        grid = arm.spec.learning_rates or DEFAULT_LEARNING_RATES[arm.spec.kind]
+        trainable = params if arm.spec.kind == "full" else 0
         one_time = stats.training_flops(params, tokens_per_epoch * arm.spec.epochs * len(grid), trainable)
     return CostEstimate(arm.name, per_query, one_time, prompt_tokens + answer_tokens)
 
 
-def _answer_tokens(ctx: ArmContext, example: Example) -> int:
+def _answer_tokens(task: TaskData, backend: Backend, example: Example) -> int:
     """Tokens the reference answer adds after the example's question, counted as a difference of two
     prompts so that a chat template's wrapping (the same in both) cancels out."""
-    question = ctx.format.plain(example)
-    return max(1, ctx.base.count_tokens(question + ctx.format.answer(example)) - ctx.base.count_tokens(question))
+    question = task.format.plain(example)
+    return max(1, backend.count_tokens(question + task.format.answer(example)) - backend.count_tokens(question))
+
+
+def longest_instruction(task: TaskData, backend: Backend) -> PlacedInstruction:
+    """For cost estimates made before any dev scoring: the candidate whose prompt has the most tokens."""
+    example = task.dev[0]
+    return max(
+        task.format.instruction_candidates(),
+        key=lambda candidate: backend.count_tokens(PromptRecipe(task.format, instruction=candidate).build(example)),
+    )

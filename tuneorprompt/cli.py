@@ -128,7 +128,7 @@ def check_data(
         plan = plan_run(cfg, Path("runs") / cfg.name)
     except USER_ERRORS as error:
         _fail(error)
-    console.print(f"model {cfg.model.label}: loads; every arm's prompts fit its context of {plan.base.context_length} tokens")
+    console.print(f"model {cfg.model.label}: loads; every arm's prompts fit its context of {plan.base.backend.context_length} tokens")
     order = ", ".join(estimate.name for estimate in plan.estimates)
     console.print(f"arms, cheapest first by estimated cost (the ladder's order): {order}")
 

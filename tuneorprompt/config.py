@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
@@ -309,15 +311,37 @@ class MetricConfig(Strict):
 # ---- arms -------------------------------------------------------------------------------------
 
 
-class BaselineArm(Strict):
+class ArmSpec(Strict):
+    """The settings of one kind of arm; `kind` names it in the YAML. Every subclass whose `kind` is a
+    Literal registers those kinds (`arm_spec_class`): an arm kind is its settings class and its arm class
+    (`arms.py`), nothing else."""
+
+    kind: str
+    _classes: ClassVar[dict[str, type["ArmSpec"]]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for kind in get_args(cls.model_fields["kind"].annotation):
+            ArmSpec._classes[kind] = cls
+
+
+def arm_spec_class(kind: str) -> type[ArmSpec]:
+    try:
+        return ArmSpec._classes[kind]
+    except KeyError:
+        raise ValueError(f"unknown arm kind {kind!r}: use one of {', '.join(sorted(ArmSpec._classes))}") from None
+
+
+class BaselineArm(ArmSpec):
     kind: Literal["baseline"] = "baseline"
 
 
-class InstructionArm(Strict):
+class InstructionArm(ArmSpec):
     kind: Literal["instruction"] = "instruction"
 
 
-class FewShotArm(Strict):
+class FewShotArm(ArmSpec):
     kind: Literal["few_shot"] = "few_shot"
     k: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="Each k is its own arm row.")
     instruction: bool = Field(False, description="Put the chosen instruction before the demonstrations.")
@@ -335,7 +359,7 @@ class FewShotKnnArm(FewShotArm):
     k: list[int] = Field(default_factory=lambda: [4])
 
 
-class ContextArm(Strict):
+class ContextArm(ArmSpec):
     kind: Literal["context"] = "context"
     top_k: int = Field(2, ge=1, description="Passages retrieved per question.")
     retriever: Literal["bm25", "embedding"] = "bm25"
@@ -344,7 +368,7 @@ class ContextArm(Strict):
     )
 
 
-class FineTuneArm(Strict):
+class FineTuneArm(ArmSpec):
     kind: Literal["lora", "full"]
     instruction: bool = Field(False, description="Train and query with the instruction chosen on dev.")
     few_shot_k: int | None = Field(None, ge=1, description="Query the fine-tuned model with k random demos.")
@@ -365,23 +389,23 @@ class FineTuneArm(Strict):
         return name + (f"+few_shot@{self.few_shot_k}" if self.few_shot_k else "")
 
 
-ArmConfig = Annotated[
-    Union[BaselineArm, InstructionArm, FewShotArm, FewShotKnnArm, ContextArm, FineTuneArm],
-    Field(discriminator="kind"),
-]
+def _arm_spec(value: Any) -> Any:
+    """One entry of `arms`: a mapping validated by its kind's settings class, or the shorthand `- baseline`,
+    `- lora+instruction` for `{kind: baseline}`, `{kind: lora, instruction: true}`."""
+    if isinstance(value, str):
+        kind, *extras = value.split("+")
+        value = {"kind": kind}
+        for extra in extras:
+            if extra != "instruction":
+                raise ValueError(f"unknown arm modifier {extra!r} in {'+'.join([kind, *extras])!r} (only '+instruction')")
+            value["instruction"] = True
+    if isinstance(value, dict):
+        return arm_spec_class(str(value.get("kind"))).model_validate(value)
+    return value
 
 
-def _arm_shorthand(value: Any) -> Any:
-    """`- baseline`, `- lora+instruction` in YAML stand for `{kind: baseline}`, `{kind: lora, instruction: true}`."""
-    if not isinstance(value, str):
-        return value
-    kind, *extras = value.split("+")
-    spec: dict[str, Any] = {"kind": kind}
-    for extra in extras:
-        if extra != "instruction":
-            raise ValueError(f"unknown arm modifier {extra!r} in {value!r} (only '+instruction')")
-        spec["instruction"] = True
-    return spec
+# An entry of `arms`, dispatched on `kind` by the registry; serialised with its own class's fields.
+ArmEntry = Annotated[SerializeAsAny[ArmSpec], BeforeValidator(_arm_spec)]
 
 
 class TargetConfig(Strict):
@@ -450,7 +474,7 @@ class ExperimentConfig(Strict):
     prompt: PromptConfig = PromptConfig()
     generation: GenerationConfig = GenerationConfig()
     metric: MetricConfig = MetricConfig()
-    arms: list[ArmConfig] = Field(
+    arms: list[ArmEntry] = Field(
         default_factory=lambda: [BaselineArm(), InstructionArm(), FewShotArm(), FewShotKnnArm()]
     )
     target: TargetConfig = TargetConfig()
@@ -468,11 +492,6 @@ class ExperimentConfig(Strict):
     @classmethod
     def _hf_by_default(cls, value: Any) -> Any:
         return {"kind": "hf", **value} if isinstance(value, dict) and "kind" not in value else value
-
-    @field_validator("arms", mode="before")
-    @classmethod
-    def _expand_shorthand(cls, value: Any) -> Any:
-        return [_arm_shorthand(v) for v in value] if isinstance(value, list) else value
 
     @field_validator("name")
     @classmethod

@@ -8,26 +8,27 @@ go through the same store under the same content keys, so a resumed run recomput
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from tuneorprompt import stats
-from tuneorprompt.arms import Arm, ArmContext, Baseline, FewShot, FineTune, run_arm, seeds_of
-from tuneorprompt.config import FewShotArm, FineTuneArm
-from tuneorprompt.records import Example, ExampleRecord
+from tuneorprompt.arms import Arm, ArmRun, Baseline, FewShot, FineTune, TaskData
+from tuneorprompt.config import ExperimentConfig, FewShotArm, FineTuneArm
 from tuneorprompt.summary import outcome_matrix
 
 
 def run_learning_curve(
-    ctx: ArmContext,
-    test: list[Example],
+    config: ExperimentConfig,
+    task: TaskData,
     arms: Sequence[Arm],
-    records: dict[str, list[list[ExampleRecord]]],
-    infos: dict[str, list[dict]],
-) -> dict:
-    curve_config = ctx.config.learning_curve
-    pool = len(ctx.train)
+    done: Mapping[str, list[ArmRun]],
+    run: Callable[[Arm], list[ArmRun]],
+) -> tuple[dict, dict[str, list[ArmRun]]]:
+    """The curve, and the runs of its points that are not main arms (`run` runs an arm under every
+    seed it takes, through the store; `done` holds the main arms' runs, which points re-use)."""
+    curve_config = config.learning_curve
+    pool = len(task.train)
 
     few_shot_arms: list[tuple[int, Arm]] = []
     for k in sorted(set(curve_config.few_shot_k)):
@@ -48,12 +49,13 @@ def run_learning_curve(
         else:
             finetune_arms.append((n, FineTune(main_spec.model_copy(update={"max_train_examples": n}), f"@n={n}")))
 
+    new: dict[str, list[ArmRun]] = {}
+
     def point(x: int, arm: Arm) -> dict:
-        if arm.name not in records:  # not a main arm: run it (or read it back) for the curve only
-            runs = [run_arm(arm, seed, ctx, test) for seed in seeds_of(arm, ctx.config.seeds)]
-            records[arm.name] = [r for r, _ in runs]
-            infos[arm.name] = [i for _, i in runs]
-        interval = stats.accuracy_interval(outcome_matrix(records[arm.name], "correct"))
+        if arm.name not in done and arm.name not in new:  # not a main arm: run it (or read it back) for the curve
+            new[arm.name] = run(arm)
+        arm_runs = done.get(arm.name) or new[arm.name]
+        interval = stats.accuracy_interval(outcome_matrix([r.records for r in arm_runs], "correct"))
         return {"x": x, "arm": arm.name, "accuracy": interval.value, "ci_low": interval.low, "ci_high": interval.high}
 
     prompting = [point(k, arm) for k, arm in few_shot_arms]
@@ -61,7 +63,7 @@ def run_learning_curve(
     crossover = stats.crossover(
         [(p["x"], p["accuracy"]) for p in finetuning], [(p["x"], p["accuracy"]) for p in prompting]
     )
-    return {
+    curve = {
         "x_label": "labelled examples used (k demos / n training examples)",
         "few_shot": prompting,
         "finetune": finetuning,
@@ -69,6 +71,7 @@ def run_learning_curve(
         "crossover": crossover,
         "hint": curve_hint(finetuning),
     }
+    return curve, new
 
 
 def curve_hint(finetuning: list[dict]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,18 @@ from rich.console import Console
 from tuneorprompt import decide
 from tuneorprompt.arms import (
     Arm,
-    ArmContext,
-    Context,
-    FewShot,
-    FineTune,
+    ArmRun,
+    Base,
+    DevJudge,
+    TaskData,
+    TestSplit,
     estimate_cost,
     expand_arms,
+    longest_instruction,
     run_arm,
     seeds_of,
 )
 from tuneorprompt.backends.base import Backend, PromptTooLongError
-from tuneorprompt.backends.cached import CachedBackend
 from tuneorprompt.backends import load_backend
 from tuneorprompt.config import (
     ExperimentConfig,
@@ -131,8 +132,10 @@ class RunPlan:
     run_dir: Path
     splits: Splits
     overlap: OverlapReport
-    base: Backend  # not cached yet: the store does not exist until the run starts
-    ctx: ArmContext
+    task: TaskData  # what the arms adapt with: train, dev, prompt format, corpus
+    base: Base  # its backend is not cached: evaluation caches through the store, which exists once the run starts
+    settings: GenerationSettings
+    scorer: Scorer
     arms: list[Arm]  # cheapest first, by `estimates`
     estimates: list[decide.CostEstimate]  # in the same order
     protocol: dict[str, Any]  # what every arm's result depends on, as recorded in report.json
@@ -162,7 +165,7 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     prompt_format = PromptFormat(config.prompt, chat=model.chat_template)
     if any(arm.uses_instruction for arm in arms):
         prompt_format.instruction_candidates()  # none to try is an error now, not after the first arms
-    if any(isinstance(arm, FineTune) for arm in arms) or learning_curve:
+    if any(arm.family == "finetune" for arm in arms) or learning_curve:
         from tuneorprompt.finetune import check_trainable  # heavy imports only with fine-tuning arms
 
         check_trainable(model.weights)
@@ -174,47 +177,41 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
         relevance=relevance.score,
     )
     protocol = protocol_record(config, model, splits, corpus)
-    ctx = ArmContext(
-        config=config, model=model, train=splits.train, dev=splits.dev, base=backend, format=prompt_format,
-        settings=GenerationSettings(config.generation.max_new_tokens, tuple(config.generation.stop)),
-        scorer=scorer, store=None, run_dir=run_dir, embed=relevance.embed, corpus=corpus,
-        protocol_key=protocol["key"],
-    )
+    task = TaskData(tuple(splits.train), tuple(splits.dev), prompt_format, relevance.embed,
+                    tuple(corpus) if corpus is not None else None)
+    base = Base(backend, model, run_dir / "models")
+    settings = GenerationSettings(config.generation.max_new_tokens, tuple(config.generation.stop))
     # Each arm's prompts as far as they are known before dev chooses anything: the first seed's demos,
     # and for arms queried with the instruction, the longest candidate (an upper bound on length).
     seed = config.seeds[0]
-    if any(_retrieves_by_embedding(arm) for arm in arms):
+    if any(arm.retrieves_by_embedding for arm in arms):
         # One batched encoding of every input that retrieval will look up, one query at a time, while
         # this plan and the run build prompts (the scorer keeps each text's vector).
         relevance.embed([e.input for e in (*splits.train, *splits.dev, *splits.test)])
-    longest = ctx.longest_instruction() if any(arm.uses_instruction for arm in arms) else None
+    longest = longest_instruction(task, backend) if any(arm.uses_instruction for arm in arms) else None
     estimates = []
     for arm in arms:
         instruction = longest if arm.uses_instruction else None
-        recipe = arm.recipe(ctx, seed, instruction)
-        check_prompts_fit(arm.name, recipe, ctx, splits.test)
-        estimates.append(estimate_cost(arm, recipe, instruction, ctx))
+        recipe = arm.recipe(task, seed, instruction)
+        check_prompts_fit(arm.name, recipe, [*splits.dev, *splits.test], backend, settings)
+        estimates.append(estimate_cost(arm, recipe, instruction, task, base, settings))
     estimates = decide.ladder_order(estimates, config.costs.expected_queries)
     by_name = {arm.name: arm for arm in arms}
-    return RunPlan(config, model, run_dir, splits, overlap, backend, ctx, [by_name[e.name] for e in estimates],
-                   estimates, protocol, learning_curve, skipped)
+    return RunPlan(config, model, run_dir, splits, overlap, task, base, settings, scorer,
+                   [by_name[e.name] for e in estimates], estimates, protocol, learning_curve, skipped)
 
 
 def _answered_by(backend: Backend, config: ExperimentConfig, arms: list[Arm]) -> ResolvedModel:
     """The model when a backend is given instead (a scripted fake in tests, a notebook's own client): it
     answers the prompt arms under its own fingerprint; fine-tuning arms still train the config's local
     weights, whose size then prices every arm. Otherwise the size is unknown and costs count tokens."""
-    wants_weights = any(isinstance(arm, FineTune) for arm in arms) or config.learning_curve.enabled
+    wants_weights = any(arm.family == "finetune" for arm in arms) or config.learning_curve.enabled
     weights = resolve_model(config.model).weights if wants_weights else None
     return ResolvedModel(
         spec=config.model, label=config.model.label, fingerprint=backend.fingerprint,
         chat_template=backend.chat_template, num_parameters=weights.num_parameters if weights else None,
         weights=weights,
     )
-
-
-def _retrieves_by_embedding(arm: Arm) -> bool:
-    return (isinstance(arm, FewShot) and arm.retrieved) or (isinstance(arm, Context) and arm.spec.retriever == "embedding")
 
 
 _NO_LOCAL_WEIGHTS = ("model.kind: {kind} has no local weights to fine-tune; set model.local_path to a local Hugging "
@@ -228,23 +225,26 @@ def _without_local_weights(arms: list[Arm], model: ResolvedModel) -> tuple[list[
     if model.trainable:
         return arms, []
     reason = _NO_LOCAL_WEIGHTS.format(kind=model.kind)
-    skipped = [{"arm": arm.name, "reason": reason} for arm in arms if isinstance(arm, FineTune)]
-    kept = [arm for arm in arms if not isinstance(arm, FineTune)]
+    skipped = [{"arm": arm.name, "reason": reason} for arm in arms if arm.family == "finetune"]
+    kept = [arm for arm in arms if arm.family != "finetune"]
     if not kept:
         raise ValueError(f"arms: every arm fine-tunes, and {reason}")
     return kept, skipped
 
 
-def check_prompts_fit(arm_name: str, recipe: PromptRecipe, ctx: ArmContext, test: list[Example]) -> None:
-    """Every dev and test prompt `recipe` builds fits the model's context once its demos are dropped,
-    with room for `max_new_tokens`; else one error listing the examples that do not (by id and line)."""
-    too_long = overlong_prompts(recipe, [*ctx.dev, *test], ctx.base, ctx.settings)
+def check_prompts_fit(
+    arm_name: str, recipe: PromptRecipe, examples: list[Example], backend: Backend, settings: GenerationSettings
+) -> None:
+    """Every prompt `recipe` builds for `examples` (dev and test) fits the model's context once its demos
+    are dropped, with room for `max_new_tokens`; else one error listing the examples that do not (by id
+    and line)."""
+    too_long = overlong_prompts(recipe, examples, backend, settings)
     if too_long:
         listed = "; ".join(f"{e.id!r} ({e.source or 'data'}): {n} tokens" for e, n in too_long[:MAX_LISTED])
         more = f" and {len(too_long) - MAX_LISTED} more" if len(too_long) > MAX_LISTED else ""
         raise PromptTooLongError(
-            f"arm {arm_name}: {len(too_long)} prompts do not fit the model's context of {ctx.base.context_length} "
-            f"tokens with generation.max_new_tokens = {ctx.settings.max_new_tokens}: {listed}{more}"
+            f"arm {arm_name}: {len(too_long)} prompts do not fit the model's context of {backend.context_length} "
+            f"tokens with generation.max_new_tokens = {settings.max_new_tokens}: {listed}{more}"
         )
 
 
@@ -253,33 +253,39 @@ MAX_LISTED = 10
 
 def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict, dict[str, list[list[ExampleRecord]]]]:
     config, splits = plan.config, plan.splits
-    ctx = replace(plan.ctx, base=CachedBackend(plan.base, store), store=store)
-    records: dict[str, list[list[ExampleRecord]]] = {}
-    infos: dict[str, list[dict]] = {}
+    test = TestSplit(splits.test, plan.scorer)
+    runs: dict[str, list[ArmRun]] = {}  # arm name -> one run per seed
     stopped_early_at: str | None = None
     for skipped in plan.skipped:
         console.print(f"[yellow]Skipping {skipped['arm']}[/]: {skipped['reason']}")
     with make_progress(console) as progress:
-        ctx.progress = progress
+        dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, plan.protocol["key"], progress)
+
+        def run(arm: Arm) -> list[ArmRun]:
+            return [run_arm(arm, seed, plan.task, dev, plan.base, test) for seed in seeds_of(arm, config.seeds)]
+
         for arm in plan.arms:
-            runs = [run_arm(arm, seed, ctx, splits.test) for seed in seeds_of(arm, config.seeds)]
-            records[arm.name], infos[arm.name] = [r for r, _ in runs], [i for _, i in runs]
+            runs[arm.name] = run(arm)
             if config.strategy == "ladder" and decide.meets_target(
-                outcome_matrix(records[arm.name], "correct"), config.target.accuracy, lenient=config.target.lenient
+                outcome_matrix([r.records for r in runs[arm.name]], "correct"), config.target.accuracy,
+                lenient=config.target.lenient,
             ):
                 stopped_early_at = arm.name
                 break
 
         learning_curve = None
         if plan.learning_curve and stopped_early_at is None:
-            learning_curve = run_learning_curve(ctx, splits.test, plan.arms, records, infos)
+            learning_curve, curve_runs = run_learning_curve(config, plan.task, plan.arms, runs, run)
+            runs |= curve_runs
+    records = {name: [r.records for r in arm_runs] for name, arm_runs in runs.items()}
 
     # ---- aggregate, decide, report ---------------------------------------------------------------
     # Which backend answered: fine-tuned arms are served by transformers from local weights whatever
     # `model.kind` serves the prompt arms.
     summaries = [
-        {**summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], plan.model.num_parameters),
-         "backend": "hf" if isinstance(arm, FineTune) else plan.model.kind}
+        {**summarize_arm(arm.name, arm.spec.kind, records[arm.name], [r.info for r in runs[arm.name]],
+                         plan.model.num_parameters),
+         "backend": "hf" if arm.family == "finetune" else plan.model.kind}
         for arm in plan.arms
         if arm.name in records
     ]
