@@ -40,3 +40,6 @@ class ScriptedBackend:
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.render(prompt).split())
+
+    def release(self) -> None:
+        """Nothing to free: the answers are a function."""

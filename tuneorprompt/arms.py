@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from tuneorprompt import stats
 from tuneorprompt.backends import local_weights
 from tuneorprompt.backends.base import Backend
-from tuneorprompt.backends.cached import CachedBackend
+from tuneorprompt.backends.cached import CacheCounts, CachedBackend
 from tuneorprompt.config import (
     ContextArm,
     ExperimentConfig,
@@ -59,6 +59,11 @@ class ArmContext:
     progress: Progress | None = None
     _instruction: PlacedInstruction | None = field(default=None, repr=False)
     instruction_scores: dict[str, float] = field(default_factory=dict)  # candidate label -> dev accuracy
+    cache_counts: CacheCounts = field(default_factory=CacheCounts)  # the run's answers read back / generated
+
+    def cached(self, backend: Backend) -> CachedBackend:
+        """`backend` answering through the run's store, counted with the run's other answers."""
+        return CachedBackend(backend, self.store, self.cache_counts)
 
     def dev_accuracy(self, system: System, key: str) -> float:
         """Accuracy of `system` on dev; its records are stored under `key`. Relevance is not computed:
@@ -254,7 +259,7 @@ class FineTune:
         dev_key = ctx.dev_key(query_recipe)
 
         def dev_score(backend: Backend) -> float:
-            system = System(f"{self.name}-dev", seed, CachedBackend(backend, ctx.store), query_recipe)
+            system = System(f"{self.name}-dev", seed, ctx.cached(backend), query_recipe)
             return ctx.dev_accuracy(system, content_key(dev_key, backend.fingerprint))
 
         # The folder is named by the job's content (and the base weights as served), so a changed model,
@@ -269,7 +274,7 @@ class FineTune:
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
                 "model_dir": str(tuned.model_dir),
                 "training": tuned.cost}
-        return System(self.name, seed, CachedBackend(tuned.backend, ctx.store), query_recipe, info)
+        return System(self.name, seed, ctx.cached(tuned.backend), query_recipe, info)
 
 
 def expand_arms(config: ExperimentConfig) -> list[Arm]:

@@ -39,7 +39,6 @@ from tuneorprompt.arms import (
     seeds_of,
 )
 from tuneorprompt.backends.base import Backend, PromptTooLongError
-from tuneorprompt.backends.cached import CachedBackend
 from tuneorprompt.backends.gguf import local_model_config
 from tuneorprompt.backends import load_backend, local_weights
 from tuneorprompt.config import (
@@ -128,7 +127,7 @@ def run_experiment(
                 store.end_run(run_id, "failed", f"{type(error).__name__}: {error}")
                 raise
             store.end_run(run_id, "finished")
-            return Result(run_dir, report, records, store.cache_stats.hits, store.cache_stats.misses)
+            return Result(run_dir, report, records, plan.ctx.cache_counts.hits, plan.ctx.cache_counts.misses)
         finally:
             store.close()
 
@@ -263,7 +262,8 @@ MAX_LISTED = 10
 
 def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict, dict[str, list[list[ExampleRecord]]]]:
     config, splits = plan.config, plan.splits
-    ctx = replace(plan.ctx, base=CachedBackend(plan.base, store), store=store)
+    ctx = replace(plan.ctx, store=store)  # shares the plan's `cache_counts`, which the Result reports
+    ctx.base = ctx.cached(plan.base)
     records: dict[str, list[list[ExampleRecord]]] = {}
     infos: dict[str, list[dict]] = {}
     stopped_early_at: str | None = None
