@@ -38,7 +38,7 @@ from tuneorprompt.arms import (
     run_arm,
     seeds_of,
 )
-from tuneorprompt.backends.base import Backend, PromptTooLongError
+from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend
 from tuneorprompt.backends.gguf import local_model_config
 from tuneorprompt.backends import load_backend, local_weights
 from tuneorprompt.config import (
@@ -51,7 +51,7 @@ from tuneorprompt.config import (
 )
 from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
-from tuneorprompt.evaluate import Scorer, overlong_prompts
+from tuneorprompt.evaluate import LabelChoice, Scorer, overlong_prompts
 from tuneorprompt.keys import content_key, examples_key, file_sha256, texts_key
 from tuneorprompt.machine import free_cores
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
@@ -172,6 +172,11 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     arms, skipped, config = _without_local_weights(arms, config)
     if backend is None:
         backend = load_backend(config.model)
+    if config.metric.choice_by_loglikelihood and not isinstance(backend, ScoringBackend):
+        raise ValueError(
+            f"metric.choice_by_loglikelihood: model.kind {config.model.kind} ({type(backend).__name__}) cannot score "
+            "continuations by log-likelihood; use kind: hf, or set it to false to generate the answers"
+        )
     if config.prompt.system is not None and not backend.chat_template:
         raise ValueError("prompt.system needs a chat template, and this model is used without one (model.chat_template)")
     # From here on, `chat_template: auto` is what it resolved to: keys, fine-tuning and the report use it.
@@ -192,6 +197,8 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
         matcher=make_matcher(config.metric),
         lenient=lenient_match,
         relevance=relevance.score,
+        choice=LabelChoice(tuple(config.metric.labels), tuple(map(prompt_format.reply, config.metric.labels)))
+        if config.metric.choice_by_loglikelihood else None,
     )
     protocol = protocol_record(config, backend.fingerprint, splits, corpus)
     ctx = ArmContext(
@@ -342,6 +349,10 @@ def protocol_record(
         "generation": config.generation.model_dump(mode="json"),
         "metric": config.metric.model_dump(mode="json"),
     }
+    if config.metric.choice_by_loglikelihood:
+        # Earlier code accepted this flag and generated the answers anyway: this entry keeps the results
+        # it stored under the same settings from being read back as label choices.
+        record["answers"] = "chosen by log-likelihood"
     # The file hashes are provenance only: the parsed data above is what results depend on.
     return {**record, "key": content_key({k: v for k, v in record.items() if k != "data_files"})}
 
