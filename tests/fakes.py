@@ -16,6 +16,9 @@ class ScriptedBackend:
     context_length: int = 4096
     chat_template: bool = False  # with True, conversations render as "role: content" lines
     prompts_seen: list[str] = field(default_factory=list)
+    # (rendered prompt, continuation) -> log-likelihood; by default the shorter continuation is likelier.
+    likelihood: Callable[[str, str], float] = lambda prompt, continuation: -float(len(continuation))
+    scored: list[tuple[str, str]] = field(default_factory=list)  # (rendered prompt, continuation) pairs scored
 
     def render(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
@@ -35,7 +38,12 @@ class ScriptedBackend:
         return completions
 
     def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
-        return [-float(len(continuation)) for _, continuation in requests]
+        pairs = [(self.render(prompt), continuation) for prompt, continuation in requests]
+        self.scored += pairs
+        return [self.likelihood(prompt, continuation) for prompt, continuation in pairs]
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.render(prompt).split())
+
+    def release(self) -> None:
+        """Nothing to free: the answers are a function."""

@@ -22,6 +22,7 @@ from transformers.generation import configuration_utils as generation_configurat
 
 from tests.conftest import build_tiny_gpt2
 from tuneorprompt.backends.base import Backend
+from tuneorprompt.backends.cached import CacheCounts, CachedBackend
 from tuneorprompt.backends.hf import (
     HFBackend,
     ModelLoadError,
@@ -33,6 +34,7 @@ from tuneorprompt.backends.hf import (
 from tuneorprompt.config import ModelConfig
 from tuneorprompt.model import fingerprint_directory
 from tuneorprompt.records import GenerationSettings, Message
+from tuneorprompt.store import Store
 
 # Different lengths (1 to ~25 tokens), so batches carry real left padding.
 PROMPTS = [
@@ -539,6 +541,12 @@ def test_released_weights_load_again_on_next_use_with_the_same_answers(tiny_llam
     assert backend._model is None  # freed: fine-tuning trains its own copy meanwhile
     assert [c.text for c in backend.generate(PROMPTS, settings)] == [c.text for c in before]
     assert backend.model is not first_model
+
+
+def test_the_run_cache_wrapper_releases_the_weights_it_wraps(tiny_gpt2_dir, tmp_path):
+    backend = load(tiny_gpt2_dir)
+    CachedBackend(backend, Store(tmp_path / "store.sqlite"), CacheCounts()).release()  # what fine-tuning calls
+    assert backend._model is None
 
 
 def test_a_backend_over_weights_in_memory_keeps_them_on_release(tiny_gpt2_dir):

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.request
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+
+import tuneorprompt
 
 from tuneorprompt.backends import load_backend
 from tuneorprompt.backends.hf import load_hf_backend
@@ -193,6 +196,31 @@ def test_a_model_the_server_does_not_list_is_an_error_before_any_arm():
         spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="other", context_length=64)
         with pytest.raises(ServedModelError, match=r"model\.model: 'other' is not served at .*it serves 'm'"):
             load_openai_backend(spec)
+
+
+def test_a_served_model_imports_neither_torch_nor_transformers():
+    """`kind: openai` runs where torch is not installed (or would take seconds to import): loading the
+    backend from a config and generating, stop-string cut included, stays torch-free."""
+    script = textwrap.dedent("""
+        import sys
+        from tuneorprompt.backends import load_backend
+        from tuneorprompt.config import OpenAIModelConfig
+        from tuneorprompt.model import resolve_model
+        from tuneorprompt.records import GenerationSettings
+
+        spec = OpenAIModelConfig(kind="openai", base_url=sys.argv[1], model="m", context_length=64)
+        completion, = load_backend(resolve_model(spec)).generate(["Capital of France?"], GenerationSettings(8, ("\\n",)))
+        assert completion.text == " Paris", completion.text
+        heavy = sorted(name for name in ("torch", "transformers") if name in sys.modules)
+        print("imported:", heavy)
+    """)
+    root = Path(tuneorprompt.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    with FlakyServer([]) as server:
+        done = subprocess.run([sys.executable, "-c", script, server.url], capture_output=True, text=True, env=env,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported: []"
 
 
 # ---- a real model server: transformers serve -------------------------------------------------------------

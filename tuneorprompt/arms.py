@@ -26,7 +26,7 @@ import numpy as np
 
 from tuneorprompt import keys, stats
 from tuneorprompt.backends.base import Backend
-from tuneorprompt.backends.cached import CachedBackend
+from tuneorprompt.backends.cached import CacheCounts, CachedBackend
 from tuneorprompt.config import (
     ArmSpec,
     BaselineArm,
@@ -87,12 +87,13 @@ class DevJudge:
     instruction is chosen once per run and shared by every arm that uses one."""
 
     def __init__(self, task: TaskData, config: ExperimentConfig, settings: GenerationSettings, scorer: Scorer,
-                 store: Store, protocol_key: str, progress: Progress | None = None):
+                 store: Store, counts: CacheCounts, protocol_key: str, progress: Progress | None = None):
         self.task = task
         self.config = config
         self.settings = settings
         self.scorer = replace(scorer, relevance=None)  # no choice uses relevance
         self.store = store
+        self.counts = counts  # the run's answers read back / generated, over every backend it caches
         self.protocol_key = protocol_key
         self.progress = progress
         self._instruction: dict[str, InstructionChoice] = {}  # by the base's fingerprint
@@ -104,10 +105,14 @@ class DevJudge:
 
     def accuracy(self, system: System, key: str) -> float:
         """Accuracy of `system` on dev; its records are stored under `key`."""
-        cached = replace(system, backend=CachedBackend(system.backend, self.store))
+        cached = replace(system, backend=self.cached(system.backend))
         records = evaluate(cached, self.task.dev, "dev", self.settings, self.scorer, self.progress)
         self.store.put_records(key, records)
         return accuracy(records)
+
+    def cached(self, backend: Backend) -> CachedBackend:
+        """`backend` answering through the run's store, counted with the run's other answers."""
+        return CachedBackend(backend, self.store, self.counts)
 
     def instruction(self, base: Backend) -> InstructionChoice:
         """The candidate instruction (and, with a chat template, its placement) with the best dev
@@ -412,7 +417,7 @@ def run_arm(arm: Arm, seed: int, task: TaskData, dev: DevJudge, base: Base, test
         return ArmRun(store.records(key, "test"), info)
     reset_peak_rss()
     system = arm.prepare(task, dev, base, seed)
-    system = replace(system, backend=CachedBackend(system.backend, store))
+    system = replace(system, backend=dev.cached(system.backend))
     records = evaluate(system, test.examples, "test", dev.settings, test.scorer, dev.progress)
     store.put_records(key, records)
     info = jsonable(system.info | {"peak_rss_mb": round(peak_rss_mb())})

@@ -282,7 +282,10 @@ class MetricConfig(Strict):
     regex: str | None = Field(None, description="With regex: the answer is correct when it fully matches.")
     labels: list[str] = Field(default_factory=list, description="With choice: the label set.")
     choice_by_loglikelihood: bool = Field(
-        False, description="With choice: pick the label by log-likelihood instead of generating."
+        False,
+        description="With choice: each answer is the label the model finds likeliest as its reply (prompt.answer_prefix "
+        "+ label; the label alone after a chat template), instead of a generation. Needs a model that can score "
+        "continuations (kind: hf).",
     )
     relevance_model: str = Field(
         "all-MiniLM-L6-v2",
@@ -305,6 +308,8 @@ class MetricConfig(Strict):
             raise ValueError("accuracy: regex needs `regex`")
         if self.accuracy == "choice" and not self.labels:
             raise ValueError("accuracy: choice needs `labels`")
+        if self.choice_by_loglikelihood and self.accuracy != "choice":
+            raise ValueError("choice_by_loglikelihood needs accuracy: choice (and its labels)")
         return self
 
 

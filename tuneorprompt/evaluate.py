@@ -5,15 +5,16 @@ answers and how its prompts are built (a `System`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from tuneorprompt.backends.base import Backend, PromptTooLongError
+from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend
 from tuneorprompt.metrics import MetricError
 from tuneorprompt.prompts import PromptRecipe
-from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Prompt
+from tuneorprompt.records import Completion, Example, ExampleRecord, GenerationSettings, Prompt
 
 # Prompts handed to the backend per call: large enough for the backend to sort by length and fill
 # its batches, small enough that the progress bar moves and an interrupt loses little.
@@ -42,11 +43,20 @@ class System:
 
 
 @dataclass(frozen=True)
+class LabelChoice:
+    """`metric.choice_by_loglikelihood`: answers are chosen among labels by log-likelihood, not generated."""
+
+    labels: tuple[str, ...]
+    replies: tuple[str, ...]  # each label as the model's reply continues the prompt (`PromptFormat.reply`)
+
+
+@dataclass(frozen=True)
 class Scorer:
     extract: Callable[[str], str]  # completion -> answer
     matcher: Callable[[str, tuple[str, ...]], float]  # (answer, acceptable targets) -> [0, 1]
     lenient: Callable[[str, tuple[str, ...], str], float]  # (reply, acceptable targets, question) -> 0/1
     relevance: Callable[[list[str], list[str]], np.ndarray] | None  # (responses, references) -> cosine [-1, 1]
+    choice: LabelChoice | None = None  # None: completions are generated
 
 
 def _fit(recipe: PromptRecipe, example: Example, backend: Backend, budget: int) -> tuple[Prompt, int, bool]:
@@ -91,6 +101,37 @@ def fit_prompts(recipe: PromptRecipe, examples: Sequence[Example], backend: Back
     return prompts, shortened
 
 
+def choose_labels(backend: Backend, prompts: Sequence[Prompt], choice: LabelChoice) -> list[Completion]:
+    """Each prompt's completion is the label whose reply has the highest log-likelihood after it (ties:
+    the earlier label). The rest of the evaluator treats it as a generated completion, so records,
+    both scoring views and relevance mean what they mean for generating arms.
+
+    Tokens: `prompt_tokens` is the prompt's count, as generation records it (a scorer that shares the
+    prompt's KV cache across labels reads it once; the HF backend reads it once per label, so FLOPs
+    from these counts are those of the efficient scorer), and `generated_tokens` is 0: nothing is
+    generated, and the labels' few scored tokens are left out. `seconds` is the scoring time per prompt.
+    """
+    if not isinstance(backend, ScoringBackend):  # plan_run refuses such a run; this guards direct use
+        raise TypeError(f"metric.choice_by_loglikelihood: {type(backend).__name__} cannot score continuations")
+    started = time.perf_counter()
+    # One call for every (prompt, label) pair, so that the backend batches them.
+    scores = backend.loglikelihood([(prompt, reply) for prompt in prompts for reply in choice.replies])
+    seconds = (time.perf_counter() - started) / max(1, len(prompts))
+    width = len(choice.replies)
+    completions = []
+    for row, prompt in enumerate(prompts):
+        label_scores = scores[row * width : (row + 1) * width]
+        best = max(range(width), key=label_scores.__getitem__)  # the first of equal maxima
+        completions.append(Completion(choice.labels[best], backend.count_tokens(prompt), 0, seconds))
+    return completions
+
+
+def _answer(
+    backend: Backend, prompts: Sequence[Prompt], settings: GenerationSettings, choice: LabelChoice | None
+) -> list[Completion]:
+    return backend.generate(prompts, settings) if choice is None else choose_labels(backend, prompts, choice)
+
+
 def _score(scorer: Scorer, answer: str, example: Example) -> float:
     try:
         return scorer.matcher(answer, example.targets)
@@ -112,7 +153,7 @@ def evaluate(
     task = progress.add_task(f"{system.name} [seed {system.seed}] {split}", total=len(prompts)) if progress else None
     completions = []
     for start in range(0, len(prompts), CHUNK):
-        completions += system.backend.generate(prompts[start : start + CHUNK], settings)
+        completions += _answer(system.backend, prompts[start : start + CHUNK], settings, scorer.choice)
         if progress is not None:
             progress.advance(task, len(prompts[start : start + CHUNK]))
     if progress is not None:

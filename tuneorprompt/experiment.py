@@ -36,8 +36,9 @@ from tuneorprompt.arms import (
     run_arm,
     seeds_of,
 )
-from tuneorprompt.backends.base import Backend, PromptTooLongError
+from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend
 from tuneorprompt.backends import load_backend
+from tuneorprompt.backends.cached import CacheCounts
 from tuneorprompt.config import (
     ExperimentConfig,
     apply_overrides,
@@ -46,7 +47,7 @@ from tuneorprompt.config import (
 )
 from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
-from tuneorprompt.evaluate import Scorer, overlong_prompts
+from tuneorprompt.evaluate import LabelChoice, Scorer, overlong_prompts
 from tuneorprompt.keys import PROTOCOL_VERSION, config_key, examples_key, file_sha256, protocol_key, texts_key
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
 from tuneorprompt.model import ResolvedModel, resolve_model
@@ -107,8 +108,9 @@ def run_experiment(
                 save_resolved_config(config, run_dir)
                 # The tracked run ends FINISHED, FAILED or KILLED with this block; it is logged to
                 # after the report is on disk, and its failures only warn (tracking.py).
+                counts = CacheCounts()  # every generation the run asks for: read back, or generated
                 with track_run(config, run_dir, console, enabled=rank == 0) as tracker:
-                    report, records = _run(plan, store, console, rank)
+                    report, records = _run(plan, store, counts, console, rank)
                     tracker.log_results(report)
             except KeyboardInterrupt as error:
                 store.end_run(run_id, "interrupted", str(error) or "interrupted (Ctrl-C)")
@@ -117,7 +119,7 @@ def run_experiment(
                 store.end_run(run_id, "failed", f"{type(error).__name__}: {error}")
                 raise
             store.end_run(run_id, "finished")
-            return Result(run_dir, report, records, store.cache_stats.hits, store.cache_stats.misses)
+            return Result(run_dir, report, records, counts.hits, counts.misses)
         finally:
             store.close()
 
@@ -162,6 +164,11 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
         raise ValueError("prompt.system needs a chat template, and this model is used without one (model.chat_template)")
     if backend is None:
         backend = load_backend(model)
+    if config.metric.choice_by_loglikelihood and not isinstance(backend, ScoringBackend):
+        raise ValueError(
+            f"metric.choice_by_loglikelihood: model.kind {model.kind} ({type(backend).__name__}) cannot score "
+            "continuations by log-likelihood; use kind: hf, or set it to false to generate the answers"
+        )
     prompt_format = PromptFormat(config.prompt, chat=model.chat_template)
     if any(arm.uses_instruction for arm in arms):
         prompt_format.instruction_candidates()  # none to try is an error now, not after the first arms
@@ -175,6 +182,8 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
         matcher=make_matcher(config.metric),
         lenient=lenient_match,
         relevance=relevance.score,
+        choice=LabelChoice(tuple(config.metric.labels), tuple(map(prompt_format.reply, config.metric.labels)))
+        if config.metric.choice_by_loglikelihood else None,
     )
     protocol = protocol_record(config, model, splits, corpus)
     task = TaskData(tuple(splits.train), tuple(splits.dev), prompt_format, relevance.embed,
@@ -251,7 +260,9 @@ def check_prompts_fit(
 MAX_LISTED = 10
 
 
-def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict, dict[str, list[list[ExampleRecord]]]]:
+def _run(
+    plan: RunPlan, store: Store, counts: CacheCounts, console: Console, rank: int
+) -> tuple[dict, dict[str, list[list[ExampleRecord]]]]:
     config, splits = plan.config, plan.splits
     test = TestSplit(splits.test, plan.scorer)
     runs: dict[str, list[ArmRun]] = {}  # arm name -> one run per seed
@@ -259,7 +270,7 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
     for skipped in plan.skipped:
         console.print(f"[yellow]Skipping {skipped['arm']}[/]: {skipped['reason']}")
     with make_progress(console) as progress:
-        dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, plan.protocol["key"], progress)
+        dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, counts, plan.protocol["key"], progress)
 
         def run(arm: Arm) -> list[ArmRun]:
             return [run_arm(arm, seed, plan.task, dev, plan.base, test) for seed in seeds_of(arm, config.seeds)]
@@ -338,6 +349,10 @@ def protocol_record(
         "generation": config.generation.model_dump(mode="json"),
         "metric": config.metric.model_dump(mode="json"),
     }
+    if config.metric.choice_by_loglikelihood:
+        # Earlier code accepted this flag and generated the answers anyway: this entry keeps the results
+        # it stored under the same settings from being read back as label choices.
+        record["answers"] = "chosen by log-likelihood"
     return {**record, "key": protocol_key(record)}
 
 

@@ -93,7 +93,12 @@ class PromptFormat:
         """What the model should produce after the prompt (also the fine-tuning completion and a demo's
         answer). With a chat template, the reference alone: the template's assistant header ends the
         prompt, and an instruct model's reply does not start with a space."""
-        return example.target if self.chat else self.config.answer_prefix + example.target
+        return self.reply(example.target)
+
+    def reply(self, text: str) -> str:
+        """`text` as the model's reply to a prompt: after `answer_prefix` in plain text, alone after a
+        chat template's assistant header."""
+        return text if self.chat else self.config.answer_prefix + text
 
     def with_instruction(self, prompt: str, instruction: str) -> str:
         return _render(self._instruction_template, "instruction_template", instruction=instruction, prompt=prompt)

@@ -68,12 +68,6 @@ class StoreError(ValueError):
     """A store that cannot be used (not a database, another layout, disk full); names the file."""
 
 
-@dataclass
-class CacheStats:
-    hits: int = 0
-    misses: int = 0
-
-
 @dataclass(frozen=True)
 class RunRow:
     id: int
@@ -107,7 +101,6 @@ def _nan_if_null(value: float | None) -> float:
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.cache_stats = CacheStats()  # generations served from / added to this store by this process
         try:
             self._db = sqlite3.connect(self.path)
             self._db.row_factory = sqlite3.Row

@@ -1,10 +1,11 @@
-"""The backend contract: what the product calls (render, generate, count_tokens and three facts),
-plain dataclasses in and out.
+"""The backend contract: what the product calls (render, generate, count_tokens, release and three
+facts), plain dataclasses in and out.
 
 Anything that can complete text greedily implements it: the Hugging Face backend (`hf.py`), a
 fine-tuned model (the same class over other weights), a served endpoint (`openai.py`), vLLM
 (`vllm.py`), or a scripted fake in tests. Scoring by log-likelihood is optional (`ScoringBackend`):
-an OpenAI-compatible chat endpoint cannot score a given continuation.
+an OpenAI-compatible chat endpoint cannot score a given continuation. It is checked once, where a
+run needs it (`metric.choice_by_loglikelihood`, refused at plan time for a backend that cannot).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class Backend(Protocol):
 
     def count_tokens(self, prompt: Prompt) -> int:
         """Tokens the model would see for `prompt` (used to fit demos into the context)."""
+        ...
+
+    def release(self) -> None:
+        """Frees what the backend holds in memory (weights) until its next use loads it again;
+        fine-tuning calls it before training its own copy of the base model. A no-op where nothing
+        is held here (a served model, a fake)."""
         ...
 
 

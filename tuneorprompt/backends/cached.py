@@ -4,21 +4,35 @@ backend (local weights, a fine-tuned model, a served endpoint) gets the same cac
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
-from tuneorprompt.backends.base import Backend
+from tuneorprompt.backends.base import Backend, ScoringBackend
 from tuneorprompt.keys import generation_key
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 from tuneorprompt.store import Store
 
 
+@dataclass
+class CacheCounts:
+    """Answers a run read back from its store (hits) and had generated (misses). One object per run,
+    shared by every `CachedBackend` the run makes (the base model's and each fine-tuned model's)."""
+
+    hits: int = 0
+    misses: int = 0
+
+
 class CachedBackend:
-    def __init__(self, backend: Backend, store: Store):
+    def __init__(self, backend: Backend, store: Store, counts: CacheCounts):
         self.inner = backend
         self.store = store
+        self.counts = counts
         self.fingerprint = backend.fingerprint
         self.context_length = backend.context_length
         self.chat_template = backend.chat_template
+        # Whether log-likelihood requests can pass through, decided once (base.ScoringBackend). A run
+        # that scores refuses a backend that cannot at plan time, so this error means a misuse of the API.
+        self._scorer = backend if isinstance(backend, ScoringBackend) else None
 
     def render(self, prompt: Prompt) -> str:
         return self.inner.render(prompt)
@@ -29,8 +43,8 @@ class CachedBackend:
         keys = [generation_key(self.fingerprint, settings, text) for text in texts]
         found = self.store.cached(keys)
         missing = {key: (prompt, text) for prompt, text, key in zip(prompts, texts, keys) if key not in found}
-        self.store.cache_stats.hits += len(prompts) - len(missing)
-        self.store.cache_stats.misses += len(missing)
+        self.counts.hits += len(prompts) - len(missing)
+        self.counts.misses += len(missing)
         if missing:
             fresh = self.inner.generate([prompt for prompt, _ in missing.values()], settings)
             self.store.put_generations(self.fingerprint, settings, [text for _, text in missing.values()], fresh)
@@ -38,16 +52,14 @@ class CachedBackend:
         return [found[k] for k in keys]
 
     def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
-        if not hasattr(self.inner, "loglikelihood"):  # optional: see base.ScoringBackend
-            raise NotImplementedError(f"{type(self.inner).__name__} cannot score continuations by log-likelihood")
-        return self.inner.loglikelihood(requests)
+        """Not cached: a score is one forward pass, and the arm's records (what a re-run reads back)
+        hold the answers chosen with it."""
+        if self._scorer is None:
+            raise TypeError(f"{type(self.inner).__name__} cannot score continuations by log-likelihood")
+        return self._scorer.loglikelihood(requests)
 
     def count_tokens(self, prompt: Prompt) -> int:
         return self.inner.count_tokens(prompt)
 
     def release(self) -> None:
-        """Frees the wrapped backend's weights where it can load them again (`HFBackend.release`);
-        a served model holds none here."""
-        release = getattr(self.inner, "release", None)
-        if release is not None:
-            release()
+        self.inner.release()

@@ -2,8 +2,9 @@
 adapter), decoding greedily in batches and scoring continuations by log-likelihood.
 
 Decisions that make arms comparable, and where they are made:
-- Tokens: `encode_prompt` is the one way a prompt becomes token ids, at inference and (fine-tuning
-  imports it) at training, so a fine-tuned model sees its training prompts token for token.
+- Tokens: `encode_prompt` (text.py, shared with the served backends) is the one way a prompt becomes
+  token ids, at inference and (fine-tuning imports it from here) at training, so a fine-tuned model
+  sees its training prompts token for token. Completions are cut at stop strings by `text.cut_at_stop`.
 - Decoding: greedy and nothing else. The model's own generation config (sampling, repetition penalty,
   bad words, extra stop strings, ...) is replaced by a plain greedy one that keeps only its token ids.
 - Batching: the prompts' shared token prefix is computed once and its KV cache reused; each batch
@@ -37,6 +38,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
 
 from tuneorprompt.backends.base import PromptTooLongError
+from tuneorprompt.backends.text import cut_at_stop, encode_prompt, render_prompt
 from tuneorprompt.config import ModelConfig
 from tuneorprompt.keys import serving_fingerprint
 from tuneorprompt.model import (
@@ -47,39 +49,11 @@ from tuneorprompt.model import (
     has_chat_template,
     pickle_refused,
 )
-from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
+from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
 
 # Tokenizers without a configured maximum report transformers' VERY_LARGE_INTEGER (1e30).
 _SANE_MODEL_MAX_LENGTH = 10_000_000
-
-
-# ---- prompts -> tokens --------------------------------------------------------------------------------
-
-
-def render_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> str:
-    """The exact text the model is given. Without a chat template: the prompt's text. With one: the
-    conversation (a plain text prompt being its single user turn) rendered by the template, ending
-    with the assistant's generation header."""
-    if not chat_template:
-        if not isinstance(prompt, str):
-            raise ValueError("a chat conversation was given to a model used without its chat template")
-        return prompt
-    turns = [Message("user", prompt)] if isinstance(prompt, str) else prompt
-    return tokenizer.apply_chat_template(
-        [{"role": turn.role, "content": turn.content} for turn in turns], tokenize=False, add_generation_prompt=True
-    )
-
-
-def encode_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> list[int]:
-    """THE way a prompt becomes token ids, at inference and at training.
-
-    Special tokens (a Llama tokenizer's <s>) are added for plain prompts; a rendered chat template
-    already starts with its own BOS, so adding another would give the model a doubled <s> it never
-    saw in training.
-    """
-    text = render_prompt(tokenizer, prompt, chat_template)
-    return tokenizer(text, add_special_tokens=not chat_template)["input_ids"]
 
 
 # ---- the backend --------------------------------------------------------------------------------------
@@ -266,7 +240,7 @@ class HFBackend:
         completions = []
         for suffix, tokens in zip(suffixes, generated):
             length = self._completion_length(tokens, settings.stop)
-            text = _cut_at_stop(self._decode(tokens[:length]), settings.stop)
+            text = cut_at_stop(self._decode(tokens[:length]), settings.stop)
             completions.append(Completion(text, len(prefix) + len(suffix), length, seconds))
         return completions
 
@@ -406,11 +380,6 @@ def _shared_prefix(encoded: list[list[int]]) -> list[int]:
     while length < shortest - 1 and all(ids[length] == first[length] for ids in encoded):
         length += 1
     return first[:length]
-
-
-def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
-    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return text[: min(cuts)] if cuts else text
 
 
 # ---- loading ------------------------------------------------------------------------------------------

@@ -5,10 +5,10 @@ llama.cpp's servers, a hosted API), through the official `openai` client
 Decisions that keep its answers comparable with the local backend's, and where they are made:
 - Decoding: greedy (temperature 0) with a fixed `seed` where the server uses one; `max_tokens` and
   stop strings from the run's `GenerationSettings`. The text is cut at the first stop string here
-  too (`hf._cut_at_stop`): some servers return the stop string, some do not, and the OpenAI API
+  too (`text.cut_at_stop`, the rule every backend follows): some servers return the stop string, some do not, and the OpenAI API
   takes at most four of them (more are cut here only, after the server has generated past them).
 - Prompts: completions mode sends the rendered text to /v1/completions and the server tokenizes it
-  (its BOS handling, not `hf.encode_prompt`'s, decides the first token). Chat mode sends the
+  (its BOS handling, not `text.encode_prompt`'s, decides the first token). Chat mode sends the
   conversation to /v1/chat/completions and the server's chat template renders it; `render` is the
   conversation as JSON (role boundaries unambiguous), which keys the generation cache.
 - Identity: the fingerprint is the server's URL, the served model name, the mode, `revision` (a label
@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from tuneorprompt.backends.hf import _cut_at_stop, encode_prompt
+from tuneorprompt.backends.text import cut_at_stop, encode_prompt
 from tuneorprompt.config import ConfigError, OpenAIModelConfig
 from tuneorprompt.keys import served_model_key
 from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
@@ -99,6 +99,7 @@ def _token_counter(spec: OpenAIModelConfig) -> Callable[[Prompt], int] | None:
     source = spec.tokenizer or spec.local_path
     if source is None:
         return None
+    # Only here: a served model without a local tokenizer never imports transformers (nor torch).
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -122,6 +123,9 @@ class OpenAIBackend:
         self.context_length = spec.context_length
         self.fingerprint = served_model_key(spec)
         self._count = count
+
+    def release(self) -> None:
+        """Nothing to free: the weights are the server's."""
 
     def render(self, prompt: Prompt) -> str:
         if not self.chat_template:
@@ -181,4 +185,4 @@ class OpenAIBackend:
         prompt_tokens = usage.prompt_tokens if usage else self.count_tokens(prompt)
         # A server without `usage`: the answer's UTF-8 bytes, the same upper-bound estimate as count_tokens.
         generated = usage.completion_tokens if usage else len(text.encode("utf-8"))
-        return _cut_at_stop(text, settings.stop), prompt_tokens, generated
+        return cut_at_stop(text, settings.stop), prompt_tokens, generated

@@ -2,9 +2,9 @@
 vLLM needs a CUDA GPU and pins its own torch). Fine-tuning arms still train and serve the same
 `path` with transformers (`ResolvedModel.weights`).
 
-Prompts go to vLLM as token ids from `hf.encode_prompt`, so the model sees exactly the tokens the HF
+Prompts go to vLLM as token ids from `text.encode_prompt`, so the model sees exactly the tokens the HF
 backend and fine-tuning give it; decoding is greedy (temperature 0) with the run's max_new_tokens and
-stop strings, and the text is cut at the first stop string as the HF backend cuts it. vLLM's batched
+stop strings, and the text is cut at the first stop string by `text.cut_at_stop`, as every backend cuts it. vLLM's batched
 kernels round differently from transformers', so near-ties may decode differently from `kind: hf`:
 the fingerprint says "vllm", and the two never share cached answers.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from tuneorprompt.backends.hf import _cut_at_stop, encode_prompt, render_prompt
+from tuneorprompt.backends.text import cut_at_stop, encode_prompt, render_prompt
 from tuneorprompt.model import ResolvedModel
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
@@ -46,6 +46,9 @@ class VLLMBackend:
         self.context_length = llm.llm_engine.model_config.max_model_len
         self.fingerprint = model.fingerprint
 
+    def release(self) -> None:
+        """Nothing is freed: the vLLM engine stays loaded, so fine-tuning next to it needs GPU memory for both."""
+
     def render(self, prompt: Prompt) -> str:
         return render_prompt(self.tokenizer, prompt, self.chat_template)
 
@@ -61,6 +64,6 @@ class VLLMBackend:
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=i) for i in ids], sampling, use_tqdm=False)
         seconds = (time.perf_counter() - started) / max(1, len(ids))
         return [
-            Completion(_cut_at_stop(out.outputs[0].text, settings.stop), len(i), len(out.outputs[0].token_ids), seconds)
+            Completion(cut_at_stop(out.outputs[0].text, settings.stop), len(i), len(out.outputs[0].token_ids), seconds)
             for i, out in zip(ids, outputs)
         ]
