@@ -1,5 +1,5 @@
 """The report from small synthetic records: shortened prompts are visible in every output, and the
-files are written whole."""
+files are written whole; and from a real run whose dev prompts must drop demos to fit the context."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from tuneorprompt.rundir import RunDirError
 from tuneorprompt.summary import summarize_arm
 
 N_TEST, N_DEV = 6, 4
-NOTE = ("few_shot@8: 2 (seed 0), 3 (seed 1) of 6 test and 0 (seed 0), 1 (seed 1) of 4 dev prompts shortened "
-        "(demos dropped to fit the context)")
+NOTE = "few_shot@8: 2 (seed 0), 3 (seed 1) of 6 test prompts shortened (demos dropped to fit the context)"
 
 
 def records(arm: str, seed: int, right: int) -> list[ExampleRecord]:
@@ -46,15 +45,16 @@ def report_inputs(few_shot_details: list[dict], target: float = 0.5) -> dict:
     by_arm = {"baseline": [records("baseline", 0, 2)],
               "few_shot@8": [records("few_shot@8", 0, 4), records("few_shot@8", 1, 5)]}
     summaries = [
-        summarize_arm("baseline", "baseline", by_arm["baseline"], [{}], num_parameters=1000),
-        summarize_arm("few_shot@8", "few_shot", by_arm["few_shot@8"], few_shot_details, num_parameters=1000),
+        summarize_arm("baseline", "baseline", by_arm["baseline"], [{}], num_parameters=1000, backend="hf"),
+        summarize_arm("few_shot@8", "few_shot", by_arm["few_shot@8"], few_shot_details, num_parameters=1000,
+                      backend="hf"),
     ]
     return dict(config=config, summaries=summaries, records=by_arm, overlap=OverlapReport(N_TEST, ()),
                 split_sizes={"train": 20, "dev": N_DEV, "test": N_TEST},
                 environment={"packages": {"tuneorprompt": "test"}, "git_commit": None})
 
 
-SHORTENED = [{"k": 8, "prompts_shortened_test": 2}, {"k": 8, "prompts_shortened_test": 3, "prompts_shortened_dev": 1}]
+SHORTENED = [{"k": 8, "prompts_shortened_test": 2}, {"k": 8, "prompts_shortened_test": 3}]  # as run_arm records them
 
 
 def test_notes_name_the_arm_split_and_counts_per_seed():
@@ -74,7 +74,7 @@ def test_no_note_when_no_prompt_was_shortened():
 
 def test_the_terminal_summary_and_the_page_show_the_note(tmp_path):
     console = Console(file=io.StringIO(), width=300)
-    write_report(run_dir=tmp_path, console=console, references={}, **report_inputs(SHORTENED))
+    write_report(build_report(**report_inputs(SHORTENED)), tmp_path, console)
     assert f"Note: {NOTE}" in console.file.getvalue()
     assert f"<li>{NOTE}</li>" in (tmp_path / "report.html").read_text(encoding="utf-8")
     assert json.loads((tmp_path / "report.json").read_text())["arms"][1]["details"] == SHORTENED
@@ -89,24 +89,23 @@ def test_the_report_is_never_written_through_a_symlink(tmp_path, name):
     run_dir.mkdir()
     (run_dir / name).symlink_to(target)
     with pytest.raises(RunDirError, match=f"{name} is a symbolic link"):
-        write_report(run_dir=run_dir, console=Console(file=io.StringIO()), references={}, **report_inputs(SHORTENED))
+        write_report(build_report(**report_inputs(SHORTENED)), run_dir, Console(file=io.StringIO()))
     assert target.read_text() == "precious"
 
 
 def test_the_recommendation_follows_the_cost_order_estimated_before_the_run():
     """With a target every arm meets, the recommendation is the first arm of the given order."""
     inputs = report_inputs([{}, {}], target=0.0)
-    assert build_report(**inputs)["recommendation"]["arm"] == "baseline"  # measured costs tie: config order
+    assert build_report(**inputs).recommendation.arm == "baseline"  # measured costs tie: config order
     order = [CostEstimate("few_shot@8", 1e3, 0.0), CostEstimate("baseline", 2e3, 0.0)]  # cheapest first
-    report = build_report(**inputs, cost_order=order, protocol={"key": "abc"})
+    report = build_report(**inputs, cost_order=order, protocol={"key": "abc"}).to_dict()
     assert report["recommendation"]["arm"] == "few_shot@8"
     assert report["cost_order"] == [e.to_dict() for e in order]
     assert report["protocol"] == {"key": "abc"}
 
 
 def test_the_page_shows_the_exact_text_each_arm_gave_the_model(tmp_path):
-    inputs = report_inputs(SHORTENED)
-    write_report(run_dir=tmp_path, console=Console(file=io.StringIO()), references={}, **inputs)
+    write_report(build_report(**report_inputs(SHORTENED)), tmp_path, Console(file=io.StringIO()))
     report = json.loads((tmp_path / "report.json").read_text())
     assert [arm["example_prompt"] for arm in report["arms"]] == ["Q0", "Q0"]  # each arm's first test record
     page = (tmp_path / "report.html").read_text(encoding="utf-8")

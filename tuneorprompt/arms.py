@@ -31,7 +31,7 @@ from tuneorprompt.config import (
     FineTuneArm,
 )
 from tuneorprompt.decide import CostEstimate
-from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
+from tuneorprompt.evaluate import PROMPTS_SHORTENED, Progress, Scorer, System, accuracy, evaluate, fit_prompts
 from tuneorprompt.keys import content_key, jsonable
 from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.prompts import PlacedInstruction, PromptFormat, PromptRecipe, compile_template
@@ -252,6 +252,9 @@ class FineTune:
         examples = [TrainingExample(e.id, train_recipe.build(e), ctx.format.answer(e)) for e in self.training_pool(ctx)]
         query_recipe = self.recipe(ctx, seed, instruction)
         dev_key = ctx.dev_key(query_recipe)
+        # Dev is scored by throwaway Systems while training (and not at all once the training is found
+        # finished), so the dev prompts that lose demos to fit the context are counted here, for the report.
+        dev_shortened = fit_prompts(query_recipe, ctx.dev, ctx.base, ctx.settings)[1]
 
         def dev_score(backend: Backend) -> float:
             system = System(f"{self.name}-dev", seed, CachedBackend(backend, ctx.store), query_recipe)
@@ -268,7 +271,7 @@ class FineTune:
         tuned = finetune(base, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
                 "model_dir": str(tuned.model_dir),
-                "training": tuned.cost}
+                "training": tuned.cost} | ({PROMPTS_SHORTENED["dev"]: dev_shortened} if dev_shortened else {})
         return System(self.name, seed, CachedBackend(tuned.backend, ctx.store), query_recipe, info)
 
 

@@ -59,7 +59,7 @@ from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match,
 from tuneorprompt.progress import make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
-from tuneorprompt.report import build_report, write_report
+from tuneorprompt.report import Report, build_report, write_report
 from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
 from tuneorprompt.store import Store
 from tuneorprompt.summary import outcome_matrix, summarize_arm
@@ -75,7 +75,7 @@ PROTOCOL_VERSION = 1
 @dataclass
 class Result:
     run_dir: Path
-    report: dict[str, Any]
+    report: Report
     records: dict[str, list[list[ExampleRecord]]]  # arm name -> one list of test records per seed
     cache_hits: int
     cache_misses: int
@@ -261,7 +261,7 @@ def check_prompts_fit(arm_name: str, recipe: PromptRecipe, ctx: ArmContext, test
 MAX_LISTED = 10
 
 
-def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict, dict[str, list[list[ExampleRecord]]]]:
+def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[Report, dict[str, list[list[ExampleRecord]]]]:
     config, splits = plan.config, plan.splits
     ctx = replace(plan.ctx, base=CachedBackend(plan.base, store), store=store)
     records: dict[str, list[list[ExampleRecord]]] = {}
@@ -288,12 +288,12 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
     # Which backend answered: fine-tuned arms are served by transformers from local weights whatever
     # `model.kind` serves the prompt arms.
     summaries = [
-        {**summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], ctx.base.num_parameters),
-         "backend": "hf" if isinstance(arm, FineTune) else config.model.kind}
+        summarize_arm(arm.name, arm.kind, records[arm.name], infos[arm.name], ctx.base.num_parameters,
+                      backend="hf" if isinstance(arm, FineTune) else config.model.kind)
         for arm in plan.arms
         if arm.name in records
     ]
-    report_inputs = dict(
+    report = build_report(
         config=plan.given,
         summaries=summaries,
         records=records,
@@ -307,10 +307,7 @@ def _run(plan: RunPlan, store: Store, console: Console, rank: int) -> tuple[dict
         skipped_arms=plan.skipped,
     )
     if rank == 0:
-        references = {e.id: e.target for e in splits.test}
-        report = write_report(run_dir=plan.run_dir, console=console, references=references, **report_inputs)
-    else:
-        report = build_report(**report_inputs)
+        write_report(report, plan.run_dir, console)
     return report, records
 
 
