@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import pytest
 from rich.console import Console
 
+from tests.test_stale_results import task
 from tuneorprompt.config import config_from_dict
 from tuneorprompt.data import OverlapReport
 from tuneorprompt.decide import CostEstimate
+from tuneorprompt.experiment import run_experiment
 from tuneorprompt.records import ExampleRecord
 from tuneorprompt.report import build_report, write_report
 from tuneorprompt.report.notes import shortened_prompts
@@ -110,3 +113,41 @@ def test_the_page_shows_the_exact_text_each_arm_gave_the_model(tmp_path):
     assert [arm["example_prompt"] for arm in report["arms"]] == ["Q0", "Q0"]  # each arm's first test record
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "What the model saw" in page and "<pre>Q0</pre>" in page
+
+
+# ---- a real run whose prompts must drop demos -----------------------------------------------------
+
+
+@pytest.fixture
+def short_context_model(tmp_path, tiny_gpt2_dir):
+    """The tiny GPT-2 with a context of 30 tokens: a question's prompt (about 16 tokens) leaves room
+    for 5 new tokens, a prompt with one demonstration (about 35) does not."""
+    from transformers import AutoTokenizer
+
+    directory = tmp_path / "short-context"
+    shutil.copytree(tiny_gpt2_dir, directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.model_max_length = 30
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_a_fine_tuned_arm_whose_dev_prompts_drop_demos_says_so(tmp_path, short_context_model):
+    """LoRA with two demos per query: every dev prompt (scored while training chooses the epoch) and
+    every test prompt loses its demos to fit the context, and the arm's row says so for both."""
+    config = {
+        "name": "short-context",
+        "model": {"path": str(short_context_model), "batch_size": 4, "num_threads": 1, "chat_template": False},
+        "data": task(tmp_path / "data"),  # 8 train, 4 dev, 4 test
+        "generation": {"max_new_tokens": 5},
+        "arms": ["baseline", {"kind": "lora", "few_shot_k": 2, "learning_rates": [1e-3], "epochs": 1, "batch_size": 4}],
+        "seeds": [0],
+    }
+    console = Console(file=io.StringIO(), width=300)
+    result = run_experiment(config, tmp_path / "run", console=console)
+    note = "lora+few_shot@2: 4 of 4 test and 4 of 4 dev prompts shortened (demos dropped to fit the context)"
+    assert shortened_prompts(result.report) == [note]
+    assert f"Note: {note}" in console.file.getvalue()
+    assert f"<li>{note}</li>" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    details = json.loads((tmp_path / "run" / "report.json").read_text())["arms"][1]["details"][0]
+    assert (details["prompts_shortened_test"], details["prompts_shortened_dev"]) == (4, 4)
