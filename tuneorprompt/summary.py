@@ -8,7 +8,7 @@ reader sees it on. Every view formats a figure through its scale, never by a fac
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
