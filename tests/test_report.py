@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -151,3 +154,19 @@ def test_a_fine_tuned_arm_whose_dev_prompts_drop_demos_says_so(tmp_path, short_c
     assert f"<li>{note}</li>" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     details = json.loads((tmp_path / "run" / "report.json").read_text())["arms"][1]["details"][0]
     assert (details["prompts_shortened_test"], details["prompts_shortened_dev"]) == (4, 4)
+
+
+def test_the_report_package_leaves_matplotlib_alone():
+    """Importing the report package loads no matplotlib; drawing a page's plots loads it without
+    pyplot, so no global backend or figure state (a notebook's own) is touched."""
+    code = (
+        "import sys\n"
+        "from tests.test_report import SHORTENED, report_inputs\n"
+        "from tuneorprompt.report import build_report\n"
+        "from tuneorprompt.report.html import render_html\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        "render_html(build_report(**report_inputs(SHORTENED)))\n"
+        "assert 'matplotlib' in sys.modules and 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
