@@ -64,7 +64,7 @@ def main() -> None:
             if args.check_fresh:
                 fresh = run_experiment(demo_config("capitals"), root / f"{name}-fresh", overrides=BASE + change,
                                        console=quiet)
-                row["equals_fresh"] = comparable(fresh.report) == comparable(rerun.report)
+                row["equals_fresh"] = comparable(fresh.report.to_dict()) == comparable(rerun.report.to_dict())
             rows[name] = row
             fresh_note = f", equals a fresh run: {row['equals_fresh']}" if args.check_fresh else ""
             print(f"{name:32s} {seconds:6.1f} s ({100 * row['time_fraction']:5.1f}% of the first run), "

@@ -58,7 +58,7 @@ def test_unchanged_rerun_generates_nothing_and_a_changed_model_misses(tmp_path, 
     assert first.cache_misses > 0
     second = run_experiment(config, tmp_path / "run", overrides=["name=tiny-again"])
     assert second.cache_misses == 0
-    assert [a["accuracy"] for a in second.report["arms"]] == [a["accuracy"] for a in first.report["arms"]]
+    assert [a.accuracy for a in second.report.arms] == [a.accuracy for a in first.report.arms]
 
     # Another model written to the same path: same prompts, new weights -> nothing may come from the cache.
     build_tiny_gpt2(tiny_gpt2_dir.parent / "other", seed=1)

@@ -57,12 +57,12 @@ def config(tmp_path: Path, **extra) -> dict:
 def test_instruction_is_chosen_on_dev_and_test_is_only_evaluated(tmp_path):
     backend = ScriptedBackend(answer_by_instruction)
     result = run_experiment(config(tmp_path), tmp_path / "run", backend=backend)
-    arms = {a["name"]: a for a in result.report["arms"]}
+    arms = {a.name: a for a in result.report.arms}
     instruction = arms["instruction"]
-    assert instruction["details"][0]["instruction"] == DEV_WINNER
+    assert instruction.details[0]["instruction"] == DEV_WINNER
     # The dev winner scores like the baseline on test: the choice did not peek at test.
-    assert instruction["accuracy"]["value"] == pytest.approx(10 / 30)
-    assert arms["baseline"]["accuracy"]["value"] == pytest.approx(10 / 30)
+    assert instruction.accuracy.value == pytest.approx(10 / 30)
+    assert arms["baseline"].accuracy.value == pytest.approx(10 / 30)
     # Test prompts carrying the test winner were never generated.
     assert not any(TEST_WINNER in p and "item te" in p for p in backend.prompts_seen)
 
@@ -95,9 +95,9 @@ def test_report_fields_and_seeds(tmp_path):
 def test_prices_turn_costs_into_money(tmp_path):
     raw = config(tmp_path, costs={"price_per_1k_tokens": 2.0, "expected_queries": 1000})
     report = run_experiment(raw, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction)).report
-    baseline = report["costs"][0]
-    assert baseline["per_query"]["price"] == pytest.approx(2.0 * baseline["per_query"]["tokens"] / 1000)
-    assert baseline["total_price_at_expected_queries"] == pytest.approx(1000 * baseline["per_query"]["price"])
+    baseline = report.costs[0]
+    assert baseline.query_price == pytest.approx(2.0 * baseline.query_tokens / 1000)
+    assert baseline.total_price_at_expected_queries == pytest.approx(1000 * baseline.query_price)
 
 
 def without_memory(arms: list[dict]) -> list[dict]:
@@ -118,7 +118,7 @@ def test_rerun_hits_the_cache_for_every_generation_and_a_new_model_misses(tmp_pa
     again = ScriptedBackend(answer_by_instruction)
     second = run_experiment(config(tmp_path), tmp_path / "run", backend=again)
     assert second.cache_misses == 0 and second.cache_hits > 0 and again.prompts_seen == []
-    assert without_memory(second.report["arms"]) == without_memory(first.report["arms"])
+    assert without_memory(second.report.to_dict()["arms"]) == without_memory(first.report.to_dict()["arms"])
     other = ScriptedBackend(answer_by_instruction, fingerprint="another-model")
     third = run_experiment(config(tmp_path), tmp_path / "run-other", backend=other)
     assert third.cache_hits == 0
@@ -135,9 +135,9 @@ def test_finished_arms_are_read_back_not_recomputed(tmp_path):
 def test_ladder_stops_at_the_first_arm_meeting_the_target(tmp_path):
     always_right = ScriptedBackend(lambda p: " Place " + p.rsplit("item ", 1)[1].split("?")[0])
     result = run_experiment(config(tmp_path, strategy="ladder"), tmp_path / "run", backend=always_right)
-    assert [a["name"] for a in result.report["arms"]] == ["baseline"]
-    assert result.report["stopped_early_at"] == "baseline"
-    assert result.report["recommendation"]["arm"] == "baseline"
+    assert [a.name for a in result.report.arms] == ["baseline"]
+    assert result.report.stopped_early_at == "baseline"
+    assert result.report.recommendation.arm == "baseline"
 
 
 # ---- CLI: user errors are one clear line and a non-zero exit -----------------------------------
@@ -191,13 +191,13 @@ def test_ladder_runs_cheapest_first_by_estimate_and_stops_at_the_recommended_arm
     arms = ["baseline", {"kind": "few_shot", "k": [8]}, {"kind": "few_shot_knn", "k": [1]}]
     ladder = run_experiment(config(tmp_path, arms=arms, strategy="ladder"), tmp_path / "ladder", backend=with_demos)
     report = ladder.report
-    assert [e["name"] for e in report["cost_order"]] == ["baseline", "few_shot_knn@1", "few_shot@8"]
-    assert [a["name"] for a in report["arms"]] == ["baseline", "few_shot_knn@1"]
-    assert report["stopped_early_at"] == report["recommendation"]["arm"] == "few_shot_knn@1"
+    assert [e.name for e in report.cost_order] == ["baseline", "few_shot_knn@1", "few_shot@8"]
+    assert [a.name for a in report.arms] == ["baseline", "few_shot_knn@1"]
+    assert report.stopped_early_at == report.recommendation.arm == "few_shot_knn@1"
 
     full = run_experiment(config(tmp_path, arms=arms), tmp_path / "full", backend=with_demos).report
-    assert full["recommendation"]["arm"] == "few_shot_knn@1"
-    assert list(full["recommendation"]["order"]) == ["baseline", "few_shot_knn@1", "few_shot@8"]
+    assert full.recommendation.arm == "few_shot_knn@1"
+    assert list(full.recommendation.order) == ["baseline", "few_shot_knn@1", "few_shot@8"]
 
 
 # ---- run lifecycle -------------------------------------------------------------------------------

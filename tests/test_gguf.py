@@ -343,6 +343,6 @@ def test_an_experiment_on_a_gguf_file_runs_and_its_report_names_the_file(tiny, m
     config = {"name": "gguf", "model": {"path": str(path), "num_threads": 1, "chat_template": False},
               "data": {"file": str(data)}, "generation": {"max_new_tokens": 3}, "arms": ["baseline"]}
     report = run_experiment(config, tmp_path / "run").report
-    assert report["model"] == str(path)  # the file the user gave, not the conversion cache
-    assert report["protocol"]["model_fingerprint"]
+    assert report.model == str(path)  # the file the user gave, not the conversion cache
+    assert report.protocol["model_fingerprint"]
     assert "gguf" in (tmp_path / "run" / "config.yaml").read_text()

@@ -316,11 +316,11 @@ def test_a_run_through_the_server_reports_its_backend_skips_fine_tuning_and_neve
     console = Console(file=open(tmp_path / "terminal.txt", "w"), width=200)
     result = run_experiment(config, tmp_path / "run", console=console)
     report = result.report
-    assert report["protocol"]["model"]["kind"] == "openai"
-    assert {a["name"]: a["backend"] for a in report["arms"]} == {"baseline": "openai", "few_shot@2": "openai"}
-    skipped = {s["arm"] for s in report["skipped_arms"]}
+    assert report.protocol["model"]["kind"] == "openai"
+    assert {a.name: a.backend for a in report.arms} == {"baseline": "openai", "few_shot@2": "openai"}
+    skipped = {s["arm"] for s in report.skipped_arms}
     assert skipped == {"lora", "learning_curve"}
-    assert [w["arm"] for w in report["warnings"] if w["code"] == "skipped_arm"] == ["lora", "learning_curve"]
+    assert [w["arm"] for w in report.warnings if w["code"] == "skipped_arm"] == ["lora", "learning_curve"]
     console.file.close()
     terminal = (tmp_path / "terminal.txt").read_text()
     assert "Skipping lora" in terminal and "model.local_path" in terminal
@@ -344,8 +344,8 @@ def test_with_local_weights_fine_tuning_arms_train_here_and_say_so(served_model,
         "arms": ["baseline", {"kind": "lora", "epochs": 1, "max_train_examples": 16, "learning_rates": [1e-3]}],
     }
     report = run_experiment(config, tmp_path / "run", console=Console(file=open(os.devnull, "w"))).report
-    assert {a["name"]: a["backend"] for a in report["arms"]} == {"baseline": "openai", "lora": "hf"}
-    assert report["skipped_arms"] == [] and report["protocol"]["model"]["chat_template"] is False
+    assert {a.name: a.backend for a in report.arms} == {"baseline": "openai", "lora": "hf"}
+    assert report.skipped_arms == [] and report.protocol["model"]["chat_template"] is False
 
 
 # ---- costs of a served model: never silently zero ---------------------------------------------------------

@@ -59,7 +59,7 @@ def test_reduced_real_model_demo_runs_and_scores_real_replies(tmp_path):
     overrides = ["data.max_test=24", "arms=[baseline, {kind: lora, epochs: 1, learning_rates: [0.001]}]",
                  "model.num_threads=1"]
     result = run_experiment(demo_config("capitals", "smollm2"), tmp_path / "run", overrides=overrides)
-    report = result.report
+    report = result.report.to_dict()
     assert report["protocol"]["model"]["chat_template"] is True  # auto found the model's template
     assert report["model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     arms = {arm["name"]: arm for arm in report["arms"]}

@@ -97,8 +97,8 @@ def test_the_report_renders_and_its_filter_counts_the_records(small_run, browser
     errors: list[str] = []
     page = open_report(browser.new_context(viewport={"width": 1200, "height": 900}), run_dir, errors)
 
-    assert page.locator("#verdict").inner_text().strip() == report["recommendation"]["reason"].strip()
-    arm_names = [a["name"] for a in report["arms"]]
+    assert page.locator("#verdict").inner_text().strip() == report.recommendation.reason.strip()
+    arm_names = [a.name for a in report.arms]
     assert page.locator("#arms tbody th[scope=row]").all_inner_texts() == arm_names
 
     plots = page.locator("img.plot")
@@ -108,7 +108,7 @@ def test_the_report_renders_and_its_filter_counts_the_records(small_run, browser
         assert image.evaluate("img => img.complete && img.naturalWidth > 0"), f"plot {index} did not load"
         assert len(image.get_attribute("alt")) > 40  # described in words, not only titled
 
-    n_test = report["data"]["n_test"]
+    n_test = report.data.n_test
     assert visible_rows(page) == n_test
     assert page.locator("#filter-count").inner_text() == f"{n_test} of {n_test} items shown"
     for arm in arm_names:
@@ -146,7 +146,7 @@ def test_with_scripts_off_every_row_shows_and_no_control_is_offered(small_run, b
     try:
         page = context.new_page()
         page.goto((small_run.run_dir / "report.html").resolve().as_uri())
-        assert visible_rows(page) == small_run.report["data"]["n_test"]
+        assert visible_rows(page) == small_run.report.data.n_test
         assert not page.locator("#example-filters").is_visible()  # controls that could not work stay hidden
         assert page.locator("#verdict").is_visible()
     finally:

@@ -24,6 +24,7 @@ from tuneorprompt.data import OverlapReport
 from tuneorprompt.metrics import exact_match, extract_answer, lenient_match
 from tuneorprompt.records import ExampleRecord
 from tuneorprompt.report import build_report, write_report
+from tuneorprompt.report.html import render_html
 from tuneorprompt.summary import outcome_matrix, summarize_arm
 
 N = 100  # test items
@@ -79,7 +80,7 @@ def inputs(by_arm: dict[str, tuple[str, list[list[ExampleRecord]], list[dict]]],
         "arms": ["baseline", "instruction", "lora"],
         "target": {"accuracy": target},
     })
-    summaries = [summarize_arm(name, kind, records, infos, num_parameters=1000)
+    summaries = [summarize_arm(name, kind, records, infos, num_parameters=1000, backend="hf")
                  for name, (kind, records, infos) in by_arm.items()]
     return dict(config=config, summaries=summaries, records={n: r for n, (_, r, _) in by_arm.items()},
                 overlap=OverlapReport(N, ()), split_sizes={"train": 500, "dev": 50, "test": N},
@@ -108,6 +109,11 @@ def agreeing_case(target: float = 0.3) -> dict:
     }, target)
 
 
+def report_json(**case) -> dict:
+    """report.json's content for build_report's inputs."""
+    return build_report(**case).to_dict()
+
+
 def warning(report: dict, code: str) -> dict | None:
     return next((w for w in report["warnings"] if w["code"] == code), None)
 
@@ -117,7 +123,7 @@ def warning(report: dict, code: str) -> dict | None:
 
 def test_every_arm_reports_lenient_accuracy_in_the_shape_of_accuracy():
     case = plus_48_case()
-    report = build_report(**case)
+    report = report_json(**case)
     arms = {a["name"]: a for a in report["arms"]}
     assert {n: (round(a["accuracy"]["value"], 2), round(a["accuracy_lenient"]["value"], 2)) for n, a in arms.items()} \
         == {"baseline": (0.0, 0.3), "instruction": (0.0, 0.41), "lora": (0.48, 0.48)}
@@ -131,7 +137,7 @@ def test_every_arm_reports_lenient_accuracy_in_the_shape_of_accuracy():
 
 
 def test_the_plus_48_case_warns_that_the_views_disagree_with_example_replies():
-    report = build_report(**plus_48_case())
+    report = report_json(**plus_48_case())
     found = warning(report, "scoring_disagreement")
     assert found is not None and report["warnings"][0] is found  # the first warning
     assert "instruction 0.0% strict against 41.0% lenient" in found["message"]
@@ -146,7 +152,7 @@ def test_the_plus_48_case_warns_that_the_views_disagree_with_example_replies():
 
 
 def test_views_that_agree_give_no_warning():
-    report = build_report(**agreeing_case())
+    report = report_json(**agreeing_case())
     assert report["warnings"] == []
     assert all(a["accuracy"]["value"] == a["accuracy_lenient"]["value"] for a in report["arms"])
 
@@ -158,7 +164,7 @@ def test_arms_that_the_views_order_oppositely_beyond_noise_are_a_disagreement():
     # instruction is right on 0-41 in short answers and on 42-50 in sentences (right lenient only).
     behind = [replace(r, completion=reply(i, "sentence", True), correct_lenient=1.0) if 42 <= i <= 50 else r
               for i, r in enumerate(arm_records("instruction", range(42), style="short"))]
-    report = build_report(**inputs({
+    report = report_json(**inputs({
         "instruction": ("instruction", [behind], [{}]),
         "few_shot@4": ("few_shot", [ahead], [{}]),
     }, 0.3))
@@ -173,7 +179,7 @@ def test_arms_that_the_views_order_oppositely_beyond_noise_are_a_disagreement():
 def test_a_gap_of_exactly_ten_points_is_not_more_than_ten():
     records = [replace(r, correct_lenient=1.0) if 41 <= i <= 50 else r
                for i, r in enumerate(arm_records("instruction", range(41), style="short"))]
-    report = build_report(**inputs({"instruction": ("instruction", [records], [{}])}, 0.3))
+    report = report_json(**inputs({"instruction": ("instruction", [records], [{}])}, 0.3))
     assert warning(report, "scoring_disagreement") is None
 
 
@@ -182,7 +188,7 @@ def test_an_opposite_order_within_noise_is_not_a_disagreement():
     a = arm_records("few_shot@4", range(50), style="short")
     b = [replace(r, correct_lenient=1.0) if r.example_id in ("te54", "te55") else r
          for r in arm_records("instruction", range(5, 54), style="short")]
-    report = build_report(**inputs({"few_shot@4": ("few_shot", [a], [{}]), "instruction": ("instruction", [b], [{}])},
+    report = report_json(**inputs({"few_shot@4": ("few_shot", [a], [{}]), "instruction": ("instruction", [b], [{}])},
                                    0.3))
     arms = {x["name"]: x for x in report["arms"]}
     assert arms["few_shot@4"]["accuracy"]["value"] > arms["instruction"]["accuracy"]["value"]
@@ -192,7 +198,8 @@ def test_an_opposite_order_within_noise_is_not_a_disagreement():
 
 def test_the_warning_is_shown_first_in_the_terminal_and_the_page(tmp_path):
     console = Console(file=io.StringIO(), width=300)
-    report = write_report(run_dir=tmp_path, console=console, references={}, **plus_48_case())
+    report = build_report(**plus_48_case())
+    write_report(report, tmp_path, console)
     text = console.file.getvalue()
     shown = text.index("Warning (scoring_disagreement):")
     assert shown < text.index("capitals-chat: 100 test items") < text.index("Recommendation:")
@@ -202,14 +209,14 @@ def test_the_warning_is_shown_first_in_the_terminal_and_the_page(tmp_path):
     shown = page.index("Warning (scoring_disagreement):")
     assert shown < page.index('class="verdict') < page.index("<h2>Arms</h2>")
     assert "<td>The capital of Land0 is Town0.</td>" in page[shown:page.index('class="verdict')]
-    assert json.loads((tmp_path / "report.json").read_text())["warnings"] == report["warnings"]
+    assert json.loads((tmp_path / "report.json").read_text())["warnings"] == report.warnings
 
 
 # ---- 3. the scoring audit ---------------------------------------------------------------------------
 
 
 def test_the_scoring_audit_compares_reply_and_reference_lengths_and_shows_disagreements():
-    report = build_report(**plus_48_case())
+    report = report_json(**plus_48_case())
     audit = {a["name"]: a["scoring_audit"] for a in report["arms"]}
     assert audit["instruction"]["reply_words"] == 6.0 and audit["instruction"]["reference_words"] == 1.0
     assert audit["lora"]["reply_words"] == 1.0 and audit["lora"]["empty_replies"] == 0
@@ -218,21 +225,15 @@ def test_the_scoring_audit_compares_reply_and_reference_lengths_and_shows_disagr
     assert (audit["lora"]["lenient_only"], audit["lora"]["strict_only"]) == (0, 0)
     assert [e["id"] for e in audit["instruction"]["examples"]] == ["te0", "te1", "te2"]
     assert audit["lora"]["examples"] == []
-    page = render_page(report, plus_48_case()["records"])
+    page = render_html(build_report(**plus_48_case()))
     assert "<h2>Scoring audit</h2>" in page and "<td>5 of 100</td>" in page
-
-
-def render_page(report: dict, records: dict) -> str:
-    from tuneorprompt.report.html import render_html
-
-    return render_html(report, records, {})
 
 
 # ---- 4 and 6. format against content; the prompt-vs-fine-tune test ------------------------------------
 
 
 def test_the_verdict_says_the_fine_tuning_gain_is_format():
-    report = build_report(**plus_48_case(target=0.3))
+    report = report_json(**plus_48_case(target=0.3))
     reason = report["recommendation"]["reason"]
     assert report["recommendation"]["arm"] == "lora"  # the rule is unchanged: strict view, cheapest adequate arm
     assert ("Of lora's +48.0 points over instruction in the strict view, +41.0 points are format (seen in the "
@@ -240,7 +241,7 @@ def test_the_verdict_says_the_fine_tuning_gain_is_format():
 
 
 def test_prompt_against_fine_tune_is_tested_in_both_views_and_stated_in_the_verdict():
-    report = build_report(**plus_48_case(target=0.3))
+    report = report_json(**plus_48_case(target=0.3))
     versus = report["prompt_vs_finetune"]
     # instruction, not baseline: both score 0 strict, and instruction has more right replies lenient.
     assert (versus["prompt_arm"], versus["finetuned_arm"]) == ("instruction", "lora")
@@ -258,15 +259,15 @@ def test_prompt_against_fine_tune_is_tested_in_both_views_and_stated_in_the_verd
 def test_no_prompt_vs_finetune_without_a_fine_tuned_arm():
     case = plus_48_case()
     for key in ("summaries",):
-        case[key] = [s for s in case[key] if s["name"] != "lora"]
+        case[key] = [s for s in case[key] if s.name != "lora"]
     case["records"].pop("lora")
-    report = build_report(**case)
+    report = report_json(**case)
     assert report["prompt_vs_finetune"] is None
     assert "Best prompt arm against best fine-tuned arm" not in report["recommendation"]["reason"]
 
 
 def test_when_nothing_meets_the_target_the_hint_reads_the_evidence():
-    report = build_report(**plus_48_case(target=0.8))
+    report = report_json(**plus_48_case(target=0.8))
     recommendation = report["recommendation"]
     assert recommendation["arm"] is None
     hint = recommendation["hint"]
@@ -281,9 +282,9 @@ def test_when_nothing_meets_the_target_the_hint_reads_the_evidence():
 def test_a_context_arm_that_adds_facts_is_named_in_the_hint():
     case = plus_48_case(target=0.8)
     context = [arm_records("context", range(70))]  # sentences again, but right far more often
-    case["summaries"].append(summarize_arm("context", "context", context, [{}], num_parameters=1000))
+    case["summaries"].append(summarize_arm("context", "context", context, [{}], num_parameters=1000, backend="hf"))
     case["records"]["context"] = context
-    hint = build_report(**case)["recommendation"]["hint"]
+    hint = report_json(**case)["recommendation"]["hint"]
     assert "Retrieval supplies facts: context is +29.0 points ahead of instruction in the lenient view" in hint
     assert "would show whether retrieval" not in hint
 
@@ -293,7 +294,7 @@ def test_a_context_arm_that_adds_facts_is_named_in_the_hint():
 
 def test_an_instruction_choice_where_every_candidate_scored_zero_is_a_tie():
     tied = {"Answer the question.": 0.0, "Answer with the name of the city only.": 0.0, "Be brief.": 0.0}
-    report = build_report(**plus_48_case(instruction_dev=tied))
+    report = report_json(**plus_48_case(instruction_dev=tied))
     found = warning(report, "dev_tie")
     assert found["arm"] == "instruction"
     assert found["tied"] == [{"seed": 0, "what": "instruction", "candidates": list(tied), "dev_accuracy": 0.0,
@@ -306,7 +307,7 @@ def test_an_instruction_choice_where_every_candidate_scored_zero_is_a_tie():
 
 def test_a_tie_at_the_top_of_the_learning_rate_and_epoch_grid_is_reported():
     grid = {"0.0001": [0.3, 0.5, 0.4], "0.0003": [0.5, 0.2, 0.1]}
-    report = build_report(**plus_48_case(lora_dev=grid))
+    report = report_json(**plus_48_case(lora_dev=grid))
     found = warning(report, "dev_tie")
     assert found["arm"] == "lora"
     assert found["tied"][0]["candidates"] == ["learning rate 0.0001 epoch 2", "learning rate 0.0003 epoch 1"]
@@ -315,14 +316,14 @@ def test_a_tie_at_the_top_of_the_learning_rate_and_epoch_grid_is_reported():
 
 
 def test_a_clear_dev_choice_is_not_a_tie():
-    report = build_report(**plus_48_case())  # instruction 2% vs 5%; lora's best epoch alone at 45%
+    report = report_json(**plus_48_case())  # instruction 2% vs 5%; lora's best epoch alone at 45%
     assert warning(report, "dev_tie") is None
 
 
 def test_the_tie_is_shown_in_the_terminal_and_the_page(tmp_path):
     tied = {"Answer the question.": 0.0, "Be brief.": 0.0}
     console = Console(file=io.StringIO(), width=300)
-    write_report(run_dir=tmp_path, console=console, references={}, **plus_48_case(instruction_dev=tied))
+    write_report(build_report(**plus_48_case(instruction_dev=tied)), tmp_path, console)
     text = console.file.getvalue()
     assert text.index("Warning (dev_tie): instruction:") < text.index("capitals-chat: 100 test items")
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
@@ -331,6 +332,6 @@ def test_the_tie_is_shown_in_the_terminal_and_the_page(tmp_path):
 
 def test_records_of_several_seeds_give_one_row_per_seed_in_the_lenient_matrix():
     records = [arm_records("lora", range(40), style="short", seed=s) for s in (0, 1)]
-    summary = summarize_arm("lora", "lora", records, [{}, {}], num_parameters=1000)
-    assert summary["accuracy_lenient"]["per_seed"] == [0.4, 0.4]
-    assert np.isclose(summary["accuracy_lenient"]["value"], 0.4)
+    summary = summarize_arm("lora", "lora", records, [{}, {}], num_parameters=1000, backend="hf")
+    assert summary.accuracy_lenient.per_seed == (0.4, 0.4)
+    assert np.isclose(summary.accuracy_lenient.value, 0.4)

@@ -138,10 +138,10 @@ def test_a_changed_setting_reruns_into_the_same_directory_as_a_fresh_run(change,
     rerun = run_experiment(changed, same_dir)
     fresh = run_experiment(changed, tmp_path / "fresh")
 
-    assert comparable(rerun.report) == comparable(fresh.report)
-    assert rerun.report["protocol"] != first.report["protocol"]
+    assert comparable(rerun.report.to_dict()) == comparable(fresh.report.to_dict())
+    assert rerun.report.protocol != first.report.protocol
     on_disk = json.loads((same_dir / "report.json").read_text())
-    assert comparable(on_disk) == comparable(rerun.report)
+    assert comparable(on_disk) == comparable(rerun.report.to_dict())
     calls = rerun.cache_hits + rerun.cache_misses
     expected_misses = {
         "all": 0,
@@ -163,7 +163,7 @@ def test_a_changed_learning_rate_grid_trains_only_the_new_rate(tmp_path, models)
     config["arms"][1]["learning_rates"] = [1e-3, 3e-3]
     rerun = run_experiment(config, tmp_path / "run")
     fresh = run_experiment(config, tmp_path / "fresh")
-    assert comparable(rerun.report) == comparable(fresh.report)
+    assert comparable(rerun.report.to_dict()) == comparable(fresh.report.to_dict())
     # The 1e-3 run was read back: only the 3e-3 model's dev answers (and the selected model's test
     # answers, if it is the new one) were generated.
     assert 0 < rerun.cache_misses <= 4 + 3
@@ -179,10 +179,10 @@ def test_a_changed_metric_reselects_the_fine_tuned_epoch_without_generating(tmp_
     config["metric"] = {"accuracy": "contains"}
     rerun = run_experiment(config, tmp_path / "run")
     fresh = run_experiment(config, tmp_path / "fresh")
-    assert comparable(rerun.report) == comparable(fresh.report)
+    assert comparable(rerun.report.to_dict()) == comparable(fresh.report.to_dict())
     # Retrained under the new dev scoring (the epoch choice depends on it), bit for bit the same weights:
     # every dev and test answer came from the cache.
     assert rerun.cache_misses == 0 and rerun.cache_hits > 0
     assert len(list((tmp_path / "run" / "models").glob("lora-seed0-*"))) == 2
-    assert first.report["protocol"]["metric"]["accuracy"] == "exact"
-    assert rerun.report["protocol"]["metric"]["accuracy"] == "contains"
+    assert first.report.protocol["metric"]["accuracy"] == "exact"
+    assert rerun.report.protocol["metric"]["accuracy"] == "contains"

@@ -17,8 +17,12 @@ from mlflow import MlflowClient  # noqa: E402
 
 from tests.fakes import ScriptedBackend  # noqa: E402
 from tests.test_experiment import answer_by_instruction, write_task  # noqa: E402
+from tests.test_report import records  # noqa: E402
 from tuneorprompt.config import ConfigError, config_from_dict  # noqa: E402
+from tuneorprompt.data import OverlapReport  # noqa: E402
 from tuneorprompt.experiment import run_experiment  # noqa: E402
+from tuneorprompt.report import build_report  # noqa: E402
+from tuneorprompt.summary import summarize_arm  # noqa: E402
 from tuneorprompt.tracking import (  # noqa: E402
     MAX_PARAM_VALUE,
     TrackingError,
@@ -62,7 +66,7 @@ def test_a_finished_run_logs_config_results_recommendation_and_report(tmp_path):
     assert params["target.accuracy"] == "0.3" and params["tracking.uri"] == "null"
 
     metrics = run.data.metrics
-    for arm in result.report["arms"]:
+    for arm in result.report.to_dict()["arms"]:  # as report.json gives them
         prefix = metric_prefix(arm["name"])
         for figure in ("accuracy", "accuracy_lenient", "relevance"):
             assert metrics[f"{prefix}/{figure}"] == pytest.approx(arm[figure]["value"])
@@ -74,8 +78,8 @@ def test_a_finished_run_logs_config_results_recommendation_and_report(tmp_path):
     assert "few_shot_2/accuracy" in metrics  # `few_shot@2`: `@` is not allowed in an MLflow name
 
     tags = run.data.tags
-    assert tags["recommendation"] == (result.report["recommendation"]["arm"] or "none")
-    assert tags["recommendation.reason"] == result.report["recommendation"]["reason"]
+    assert tags["recommendation"] == (result.report.recommendation.arm or "none")
+    assert tags["recommendation.reason"] == result.report.recommendation.reason
     assert json.loads(tags["arms"]) == {"baseline": "baseline", "few_shot_2": "few_shot@2"}
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -138,7 +142,7 @@ def test_an_unreachable_tracker_leaves_the_run_untracked_with_a_warning(tmp_path
     result = run_experiment(tracked_config(tmp_path, uri="nosuchscheme://tracker"), run_dir,
                             backend=ScriptedBackend(answer_by_instruction), console=Console(file=out, width=400))
     assert "cannot start an MLflow run at nosuchscheme://tracker" in out.getvalue()
-    assert result.report["arms"] and (run_dir / "report.json").is_file()
+    assert result.report.arms and (run_dir / "report.json").is_file()
 
 
 def test_an_experiment_name_and_uri_are_used_as_given(tmp_path, monkeypatch):
@@ -174,23 +178,27 @@ def test_params_are_flat_masked_and_cut_to_mlflows_limit():
 
 
 def test_training_costs_and_prices_become_metrics_and_unmeasured_ones_are_left_out():
-    interval = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.95}
-    report = {
-        "arms": [{"name": "lora+instruction", "accuracy": interval, "accuracy_lenient": None, "relevance": interval,
-                  "prompt_tokens": 10.0, "generated_tokens": 2.0, "seconds_per_query": 0.5,
-                  "queries_per_second": 2.0, "flops_per_query": None,
-                  "training": {"wall_seconds": 30.0, "flops": 1e12, "train_tokens": 500, "peak_gpu_mb": None,
-                               "extra": {"learning_rate": 1e-4}}}],
-        "costs": [{"arm": "lora+instruction", "per_query": {"price": 0.002}, "one_time": {"price": 1.5},
-                   "total_price_at_expected_queries": 21.5}],
-        "recommendation": {"meets_target": {"lora+instruction": True}},
-    }
+    cost = {"wall_seconds": 30.0, "train_tokens": 500, "trainable_params": 10, "total_params": 1000,
+            "peak_rss_mb": 1.0, "peak_gpu_mb": None, "adapter_mb": 1.0, "flops": 1e12, "extra": {"learning_rate": 1e-4}}
+    by_arm = {"lora+instruction": [records("lora+instruction", 0, right=6)]}  # 6 of 6 right, 0.01 s per query
+    config = config_from_dict({
+        "name": "priced", "model": {"path": "unused"},
+        "data": {"train": "train.jsonl", "dev": "dev.jsonl", "test": "test.jsonl"},
+        "arms": [{"kind": "lora", "instruction": True}], "target": {"accuracy": 0.3},
+        "costs": {"price_per_hour": 3.6, "expected_queries": 10},
+    })
+    # No parameter count (a served model): no FLOPs per query.
+    summary = summarize_arm("lora+instruction", "lora", by_arm["lora+instruction"], [{"training": cost}],
+                            num_parameters=None, backend="hf")
+    report = build_report(config=config, summaries=[summary], records=by_arm, overlap=OverlapReport(6, ()),
+                          split_sizes={"train": 20, "dev": 4, "test": 6}, environment={})
     metrics = result_metrics(report)
-    assert metrics["lora_instruction/accuracy_ci_low"] == 0.8 and metrics["lora_instruction/meets_target"] == 1.0
+    assert metrics["lora_instruction/accuracy_ci_low"] == report.arms[0].accuracy.ci_low
+    assert metrics["lora_instruction/meets_target"] == 1.0
     assert metrics["lora_instruction/training_seconds"] == 30.0 and metrics["lora_instruction/training_flops"] == 1e12
-    assert metrics["lora_instruction/price_per_query"] == 0.002
-    assert metrics["lora_instruction/total_price_at_expected_queries"] == 21.5
-    for absent in ("accuracy_lenient", "flops_per_query", "training_peak_gpu_mb", "training_extra"):
+    assert metrics["lora_instruction/price_per_query"] == pytest.approx(3.6 * 0.01 / 3600)
+    assert metrics["lora_instruction/total_price_at_expected_queries"] == pytest.approx(3.6 * (30 + 10 * 0.01) / 3600)
+    for absent in ("flops_per_query", "training_peak_gpu_mb", "training_extra"):
         assert f"lora_instruction/{absent}" not in metrics
 
 

@@ -38,7 +38,7 @@ from tuneorprompt.config import (
     InstructionArm,
 )
 from tuneorprompt.decide import CostEstimate
-from tuneorprompt.evaluate import Progress, Scorer, System, accuracy, evaluate
+from tuneorprompt.evaluate import PROMPTS_SHORTENED, Progress, Scorer, System, accuracy, evaluate, fit_prompts
 from tuneorprompt.keys import jsonable
 from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.model import ResolvedModel
@@ -362,6 +362,9 @@ class FineTune:
         examples = [TrainingExample(e.id, train_recipe.build(e), task.format.answer(e)) for e in self.training_pool(task)]
         query_recipe = self.recipe(task, seed, instruction)
         dev_key = dev.key(query_recipe)
+        # Dev is scored by throwaway Systems while training (and not at all once the training is found
+        # finished), so the dev prompts that lose demos to fit the context are counted here, for the report.
+        dev_shortened = fit_prompts(query_recipe, task.dev, base.backend, dev.settings)[1]
 
         def dev_score(backend: Backend) -> float:
             system = System(f"{self.name}-dev", seed, backend, query_recipe)
@@ -378,6 +381,7 @@ class FineTune:
         tuned = finetune(weights, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
                 "model_dir": str(tuned.model_dir), "training": tuned.cost}
+        info |= {PROMPTS_SHORTENED["dev"]: dev_shortened} if dev_shortened else {}
         return System(self.name, seed, tuned.backend, query_recipe, info)
 
 

@@ -20,6 +20,10 @@ from tuneorprompt.records import Completion, Example, ExampleRecord, GenerationS
 # its batches, small enough that the progress bar moves and an interrupt loses little.
 CHUNK = 64
 
+# The key under which a System's info records how many of its prompts on a split lost demos to fit
+# the context; `summary.summarize_arm` reads it back from the arm's stored info.
+PROMPTS_SHORTENED = {"test": "prompts_shortened_test", "dev": "prompts_shortened_dev"}
+
 
 class Progress(Protocol):
     """What the evaluator reports progress to (`progress.make_progress`: a bar on a terminal, log lines elsewhere)."""
@@ -149,7 +153,7 @@ def evaluate(
 ) -> list[ExampleRecord]:
     prompts, shortened = fit_prompts(system.recipe, examples, system.backend, settings)
     if shortened:
-        system.info[f"prompts_shortened_{split}"] = shortened
+        system.info[PROMPTS_SHORTENED[split]] = shortened
     task = progress.add_task(f"{system.name} [seed {system.seed}] {split}", total=len(prompts)) if progress else None
     completions = []
     for start in range(0, len(prompts), CHUNK):

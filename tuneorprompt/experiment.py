@@ -55,7 +55,7 @@ from tuneorprompt.progress import make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
-from tuneorprompt.report import build_report, write_report
+from tuneorprompt.report import Report, build_report, write_report
 from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
 from tuneorprompt.store import Store
 from tuneorprompt.summary import outcome_matrix, summarize_arm
@@ -65,7 +65,7 @@ from tuneorprompt.tracking import check_tracking, track_run
 @dataclass
 class Result:
     run_dir: Path
-    report: dict[str, Any]
+    report: Report
     records: dict[str, list[list[ExampleRecord]]]  # arm name -> one list of test records per seed
     cache_hits: int
     cache_misses: int
@@ -262,7 +262,7 @@ MAX_LISTED = 10
 
 def _run(
     plan: RunPlan, store: Store, counts: CacheCounts, console: Console, rank: int
-) -> tuple[dict, dict[str, list[list[ExampleRecord]]]]:
+) -> tuple[Report, dict[str, list[list[ExampleRecord]]]]:
     config, splits = plan.config, plan.splits
     test = TestSplit(splits.test, plan.scorer)
     runs: dict[str, list[ArmRun]] = {}  # arm name -> one run per seed
@@ -294,13 +294,12 @@ def _run(
     # Which backend answered: fine-tuned arms are served by transformers from local weights whatever
     # `model.kind` serves the prompt arms.
     summaries = [
-        {**summarize_arm(arm.name, arm.spec.kind, records[arm.name], [r.info for r in runs[arm.name]],
-                         plan.model.num_parameters),
-         "backend": "hf" if arm.family == "finetune" else plan.model.kind}
+        summarize_arm(arm.name, arm.spec.kind, records[arm.name], [r.info for r in runs[arm.name]],
+                      plan.model.num_parameters, backend="hf" if arm.family == "finetune" else plan.model.kind)
         for arm in plan.arms
         if arm.name in records
     ]
-    report_inputs = dict(
+    report = build_report(
         config=plan.config,
         summaries=summaries,
         records=records,
@@ -314,10 +313,7 @@ def _run(
         skipped_arms=plan.skipped,
     )
     if rank == 0:
-        references = {e.id: e.target for e in splits.test}
-        report = write_report(run_dir=plan.run_dir, console=console, references=references, **report_inputs)
-    else:
-        report = build_report(**report_inputs)
+        write_report(report, plan.run_dir, console)
     return report, records
 
 

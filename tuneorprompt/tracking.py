@@ -23,13 +23,16 @@ import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from rich.console import Console
 from rich.markup import escape
 
 from tuneorprompt.config import ExperimentConfig, TrackingConfig
 from tuneorprompt.provenance import git_commit
+
+if TYPE_CHECKING:
+    from tuneorprompt.report import Report
 
 # MLflow's limits (mlflow/utils/validation.py): longer param values are refused, not cut, and a
 # batch holds at most 100 params or tags and 1000 metrics.
@@ -127,7 +130,7 @@ class Tracker:
         tracker._guarded("log the config as params", tracker._log_params, config)
         return tracker
 
-    def log_results(self, report: dict) -> None:
+    def log_results(self, report: Report) -> None:
         """Metrics, tags and artifacts of a finished run; call after the report files are written."""
         self._guarded("log the results", self._log_results, report)
 
@@ -152,7 +155,7 @@ class Tracker:
         for start in range(0, len(params), PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=params[start:start + PARAMS_PER_BATCH], synchronous=True)
 
-    def _log_results(self, report: dict) -> None:
+    def _log_results(self, report: Report) -> None:
         import time
 
         from mlflow.entities import Metric, RunTag
@@ -228,48 +231,52 @@ def metric_prefix(arm: str) -> str:
     return _NOT_ALLOWED_IN_NAME.sub("_", arm)
 
 
-def result_metrics(report: dict) -> dict[str, float]:
-    """Per arm `<arm>/<name>`: accuracy, accuracy_lenient and relevance with `_ci_low`/`_ci_high`
-    (accuracies as fractions 0-1, relevance on the report's 0-100 scale), `meets_target` (0/1), the
-    per-query costs, the training costs of fine-tuned arms, and prices where the config gives them."""
+def result_metrics(report: Report) -> dict[str, float]:
+    """Per arm `<arm>/<name>`: accuracy, accuracy_lenient and relevance with `_ci_low`/`_ci_high` (each
+    on its reported scale, as in report.json: accuracies as fractions 0-1, relevance 0-100),
+    `meets_target` (0/1), the per-query costs, the training costs of fine-tuned arms, and prices where
+    the config gives them."""
     metrics: dict[str, float] = {}
-    meets = report.get("recommendation", {}).get("meets_target", {})
-    costs = {row["arm"]: row for row in report.get("costs") or []}
-    for arm in report["arms"]:
-        prefix = metric_prefix(arm["name"])
+    meets = report.recommendation.meets_target
+    costs = {row.arm: row for row in report.costs}
+    for arm in report.arms:
+        prefix = metric_prefix(arm.name)
 
         def put(name: str, value: Any) -> None:
-            if isinstance(value, (int, float)):  # None (not measured) and dicts (training extras) are left out
+            if isinstance(value, (int, float)):  # None (not measured) and lists (training extras) are left out
                 metrics[f"{prefix}/{name}"] = float(value)
 
-        for figure in ("accuracy", "accuracy_lenient", "relevance"):
-            interval = arm.get(figure)
-            if interval:
-                put(figure, interval["value"])
-                put(f"{figure}_ci_low", interval["ci_low"])
-                put(f"{figure}_ci_high", interval["ci_high"])
-        if arm["name"] in meets:
-            put("meets_target", meets[arm["name"]])
-        for cost in ("prompt_tokens", "generated_tokens", "seconds_per_query", "queries_per_second", "flops_per_query"):
-            put(cost, arm.get(cost))
-        for name, value in (arm.get("training") or {}).items():
+        for figure, estimate in (("accuracy", arm.accuracy), ("accuracy_lenient", arm.accuracy_lenient),
+                                 ("relevance", arm.relevance)):
+            put(figure, estimate.value)
+            put(f"{figure}_ci_low", estimate.ci_low)
+            put(f"{figure}_ci_high", estimate.ci_high)
+        if arm.name in meets:
+            put("meets_target", meets[arm.name])
+        put("prompt_tokens", arm.prompt_tokens)
+        put("generated_tokens", arm.generated_tokens)
+        put("seconds_per_query", arm.seconds_per_query)
+        put("queries_per_second", arm.queries_per_second)
+        put("flops_per_query", arm.flops_per_query)
+        for name, value in (arm.training.to_dict() if arm.training else {}).items():
             put("training_seconds" if name == "wall_seconds" else f"training_{name}", value)
-        row = costs.get(arm["name"], {})
-        put("price_per_query", row.get("per_query", {}).get("price"))
-        put("one_time_price", row.get("one_time", {}).get("price"))
-        put("total_price_at_expected_queries", row.get("total_price_at_expected_queries"))
+        cost = costs.get(arm.name)
+        if cost is not None:
+            put("price_per_query", cost.query_price)
+            put("one_time_price", cost.one_time_price)
+            put("total_price_at_expected_queries", cost.total_price_at_expected_queries)
     return metrics
 
 
-def result_tags(report: dict) -> dict[str, str]:
+def result_tags(report: Report) -> dict[str, str]:
     """The recommendation (`recommendation`: the arm, or `none` when no arm meets the target), its
     reason, the most accurate arm, the warnings' codes, and the metric prefix of each arm."""
-    decision = report.get("recommendation") or {}
+    decision = report.recommendation
     tags = {
-        "recommendation": decision.get("arm") or "none",
-        "recommendation.reason": decision.get("reason") or "",
-        "recommendation.best": decision.get("best") or "",
-        "warnings": ",".join(w["code"] for w in report.get("warnings") or []),
-        "arms": json.dumps({metric_prefix(a["name"]): a["name"] for a in report["arms"]}, ensure_ascii=False),
+        "recommendation": decision.arm or "none",
+        "recommendation.reason": decision.reason,
+        "recommendation.best": decision.best,
+        "warnings": ",".join(w["code"] for w in report.warnings),
+        "arms": json.dumps({metric_prefix(a.name): a.name for a in report.arms}, ensure_ascii=False),
     }
     return {key: value if len(value) <= MAX_TAG_VALUE else value[:MAX_TAG_VALUE - 3] + "..." for key, value in tags.items()}

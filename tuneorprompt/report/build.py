@@ -1,36 +1,190 @@
-"""The report dict: arms, paired tests, costs and break-even, recommendation, provenance.
+"""The report: arms, paired tests, costs and break-even, recommendation, provenance, as a typed
+`Report`.
 
-`build_report` is a pure function of the run's records and summaries; `write_report` writes it as
-`report.json` and `report.html` (each replaced whole, never left half-written) and prints the
-terminal summary.
+`build_report` is a pure function of the run's records and arm summaries; `Report.to_json()` is
+report.json. `write_report` writes report.json and report.html (each replaced whole, never left
+half-written) and prints the terminal summary; every view renders the `Report` alone.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
 
 from tuneorprompt import decide, stats
-from tuneorprompt.config import CostConfig, ExperimentConfig
+from tuneorprompt.config import CostConfig, ExperimentConfig, TargetConfig
+from tuneorprompt.data import OverlapReport
 from tuneorprompt.records import ExampleRecord
 from tuneorprompt.report.checks import report_warnings
 from tuneorprompt.report.html import render_html
 from tuneorprompt.report.terminal import print_summary
 from tuneorprompt.rundir import write_text_atomic
-from tuneorprompt.summary import outcome_matrix
+from tuneorprompt.summary import ArmSummary, outcome_matrix, relevance_matrix
 
 REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    n_train: int
+    n_dev: int
+    n_test: int
+    overlap: OverlapReport
+
+    def size(self, split: str) -> int:
+        return {"train": self.n_train, "dev": self.n_dev, "test": self.n_test}[split]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_train": self.n_train, "n_dev": self.n_dev, "n_test": self.n_test, "overlap": self.overlap.to_dict()}
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """`arm` against `against` on the same test items, in accuracy and in relevance (each difference
+    on its figure's reported scale: summary.ACCURACY, summary.RELEVANCE)."""
+
+    arm: str
+    against: str
+    accuracy: stats.PairedTest
+    relevance: stats.PairedTest
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arm": self.arm, "against": self.against, "accuracy": self.accuracy.to_dict(),
+                "relevance": self.relevance.to_dict()}
+
+
+@dataclass(frozen=True)
+class BreakEven:
+    """After how many queries a fine-tuned arm's training is repaid by queries cheaper than those of
+    `against`, the most accurate prompt arm (None: its queries are not cheaper)."""
+
+    arm: str
+    against: str
+    training_flops: float
+    flops_per_query: float
+    against_flops_per_query: float
+    queries: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arm": self.arm, "against": self.against, "training_flops": self.training_flops,
+                "flops_per_query": self.flops_per_query, "against_flops_per_query": self.against_flops_per_query,
+                "queries": self.queries}
+
+
+@dataclass(frozen=True)
+class ArmCost:
+    """What one query of an arm costs and what the arm cost once; prices only where the config gives them."""
+
+    arm: str
+    query_flops: float | None
+    query_seconds: float
+    query_tokens: float
+    one_time_flops: float
+    one_time_seconds: float
+    train_tokens: float
+    query_price: float | None = None
+    one_time_price: float | None = None
+    total_price_at_expected_queries: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        per_query = {"flops": self.query_flops, "seconds": self.query_seconds, "tokens": self.query_tokens}
+        one_time = {"flops": self.one_time_flops, "seconds": self.one_time_seconds, "train_tokens": self.train_tokens}
+        row: dict[str, Any] = {"arm": self.arm, "per_query": per_query, "one_time": one_time}
+        if self.query_price is not None:
+            per_query["price"] = self.query_price
+            one_time["price"] = self.one_time_price
+        if self.total_price_at_expected_queries is not None:
+            row["total_price_at_expected_queries"] = self.total_price_at_expected_queries
+        return row
+
+
+@dataclass(frozen=True)
+class ArmAnswer:
+    arm: str
+    answer: str
+    correct: bool  # in the strict view
+
+
+@dataclass(frozen=True)
+class ExampleRow:
+    id: str
+    reference: str
+    disagree: bool  # the arms are not all right or all wrong
+    answers: tuple[ArmAnswer, ...]
+
+
+@dataclass(frozen=True)
+class ExampleTable:
+    """The page's examples table: per test item, each arm's answer (first seed). Not in report.json:
+    the records in the run's store hold every answer."""
+
+    arms: tuple[str, ...]  # the columns
+    rows: tuple[ExampleRow, ...]
+    n_items: int  # test items, shown or not
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    model: str
+    target: TargetConfig
+    strategy: str
+    stopped_early_at: str | None
+    # Before any number: a reader must know when the scoring views or a dev choice cannot be trusted.
+    warnings: list[dict]
+    skipped_arms: list[dict]  # arms the config asked for that could not run, each {"arm", "reason"}
+    data: DataSummary
+    arms: list[ArmSummary]
+    paired_tests: list[PairedComparison]
+    costs: list[ArmCost]
+    cost_order: list[decide.CostEstimate] | None
+    break_even: list[BreakEven]
+    learning_curve: dict | None
+    recommendation: decide.Recommendation
+    protocol: dict | None
+    environment: dict
+    examples: ExampleTable
+
+    def to_dict(self) -> dict[str, Any]:
+        """report.json's content."""
+        decision = self.recommendation.to_dict()
+        versus = decision.pop("prompt_vs_finetune")  # given once, at the top level
+        return {
+            "report_version": REPORT_VERSION,
+            "name": self.name,
+            "model": self.model,
+            "target": self.target.model_dump(),
+            "strategy": self.strategy,
+            "stopped_early_at": self.stopped_early_at,
+            "warnings": self.warnings,
+            "skipped_arms": self.skipped_arms,
+            "data": self.data.to_dict(),
+            "arms": [arm.to_dict() for arm in self.arms],
+            "paired_tests": [test.to_dict() for test in self.paired_tests],
+            "costs": [cost.to_dict() for cost in self.costs],
+            "cost_order": [estimate.to_dict() for estimate in self.cost_order] if self.cost_order is not None else None,
+            "break_even": [row.to_dict() for row in self.break_even],
+            "learning_curve": self.learning_curve,
+            "prompt_vs_finetune": versus,
+            "recommendation": decision,
+            "protocol": self.protocol,
+            "environment": self.environment,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
 
 
 def build_report(
     *,
     config: ExperimentConfig,
-    summaries: Sequence[dict],
+    summaries: Sequence[ArmSummary],
     records: dict[str, list[list[ExampleRecord]]],
-    overlap: Any,
+    overlap: OverlapReport,
     split_sizes: dict[str, int],
     environment: dict,
     stopped_early_at: str | None = None,
@@ -38,21 +192,21 @@ def build_report(
     cost_order: Sequence[decide.CostEstimate] | None = None,
     protocol: dict | None = None,
     skipped_arms: Sequence[dict] = (),
-) -> dict:
-    """cost_order: every arm's cost as estimated before the run, cheapest first; the order the ladder
-    ran the arms in, and the one the recommendation follows (without it, the measured costs order
-    them). protocol: what every arm's result depends on (settings, data and model keys), recorded
-    so the report states what its numbers came from. skipped_arms: arms the config asked for that
-    could not run, each {"arm", "reason"}; each becomes a warning, so none silently disappears."""
+) -> Report:
+    """cost_order: every arm's cost as estimated before the run, cheapest first; the order the
+    ladder ran the arms in, and the one the recommendation follows (without it, the measured costs
+    order them). protocol: what every arm's result depends on (settings, data and model keys),
+    recorded so the report states what its numbers came from. skipped_arms: arms the config asked
+    for that could not run, each {"arm", "reason"}; each becomes a warning, so none silently disappears."""
     outcomes = [
         decide.ArmOutcome(
-            name=s["name"],
-            correct=outcome_matrix(records[s["name"]], "correct"),
-            per_query_flops=s["flops_per_query"],
-            one_time_flops=(s["training"] or {}).get("flops", 0.0),
-            kind=s["kind"],
-            correct_lenient=outcome_matrix(records[s["name"]], "correct_lenient"),
-            per_query_tokens=s["prompt_tokens"] + s["generated_tokens"],
+            name=s.name,
+            correct=outcome_matrix(records[s.name], "correct"),
+            per_query_flops=s.flops_per_query,
+            one_time_flops=s.training.flops if s.training else 0.0,
+            kind=s.kind,
+            correct_lenient=outcome_matrix(records[s.name], "correct_lenient"),
+            per_query_tokens=s.prompt_tokens + s.generated_tokens,
         )
         for s in summaries
     ]
@@ -64,36 +218,29 @@ def build_report(
         learning_curve_hint=(learning_curve or {}).get("hint"),
         order=[estimate.name for estimate in cost_order] if cost_order is not None else None,
     )
-    decision = recommendation.to_dict()
-    versus = decision.pop("prompt_vs_finetune")  # given once, at the top level
-    return {
-        "report_version": REPORT_VERSION,
-        "name": config.name,
-        "model": config.model.label,
-        "target": config.target.model_dump(),
-        "strategy": config.strategy,
-        "stopped_early_at": stopped_early_at,
-        # Before any number: a reader must know when the scoring views or a dev choice cannot be trusted.
-        "warnings": [
+    return Report(
+        name=config.name,
+        model=config.model.label,
+        target=config.target,
+        strategy=config.strategy,
+        stopped_early_at=stopped_early_at,
+        warnings=[
             {"code": "skipped_arm", "arm": skip["arm"], "message": f"{skip['arm']} was not run: {skip['reason']}"}
             for skip in skipped_arms
         ] + cost_basis_warnings(outcomes) + report_warnings(summaries, records, config.metric.accuracy),
-        "skipped_arms": list(skipped_arms),
-        "data": {
-            **{f"n_{split}": size for split, size in split_sizes.items()},
-            "overlap": overlap.to_dict(),
-        },
-        "arms": list(summaries),
-        "paired_tests": paired_tests(records, [s["name"] for s in summaries], recommendation.arm),
-        "costs": costs(summaries, config.costs),
-        "cost_order": [estimate.to_dict() for estimate in cost_order] if cost_order is not None else None,
-        "break_even": break_even(summaries),
-        "learning_curve": learning_curve,
-        "prompt_vs_finetune": versus,
-        "recommendation": decision,
-        "protocol": protocol,
-        "environment": environment,
-    }
+        skipped_arms=list(skipped_arms),
+        data=DataSummary(split_sizes["train"], split_sizes["dev"], split_sizes["test"], overlap),
+        arms=list(summaries),
+        paired_tests=paired_tests(records, [s.name for s in summaries], recommendation.arm),
+        costs=costs(summaries, config.costs),
+        cost_order=list(cost_order) if cost_order is not None else None,
+        break_even=break_even(outcomes),
+        learning_curve=learning_curve,
+        recommendation=recommendation,
+        protocol=protocol,
+        environment=environment,
+        examples=example_table({s.name: records[s.name] for s in summaries}),
+    )
 
 
 def cost_basis_warnings(outcomes: Sequence[decide.ArmOutcome]) -> list[dict]:
@@ -108,7 +255,9 @@ def cost_basis_warnings(outcomes: Sequence[decide.ArmOutcome]) -> list[dict]:
     return [{"code": "cost_basis", "basis": "tokens", "message": message}]
 
 
-def paired_tests(records: dict[str, list[list[ExampleRecord]]], names: list[str], recommended: str | None) -> list:
+def paired_tests(
+    records: dict[str, list[list[ExampleRecord]]], names: list[str], recommended: str | None
+) -> list[PairedComparison]:
     """Every arm against `baseline` and against the recommended arm, on the same test items."""
     references = [r for r in ("baseline", recommended) if r is not None and r in records]
     tests = []
@@ -119,70 +268,91 @@ def paired_tests(records: dict[str, list[list[ExampleRecord]]], names: list[str]
             accuracy = stats.paired_accuracy_test(
                 outcome_matrix(records[name], "correct"), outcome_matrix(records[reference], "correct")
             )
-            relevance = stats.paired_bootstrap_test(
-                100 * outcome_matrix(records[name], "relevance"), 100 * outcome_matrix(records[reference], "relevance")
-            )
-            tests.append({"arm": name, "against": reference, "accuracy": accuracy.to_dict(),
-                          "relevance": relevance.to_dict()})
+            relevance = stats.paired_bootstrap_test(relevance_matrix(records[name]), relevance_matrix(records[reference]))
+            tests.append(PairedComparison(name, reference, accuracy, relevance))
     return tests
 
 
-def break_even(summaries: Sequence[dict]) -> list[dict]:
+def break_even(outcomes: Sequence[decide.ArmOutcome]) -> list[BreakEven]:
     """For each fine-tuned arm: after how many queries its one-time training cost is repaid by
-    cheaper queries than the most accurate prompt arm (None when its queries are not cheaper)."""
-    prompt_arms = [s for s in summaries if s["kind"] in decide.PROMPT_KINDS and s["flops_per_query"]]
-    if not prompt_arms:
+    cheaper queries than the most accurate prompt arm (`decide.most_accurate`), among the prompt
+    arms whose cost per query is known."""
+    best_prompt = decide.most_accurate([arm for arm in outcomes if arm.prompted and arm.per_query_flops])
+    if best_prompt is None:
         return []
-    # The same "most accurate" as decide.most_accurate: strict, then lenient, then the first listed.
-    best_prompt = max(
-        prompt_arms, key=lambda s: (s["accuracy"]["value"], (s.get("accuracy_lenient") or {}).get("value", 0.0))
-    )
-    rows = []
-    for arm in summaries:
-        if not arm.get("training") or not arm["flops_per_query"]:
-            continue
-        rows.append({
-            "arm": arm["name"],
-            "against": best_prompt["name"],
-            "training_flops": arm["training"]["flops"],
-            "flops_per_query": arm["flops_per_query"],
-            "against_flops_per_query": best_prompt["flops_per_query"],
-            "queries": stats.break_even_queries(
-                arm["training"]["flops"], arm["flops_per_query"], best_prompt["flops_per_query"]
-            ),
-        })
-    return rows
+    return [
+        BreakEven(
+            arm=arm.name,
+            against=best_prompt.name,
+            training_flops=arm.one_time_flops,
+            flops_per_query=arm.per_query_flops,
+            against_flops_per_query=best_prompt.per_query_flops,
+            queries=stats.break_even_queries(arm.one_time_flops, arm.per_query_flops, best_prompt.per_query_flops),
+        )
+        for arm in outcomes
+        if arm.fine_tuned and arm.per_query_flops
+    ]
 
 
-def costs(summaries: Sequence[dict], prices: CostConfig) -> list[dict]:
+def costs(summaries: Sequence[ArmSummary], prices: CostConfig) -> list[ArmCost]:
     """Per arm: what one query costs and what the arm cost once, in FLOPs and seconds (comparable
     across machines and measured here), and in money where prices are given."""
     rows = []
     for arm in summaries:
-        training = arm.get("training") or {}
-        tokens = arm["prompt_tokens"] + arm["generated_tokens"]
-        row = {
-            "arm": arm["name"],
-            "per_query": {"flops": arm["flops_per_query"], "seconds": arm["seconds_per_query"], "tokens": tokens},
-            "one_time": {"flops": training.get("flops", 0.0), "seconds": training.get("wall_seconds", 0.0),
-                         "train_tokens": training.get("train_tokens", 0)},
-        }
+        tokens = arm.prompt_tokens + arm.generated_tokens
+        cost = ArmCost(
+            arm=arm.name,
+            query_flops=arm.flops_per_query,
+            query_seconds=arm.seconds_per_query,
+            query_tokens=tokens,
+            one_time_flops=arm.training.flops if arm.training else 0.0,
+            one_time_seconds=arm.training.wall_seconds if arm.training else 0.0,
+            train_tokens=arm.training.train_tokens if arm.training else 0,
+        )
         if prices.price_per_hour is not None or prices.price_per_1k_tokens is not None:
-            per_query = (prices.price_per_1k_tokens or 0.0) * tokens / 1000 + (
-                prices.price_per_hour or 0.0) * arm["seconds_per_query"] / 3600
-            row["per_query"]["price"] = per_query
-            row["one_time"]["price"] = (prices.price_per_hour or 0.0) * row["one_time"]["seconds"] / 3600
-            if prices.expected_queries:
-                row["total_price_at_expected_queries"] = row["one_time"]["price"] + per_query * prices.expected_queries
-        rows.append(row)
+            query_price = (prices.price_per_1k_tokens or 0.0) * tokens / 1000 + (
+                prices.price_per_hour or 0.0) * arm.seconds_per_query / 3600
+            one_time_price = (prices.price_per_hour or 0.0) * cost.one_time_seconds / 3600
+            total = one_time_price + query_price * prices.expected_queries if prices.expected_queries else None
+            cost = replace(cost, query_price=query_price, one_time_price=one_time_price,
+                           total_price_at_expected_queries=total)
+        rows.append(cost)
     return rows
 
 
-def write_report(*, run_dir: Path, console: Console, references: dict[str, str], **inputs: Any) -> dict:
-    """Build the report; write report.json and report.html; print the terminal summary.
-    `references` maps test ids to reference answers for the disagreement table."""
-    report = build_report(**inputs)
-    write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=str))
-    write_text_atomic(run_dir / "report.html", render_html(report, inputs["records"], references))
+# ---- the examples table ----------------------------------------------------------------------------
+
+EXAMPLES_SHOWN = 500  # rows of the examples table; more would make the page slow to open
+
+
+def example_table(records: dict[str, list[list[ExampleRecord]]], limit: int = EXAMPLES_SHOWN) -> ExampleTable:
+    """One row per test item with its reference answer and each arm's answer (first seed of each
+    arm), marked right or wrong in the strict view. Every item when there are at most `limit`; else the items where the arms
+    disagree first (they say the most), then the others, in test order."""
+    names = tuple(records)
+    if not names:
+        return ExampleTable(names, (), 0)
+    first_seed = {name: {r.example_id: r for r in records[name][0]} for name in names}
+    rows = []
+    for record in records[names[0]][0]:
+        if not all(record.example_id in first_seed[name] for name in names):
+            continue
+        cells = [first_seed[name][record.example_id] for name in names]
+        rows.append(ExampleRow(
+            id=record.example_id,
+            reference=record.targets[0] if record.targets else "",
+            disagree=len({c.correct >= 0.5 for c in cells}) > 1,
+            answers=tuple(ArmAnswer(name, c.answer, c.correct >= 0.5) for name, c in zip(names, cells)),
+        ))
+    if len(rows) <= limit:
+        return ExampleTable(names, tuple(rows), len(rows))
+    order = {id(row): index for index, row in enumerate(rows)}
+    chosen = sorted(rows, key=lambda row: not row.disagree)[:limit]  # a stable sort keeps test order within each
+    return ExampleTable(names, tuple(sorted(chosen, key=lambda row: order[id(row)])), len(rows))
+
+
+def write_report(report: Report, run_dir: Path, console: Console) -> None:
+    """Write report.json and report.html into `run_dir`; print the terminal summary."""
+    write_text_atomic(run_dir / "report.json", report.to_json())
+    write_text_atomic(run_dir / "report.html", render_html(report))
     print_summary(report, console)
-    return report

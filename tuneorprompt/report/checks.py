@@ -2,7 +2,7 @@
 on dev was a tie. Each is a plain dict `{"code", "message", ...}` in report.json's `warnings`, shown
 first by the terminal summary and the page.
 
-Pure functions of the arm summaries (`summary.summarize_arm`) and, for paired tests, the records.
+Pure functions of the arm summaries (`summary.ArmSummary`) and, for paired tests, the records.
 
 When do the views disagree? A decision is taken on the strict view; it is wrong when the strict view
 scores format rather than content. Two signs, either enough:
@@ -25,13 +25,13 @@ import numpy as np
 from tuneorprompt import stats
 from tuneorprompt.decide import VIEW_GAP
 from tuneorprompt.records import ExampleRecord
-from tuneorprompt.summary import interleave, outcome_matrix
+from tuneorprompt.summary import ArmSummary, interleave, outcome_matrix
 
 SHOWN_EXAMPLES = 3
 
 
 def report_warnings(
-    summaries: Sequence[dict], records: dict[str, list[list[ExampleRecord]]], metric: str
+    summaries: Sequence[ArmSummary], records: dict[str, list[list[ExampleRecord]]], metric: str
 ) -> list[dict]:
     """Every warning, the scoring views first (they decide whether any number below can be trusted)."""
     disagreement = scoring_disagreement(summaries, records, metric)
@@ -42,20 +42,19 @@ def report_warnings(
 
 
 def scoring_disagreement(
-    summaries: Sequence[dict], records: dict[str, list[list[ExampleRecord]]], metric: str
+    summaries: Sequence[ArmSummary], records: dict[str, list[list[ExampleRecord]]], metric: str
 ) -> dict | None:
     """A `scoring_disagreement` warning naming the arms concerned, with example replies; None when
     the views agree (module docstring)."""
-    scored = [s for s in summaries if s.get("accuracy_lenient")]
     gaps = sorted(
-        (s for s in scored if _beyond_gap(_lenient(s) - _strict(s))),
+        (s for s in summaries if _beyond_gap(_lenient(s) - _strict(s))),
         key=lambda s: -abs(_strict(s) - _lenient(s)),
     )
-    flips = reversed_pairs(scored, records)
+    flips = reversed_pairs(summaries, records)
     if not gaps and not flips:
         return None
-    concerned = list(dict.fromkeys([s["name"] for s in gaps] + [name for flip in flips for name in flip["arms"]]))
-    findings = [f"{s['name']} {_strict(s):.1%} strict against {_lenient(s):.1%} lenient" for s in gaps]
+    concerned = list(dict.fromkeys([s.name for s in gaps] + [name for flip in flips for name in flip["arms"]]))
+    findings = [f"{s.name} {_strict(s):.1%} strict against {_lenient(s):.1%} lenient" for s in gaps]
     findings += [flip["message"] for flip in flips]
     message = (
         f"The strict view (metric.accuracy: {metric}, on the extracted answer) and the lenient view (a reference "
@@ -63,8 +62,8 @@ def scoring_disagreement(
         "so it may reward answer format rather than content. Check the replies below: if the lenient view is "
         "right, use an extraction rule or matcher that accepts them before deciding."
     )
-    by_name = {s["name"]: s for s in summaries}
-    examples = [(by_name[name].get("scoring_audit") or {}).get("examples", []) for name in concerned]
+    by_name = {s.name: s for s in summaries}
+    examples = [[e.to_dict() for e in by_name[name].scoring_audit.examples] for name in concerned]
     return {
         "code": "scoring_disagreement",
         "message": message,
@@ -73,20 +72,20 @@ def scoring_disagreement(
     }
 
 
-def reversed_pairs(scored: Sequence[dict], records: dict[str, list[list[ExampleRecord]]]) -> list[dict]:
+def reversed_pairs(scored: Sequence[ArmSummary], records: dict[str, list[list[ExampleRecord]]]) -> list[dict]:
     """Pairs of arms the two views order oppositely, where at least one view's order is significant."""
     flips = []
     for a, b in combinations(scored, 2):
         if (_strict(a) - _strict(b)) * (_lenient(a) - _lenient(b)) >= 0:
             continue  # tests only for opposite point differences: nothing to pay when the views agree
-        tests = views_reversed(*(outcome_matrix(records[s["name"]], field)
+        tests = views_reversed(*(outcome_matrix(records[s.name], field)
                                  for s in (a, b) for field in ("correct", "correct_lenient")))
         if tests is not None:
             strict, lenient = tests
             flips.append({
-                "arms": [a["name"], b["name"]],
+                "arms": [a.name, b.name],
                 "message": (
-                    f"{a['name']} minus {b['name']} is {_points(strict.difference)} strict (p = {strict.p_value:.3g}) "
+                    f"{a.name} minus {b.name} is {_points(strict.difference)} strict (p = {strict.p_value:.3g}) "
                     f"but {_points(lenient.difference)} lenient (p = {lenient.p_value:.3g})"
                 ),
             })
@@ -110,12 +109,12 @@ def _beyond_gap(difference: float) -> bool:
     return abs(difference) > VIEW_GAP + 1e-9
 
 
-def _strict(summary: dict) -> float:
-    return summary["accuracy"]["value"]
+def _strict(summary: ArmSummary) -> float:
+    return summary.accuracy.value
 
 
-def _lenient(summary: dict) -> float:
-    return summary["accuracy_lenient"]["value"]
+def _lenient(summary: ArmSummary) -> float:
+    return summary.accuracy_lenient.value
 
 
 def _points(fraction: float) -> str:
@@ -125,7 +124,7 @@ def _points(fraction: float) -> str:
 # ---- ties in dev selection ----------------------------------------------------------------------------
 
 
-def dev_ties(summaries: Sequence[dict]) -> list[dict]:
+def dev_ties(summaries: Sequence[ArmSummary]) -> list[dict]:
     """A `dev_tie` warning per arm whose dev choice (instruction; learning rate and epoch) was a tie
     at the top. Such a choice was made by the tie-break rule, not by the data, and when every
     candidate scored 0 the dev scoring itself may be at fault (see the scoring views)."""
@@ -133,7 +132,7 @@ def dev_ties(summaries: Sequence[dict]) -> list[dict]:
     for summary in summaries:
         ties = _instruction_ties(summary) + _finetune_ties(summary)
         if ties:
-            warnings.append({"code": "dev_tie", "arm": summary["name"], "message": _tie_message(summary["name"], ties),
+            warnings.append({"code": "dev_tie", "arm": summary.name, "message": _tie_message(summary.name, ties),
                              "tied": ties})
     return warnings
 
@@ -148,9 +147,9 @@ def tied_at_top(scores: dict[str, float]) -> list[str]:
     return tied if len(tied) > 1 else []
 
 
-def _instruction_ties(summary: dict) -> list[dict]:
+def _instruction_ties(summary: ArmSummary) -> list[dict]:
     ties = []
-    for seed, details in zip(summary["seeds"], summary.get("details") or []):
+    for seed, details in zip(summary.seeds, summary.details):
         scores = details.get("dev_accuracy_by_instruction") or {}
         tied = tied_at_top(scores)
         if tied:
@@ -159,11 +158,10 @@ def _instruction_ties(summary: dict) -> list[dict]:
     return ties
 
 
-def _finetune_ties(summary: dict) -> list[dict]:
-    extras = (summary.get("training") or {}).get("extra") or []
-    extras = [extras] if isinstance(extras, dict) else extras  # one dict per seed (summary.mean_training_cost)
+def _finetune_ties(summary: ArmSummary) -> list[dict]:
+    extras = summary.training.extra if summary.training else []  # one dict per seed
     ties = []
-    for seed, extra in zip(summary["seeds"], extras):
+    for seed, extra in zip(summary.seeds, extras):
         scores = {
             f"learning rate {rate} epoch {epoch}": score
             for rate, per_epoch in (extra or {}).get("dev_scores", {}).items()

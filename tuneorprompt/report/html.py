@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display; also keeps a notebook's backend untouched
-import matplotlib.pyplot as plt
 from jinja2 import select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from tuneorprompt.records import ExampleRecord
 from tuneorprompt.report.notes import shortened_prompts
+from tuneorprompt.summary import ACCURACY, RELEVANCE, Estimate
+
+if TYPE_CHECKING:
+    from tuneorprompt.report.build import Report
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuneorprompt: {{ r.name }}</title>
@@ -54,7 +54,7 @@ caption { text-align: left; font-weight: 600; padding: 4px 0; }
   body { max-width: none; margin: 0; } #examples td.right, #examples td.wrong { background: none; } }
 </style></head><body>
 <h1>{{ r.name }}: prompt or fine-tune?</h1>
-{% for w in r.warnings or [] %}<div class="warning" id="warning-{{ w.code }}"><p><strong>Warning ({{ w.code }}):</strong>
+{% for w in r.warnings %}<div class="warning" id="warning-{{ w.code }}"><p><strong>Warning ({{ w.code }}):</strong>
 {{ w.message }}</p>
 {% if w.examples %}<table><tr><th scope="col">arm</th><th scope="col">reply</th><th scope="col">answer extracted</th><th scope="col">reference</th><th scope="col">strict</th>
 <th scope="col">lenient</th></tr>
@@ -62,7 +62,7 @@ caption { text-align: left; font-weight: 600; padding: 4px 0; }
 <td>{{ "%g" | format(e.strict) }}</td><td>{{ "%g" | format(e.lenient) }}</td></tr>{% endfor %}</table>{% endif %}
 </div>{% endfor %}
 <p>Model <code>{{ r.model }}</code>{% if r.protocol %}, {{ "with its chat template" if r.protocol.model.chat_template else "without a chat template" }}{% if r.protocol.prompt.system %} (system message: <code>{{ r.protocol.prompt.system }}</code>){% endif %}{% endif %}; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
-target accuracy {{ "%.0f" | format(100 * r.target.accuracy) }}%{% if r.target.lenient %} (lenient){% endif %};
+target accuracy {{ ACCURACY.with_unit(r.target.accuracy, 0) }}{% if r.target.lenient %} (lenient){% endif %};
 strategy {{ r.strategy }}.</p>
 <p id="verdict" class="verdict {% if not r.recommendation.arm %}none{% endif %}">{{ r.recommendation.reason }}</p>
 <h2>Arms</h2>
@@ -70,10 +70,10 @@ strategy {{ r.strategy }}.</p>
 <thead><tr><th scope="col">arm</th><th scope="col">accuracy % [95% CI]</th><th scope="col">lenient accuracy % [95% CI]</th>
 <th scope="col">relevance [95% CI]</th><th scope="col">prompt tokens</th>
 <th scope="col">generated tokens</th><th scope="col">ms / query</th><th scope="col">GFLOPs / query</th><th scope="col">training s</th><th scope="col">training PFLOPs</th><th scope="col">peak RSS MiB</th></tr></thead>
-<tbody>{% for a in r.arms %}<tr><th scope="row">{{ a.name }}{% if a.backend and r.protocol.model.kind != "hf" %}<br><small>({{ a.backend }})</small>{% endif %}</th>
-<td>{{ "%.1f [%.1f, %.1f]" | format(100 * a.accuracy.value, 100 * a.accuracy.ci_low, 100 * a.accuracy.ci_high) }}</td>
-<td>{% set l = a.accuracy_lenient %}{{ "%.1f [%.1f, %.1f]" | format(100 * l.value, 100 * l.ci_low, 100 * l.ci_high) if l else "-" }}</td>
-<td>{{ "%.1f [%.1f, %.1f]" | format(a.relevance.value, a.relevance.ci_low, a.relevance.ci_high) }}</td>
+<tbody>{% for a in r.arms %}<tr><th scope="row">{{ a.name }}{% if show_backends %}<br><small>({{ a.backend }})</small>{% endif %}</th>
+<td>{{ a.accuracy.shown() }}</td>
+<td>{{ a.accuracy_lenient.shown() }}</td>
+<td>{{ a.relevance.shown() }}</td>
 <td>{{ "%.0f" | format(a.prompt_tokens) }}</td><td>{{ "%.1f" | format(a.generated_tokens) }}</td>
 <td>{{ "%.1f" | format(1000 * a.seconds_per_query) }}</td>
 <td>{{ "%.3g" | format(a.flops_per_query / 1e9) if a.flops_per_query else "-" }}</td>
@@ -92,7 +92,7 @@ right when a reference answer appears in it, not counting text copied from the q
 <h2>Scoring audit</h2>
 <table><tr><th scope="col">arm</th><th scope="col">reply words</th><th scope="col">answer words</th><th scope="col">reference words</th><th scope="col">empty replies</th>
 <th scope="col">right strict only</th><th scope="col">right lenient only</th></tr>
-{% for a in r.arms if a.scoring_audit %}{% set s = a.scoring_audit %}<tr><td>{{ a.name }}</td>
+{% for a in r.arms %}{% set s = a.scoring_audit %}<tr><td>{{ a.name }}</td>
 <td>{{ "%.1f" | format(s.reply_words) }}</td><td>{{ "%.1f" | format(s.answer_words) }}</td>
 <td>{{ "%.1f" | format(s.reference_words) }}</td><td>{{ s.empty_replies }} of {{ s.replies }}</td>
 <td>{{ s.strict_only }}</td><td>{{ s.lenient_only }}</td></tr>{% endfor %}</table>
@@ -104,9 +104,9 @@ right when a reference answer appears in it, not counting text copied from the q
 <table><tr><th scope="col">arm</th><th scope="col">against</th><th scope="col">accuracy difference [95% CI]</th><th scope="col">test</th><th scope="col">p</th>
 <th scope="col">relevance difference [95% CI]</th><th scope="col">paired bootstrap p</th></tr>
 {% for t in r.paired_tests %}<tr><td>{{ t.arm }}</td><td>{{ t.against }}</td>
-<td>{{ "%+.1f [%+.1f, %+.1f]" | format(100 * t.accuracy.difference, 100 * t.accuracy.diff_low, 100 * t.accuracy.diff_high) }}</td>
+<td>{{ ACCURACY.show_difference(t.accuracy) }}</td>
 <td>{{ t.accuracy.test }}</td><td>{{ "%.3g" | format(t.accuracy.p_value) }}</td>
-<td>{{ "%+.1f [%+.1f, %+.1f]" | format(t.relevance.difference, t.relevance.diff_low, t.relevance.diff_high) }}</td>
+<td>{{ RELEVANCE.show_difference(t.relevance) }}</td>
 <td>{{ "%.3g" | format(t.relevance.p_value) }}</td></tr>{% endfor %}</table>
 {% if examples %}<h2 id="examples-heading">Examples</h2>
 <p>{% if examples | length < n_examples %}{{ examples | length }} of the {{ n_examples }} test items (first those where
@@ -161,39 +161,60 @@ extracted, marked right (&#10003;) or wrong (&#10007;) in the strict view.</p>
 
 _ENV = ImmutableSandboxedEnvironment(autoescape=select_autoescape(default=True, default_for_string=True))
 
+# Plots are drawn on matplotlib's object-oriented Figure with an Agg canvas, imported when a plot is
+# drawn: no global backend or pyplot state is touched (a notebook's own plots stay as they are).
+
+
+def _axes(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots()
+
 
 def _png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _bars(report: dict, metric: str, scale: float, target: float | None) -> str:
-    arms = report["arms"]
-    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(arms)), 3.5))
-    values = [scale * a[metric]["value"] for a in arms]
+def _bars(arms: list[tuple[str, Estimate]], label: str, target: float | None) -> str:
+    """A bar per arm with its 95% CI; `target` (reported scale) as a dashed line."""
+    figure, axis = _axes(max(6, 0.9 * len(arms)), 3.5)
+    values = [e.scale.to_shown(e.value) for _, e in arms]
     # Clipped at 0: a bootstrap bound can sit a rounding error inside the point estimate.
-    errors = [[max(0.0, v - scale * a[metric]["ci_low"]) for v, a in zip(values, arms)],
-              [max(0.0, scale * a[metric]["ci_high"] - v) for v, a in zip(values, arms)]]
+    errors = [[max(0.0, v - e.scale.to_shown(e.ci_low)) for v, (_, e) in zip(values, arms)],
+              [max(0.0, e.scale.to_shown(e.ci_high) - v) for v, (_, e) in zip(values, arms)]]
     axis.bar(range(len(arms)), values, yerr=errors, capsize=4, color="#5b8def")
-    axis.set_xticks(range(len(arms)), [a["name"] for a in arms], rotation=30, ha="right")
-    axis.set_ylabel(f"{metric} (95% CI)")
-    axis.set_ylim(min(0.0, min(values)), 100)  # both metrics are on a 0-100 scale here
+    axis.set_xticks(range(len(arms)), [name for name, _ in arms], rotation=30, ha="right")
+    axis.set_ylabel(f"{label} (95% CI)")
+    axis.set_ylim(min(0.0, min(values)), 100)  # accuracy (%) and relevance are both shown on a 0-100 scale
     if target is not None:
-        axis.axhline(target, color="#c33", linestyle="--", label="target")
+        axis.axhline(ACCURACY.to_shown(target), color="#c33", linestyle="--", label="target")
         axis.legend()
     return _png(figure)
 
 
+def _bars_alt(arms: list[tuple[str, Estimate]], label: str, target: float | None) -> str:
+    """The bar chart in words, for a screen reader or a page whose images did not load."""
+    values = "; ".join(
+        f"{name} {e.scale.with_unit(e.value)} [{e.scale.show(e.ci_low)}, {e.scale.show(e.ci_high)}]" for name, e in arms
+    )
+    line = f"; dashed line: the target, {ACCURACY.with_unit(target, 0)}" if target is not None else ""
+    return f"Bar chart of {label} per arm with 95% confidence intervals{line}. {values}."
+
+
 def _learning_curve(curve: dict) -> str:
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure, axis = _axes(6, 3.5)
     for key, label in (("few_shot", "few-shot (k demos)"), ("finetune", f"{curve['finetune_kind']} (n examples)")):
         points = curve[key]
         xs = [max(p["x"], 0.5) for p in points]  # k=0 drawn at 0.5 on the log axis
-        axis.errorbar(xs, [100 * p["accuracy"] for p in points],
-                      yerr=[[max(0.0, 100 * (p["accuracy"] - p["ci_low"])) for p in points],
-                            [max(0.0, 100 * (p["ci_high"] - p["accuracy"])) for p in points]],
+        shown = [ACCURACY.to_shown(p["accuracy"]) for p in points]
+        axis.errorbar(xs, shown,
+                      yerr=[[max(0.0, y - ACCURACY.to_shown(p["ci_low"])) for y, p in zip(shown, points)],
+                            [max(0.0, ACCURACY.to_shown(p["ci_high"]) - y) for y, p in zip(shown, points)]],
                       marker="o", capsize=3, label=label)
     if curve.get("crossover"):
         axis.axvline(curve["crossover"], color="#888", linestyle=":", label="crossover")
@@ -207,80 +228,42 @@ def _learning_curve(curve: dict) -> str:
     return _png(figure)
 
 
-def _frontier(report: dict) -> str | None:
-    arms = [a for a in report["arms"] if a.get("flops_per_query")]
+def _frontier(report: Report) -> tuple[str, str] | None:
+    """Accuracy against inference FLOPs per query, one point per arm whose cost is known: (alt, png)."""
+    arms = [a for a in report.arms if a.flops_per_query]
     if not arms:
         return None
-    figure, axis = plt.subplots(figsize=(6, 3.5))
+    figure, axis = _axes(6, 3.5)
     for a in arms:
-        axis.scatter(a["flops_per_query"], 100 * a["accuracy"]["value"], color="#c33" if a.get("training") else "#5b8def")
-        axis.annotate(a["name"], (a["flops_per_query"], 100 * a["accuracy"]["value"]), fontsize=8,
-                      xytext=(4, 4), textcoords="offset points")
+        y = ACCURACY.to_shown(a.accuracy.value)
+        axis.scatter(a.flops_per_query, y, color="#c33" if a.training else "#5b8def")
+        axis.annotate(a.name, (a.flops_per_query, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     axis.set_xscale("log")
     axis.set_xlabel("inference FLOPs per query (red: fine-tuned, plus one-time training)")
     axis.set_ylabel("accuracy %")
-    return _png(figure)
+    points = "; ".join(f"{a.name} {ACCURACY.with_unit(a.accuracy.value)} at {a.flops_per_query / 1e9:.3g} GFLOPs"
+                       for a in arms)
+    return f"Scatter plot of accuracy against inference FLOPs per query, one point per arm. {points}.", _png(figure)
 
 
-EXAMPLES_SHOWN = 500  # rows of the examples table; more would make the page slow to open
-
-
-def example_rows(records: dict[str, list[list[ExampleRecord]]], references: dict[str, str],
-                 limit: int = EXAMPLES_SHOWN) -> tuple[list[str], list[dict], int]:
-    """The examples table: one row per test item with each arm's answer (first seed of each arm),
-    marked right or wrong in the strict view. Every item when there are at most `limit`; else the
-    items where the arms disagree first (they say the most), then the others, in test order.
-    Returns the arm names (columns), the rows, and the number of test items."""
-    names = list(records)
-    if not names:
-        return names, [], 0
-    first_seed = {name: {r.example_id: r for r in records[name][0]} for name in names}
-    rows = []
-    for record in records[names[0]][0]:
-        if not all(record.example_id in first_seed[name] for name in names):
-            continue
-        cells = [first_seed[name][record.example_id] for name in names]
-        rows.append({
-            "id": record.example_id,
-            "reference": references.get(record.example_id) or (record.targets[0] if record.targets else ""),
-            "disagree": len({c.correct >= 0.5 for c in cells}) > 1,
-            "answers": [{"arm": name, "answer": c.answer, "correct": c.correct >= 0.5} for name, c in zip(names, cells)],
-        })
-    if len(rows) <= limit:
-        return names, rows, len(rows)
-    order = {id(row): index for index, row in enumerate(rows)}
-    chosen = sorted(rows, key=lambda row: not row["disagree"])[:limit]  # a stable sort keeps test order within each
-    return names, sorted(chosen, key=lambda row: order[id(row)]), len(rows)
-
-
-def _bars_alt(report: dict, metric: str, scale: float, unit: str, target: float | None) -> str:
-    """The bar chart in words, for a screen reader or a page whose images did not load."""
-    values = "; ".join(
-        f"{a['name']} {scale * a[metric]['value']:.1f}{unit} [{scale * a[metric]['ci_low']:.1f}, "
-        f"{scale * a[metric]['ci_high']:.1f}]" for a in report["arms"]
-    )
-    line = f"; dashed line: the target, {target:.0f}{unit}" if target is not None else ""
-    return f"Bar chart of {metric} per arm with 95% confidence intervals{line}. {values}."
-
-
-def render_html(report: dict, records: dict[str, list[list[ExampleRecord]]], references: dict[str, str]) -> str:
-    target = 100 * report["target"]["accuracy"]
-    plots = [("Task accuracy", _bars_alt(report, "accuracy", 100, "%", target), _bars(report, "accuracy", 100, target)),
-             ("Response relevance", _bars_alt(report, "relevance", 1, "", None), _bars(report, "relevance", 1, None))]
-    if report.get("learning_curve"):
-        curve = report["learning_curve"]
+def render_html(report: Report) -> str:
+    accuracy = [(a.name, a.accuracy) for a in report.arms]
+    relevance = [(a.name, a.relevance) for a in report.arms]
+    target = report.target.accuracy
+    plots = [("Task accuracy", _bars_alt(accuracy, "accuracy", target), _bars(accuracy, "accuracy", target)),
+             ("Response relevance", _bars_alt(relevance, "relevance", None), _bars(relevance, "relevance", None))]
+    if report.learning_curve:
+        curve = report.learning_curve
         plots.append(("Learning curves", f"Line chart of accuracy against {curve['x_label']}: few-shot with k demos "
                       f"and {curve['finetune_kind']} with n training examples, with 95% confidence intervals"
                       + (f"; fine-tuning overtakes at {curve['crossover']}." if curve.get("crossover") else "."),
                       _learning_curve(curve)))
     frontier = _frontier(report)
     if frontier:
-        points = "; ".join(f"{a['name']} {100 * a['accuracy']['value']:.1f}% at {a['flops_per_query'] / 1e9:.3g} GFLOPs"
-                           for a in report["arms"] if a.get("flops_per_query"))
-        plots.append(("Accuracy against cost per query",
-                      f"Scatter plot of accuracy against inference FLOPs per query, one point per arm. {points}.",
-                      frontier))
-    shown = {a["name"]: records[a["name"]] for a in report["arms"] if a["name"] in records}
-    names, rows, n_examples = example_rows(shown, references)
-    return _ENV.from_string(PAGE).render(r=report, plots=plots, notes=shortened_prompts(report),
-                                         example_arms=names, examples=rows, n_examples=n_examples)
+        plots.append(("Accuracy against cost per query", *frontier))
+    return _ENV.from_string(PAGE).render(
+        r=report, plots=plots, notes=shortened_prompts(report), ACCURACY=ACCURACY, RELEVANCE=RELEVANCE,
+        # Which backend answered each arm, once they differ: a served model's fine-tuned arms run on transformers.
+        show_backends=any(a.backend != "hf" for a in report.arms),
+        example_arms=report.examples.arms, examples=report.examples.rows, n_examples=report.examples.n_items,
+    )
