@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tuneorprompt import decide, stats
+from tuneorprompt.arms import family_of
 from tuneorprompt.decide import ArmOutcome
 
 N = 200
@@ -158,7 +159,7 @@ def test_bad_arms_are_named():
 
 def view_arm(name: str, kind: str, strict: np.ndarray, lenient: np.ndarray, per_query: float = 1e9,
              one_time: float = 0.0) -> ArmOutcome:
-    return ArmOutcome(name, strict, per_query_flops=per_query, one_time_flops=one_time, kind=kind,
+    return ArmOutcome(name, strict, per_query_flops=per_query, one_time_flops=one_time, family=family_of(kind),
                       correct_lenient=lenient)
 
 
@@ -175,7 +176,7 @@ def test_the_lenient_view_never_changes_the_decision():
     without = decide.recommend([ArmOutcome(a.name, a.correct, a.per_query_flops, a.one_time_flops) for a in CHAT], 0.4)
     assert with_views.arm == without.arm == "lora"
     assert with_views.meets_target == without.meets_target and with_views.comparison == without.comparison
-    assert without.prompt_vs_finetune is None  # no kinds: nothing says which arm is fine-tuned
+    assert without.prompt_vs_finetune is None  # no families: nothing says which arm is fine-tuned
 
 
 def test_the_best_prompt_arm_breaks_a_strict_tie_on_the_lenient_view():

@@ -13,8 +13,6 @@ from tuneorprompt.cli import app
 
 pytestmark = pytest.mark.slow
 
-PROMPT_KINDS = {"baseline", "instruction", "few_shot", "few_shot_knn", "context"}
-
 
 def run_demo(task: str, out) -> dict:
     result = CliRunner().invoke(app, ["demo", "--task", task, "--out", str(out)])
@@ -54,7 +52,7 @@ def test_capitals_prompting_helps_but_fine_tuning_wins(demo_runs):
     report, _ = demo_runs("capitals")
     arms = {a["name"]: a for a in report["arms"]}
     accuracy = {name: a["accuracy"]["value"] for name, a in arms.items()}
-    prompt_arms = [a for a in report["arms"] if a["kind"] in PROMPT_KINDS]
+    prompt_arms = [a for a in report["arms"] if a["family"] != "finetune"]
     best_prompt = max(prompt_arms, key=lambda a: a["accuracy"]["value"])
 
     assert report["data"]["n_test"] >= 200

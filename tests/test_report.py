@@ -51,8 +51,9 @@ def report_inputs(few_shot_details: list[dict], target: float = 0.5) -> dict:
     by_arm = {"baseline": [records("baseline", 0, 2)],
               "few_shot@8": [records("few_shot@8", 0, 4), records("few_shot@8", 1, 5)]}
     summaries = [
-        summarize_arm("baseline", "baseline", by_arm["baseline"], [{}], num_parameters=1000, backend="hf"),
-        summarize_arm("few_shot@8", "few_shot", by_arm["few_shot@8"], few_shot_details, num_parameters=1000,
+        summarize_arm("baseline", "baseline", by_arm["baseline"], [{}], num_parameters=1000, family="prompt",
+                      backend="hf"),
+        summarize_arm("few_shot@8", "few_shot", by_arm["few_shot@8"], few_shot_details, num_parameters=1000, family="prompt",
                       backend="hf"),
     ]
     return dict(config=config, summaries=summaries, records=by_arm, overlap=OverlapReport(N_TEST, ()),

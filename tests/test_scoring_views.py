@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from tuneorprompt import stats
+from tuneorprompt.arms import family_of
 from tuneorprompt.config import config_from_dict
 from tuneorprompt.curves import curve_hint
 from tuneorprompt.data import OverlapReport
@@ -80,7 +81,7 @@ def inputs(by_arm: dict[str, tuple[str, list[list[ExampleRecord]], list[dict]]],
         "arms": ["baseline", "instruction", "lora"],
         "target": {"accuracy": target},
     })
-    summaries = [summarize_arm(name, kind, records, infos, num_parameters=1000, backend="hf")
+    summaries = [summarize_arm(name, kind, records, infos, num_parameters=1000, family=family_of(kind), backend="hf")
                  for name, (kind, records, infos) in by_arm.items()]
     return dict(config=config, summaries=summaries, records={n: r for n, (_, r, _) in by_arm.items()},
                 overlap=OverlapReport(N, ()), split_sizes={"train": 500, "dev": 50, "test": N},
@@ -282,7 +283,7 @@ def test_when_nothing_meets_the_target_the_hint_reads_the_evidence():
 def test_a_context_arm_that_adds_facts_is_named_in_the_hint():
     case = plus_48_case(target=0.8)
     context = [arm_records("context", range(70))]  # sentences again, but right far more often
-    case["summaries"].append(summarize_arm("context", "context", context, [{}], num_parameters=1000, backend="hf"))
+    case["summaries"].append(summarize_arm("context", "context", context, [{}], num_parameters=1000, family="retrieval", backend="hf"))
     case["records"]["context"] = context
     hint = report_json(**case)["recommendation"]["hint"]
     assert "Retrieval supplies facts: context is +29.0 points ahead of instruction in the lenient view" in hint
@@ -332,6 +333,6 @@ def test_the_tie_is_shown_in_the_terminal_and_the_page(tmp_path):
 
 def test_records_of_several_seeds_give_one_row_per_seed_in_the_lenient_matrix():
     records = [arm_records("lora", range(40), style="short", seed=s) for s in (0, 1)]
-    summary = summarize_arm("lora", "lora", records, [{}, {}], num_parameters=1000, backend="hf")
+    summary = summarize_arm("lora", "lora", records, [{}, {}], num_parameters=1000, family="finetune", backend="hf")
     assert summary.accuracy_lenient.per_seed == (0.4, 0.4)
     assert np.isclose(summary.accuracy_lenient.value, 0.4)

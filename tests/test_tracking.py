@@ -189,7 +189,7 @@ def test_training_costs_and_prices_become_metrics_and_unmeasured_ones_are_left_o
     })
     # No parameter count (a served model): no FLOPs per query.
     summary = summarize_arm("lora+instruction", "lora", by_arm["lora+instruction"], [{"training": cost}],
-                            num_parameters=None, backend="hf")
+                            num_parameters=None, family="finetune", backend="hf")
     report = build_report(config=config, summaries=[summary], records=by_arm, overlap=OverlapReport(6, ()),
                           split_sizes={"train": 20, "dev": 4, "test": 6}, environment={})
     metrics = result_metrics(report)

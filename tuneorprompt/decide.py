@@ -33,8 +33,7 @@ from tuneorprompt import stats
 from tuneorprompt.stats import Interval, PairedTest
 
 
-PROMPT_KINDS = frozenset({"baseline", "instruction", "few_shot", "few_shot_knn", "context"})
-WEIGHT_KINDS = frozenset({"lora", "full"})  # lora+instruction and full+instruction are of these kinds
+PROMPT_FAMILIES = frozenset({"prompt", "retrieval"})  # the model's weights unchanged (`arms.Arm.family`)
 # Strict and lenient accuracy further apart than this (10 points) is more than a matcher's rough
 # edges: most of the arm's right answers, or most of its "right" answers, depend on the view.
 VIEW_GAP = 0.10
@@ -52,17 +51,17 @@ class ArmOutcome:
     correct: np.ndarray  # [n_seeds, n_items] per-item correctness in [0, 1], items in the shared test order
     per_query_flops: float | None  # mean inference FLOPs per test query; None when the model's size is unknown
     one_time_flops: float = 0.0  # training FLOPs (mean over seeds); 0 for prompt arms
-    kind: str = ""  # "instruction", "lora", ...: tells prompt arms from fine-tuned ones; "" when unknown
+    family: str = ""  # "prompt", "retrieval", "finetune" (`arms.Arm.family`): which side of the question; "" when unknown
     correct_lenient: np.ndarray | None = None  # the lenient view, same shape as `correct`; None when not scored
     per_query_tokens: float | None = None  # mean prompt + generated tokens per test query; ranks when FLOPs are unknown
 
     @property
     def fine_tuned(self) -> bool:
-        return self.kind in WEIGHT_KINDS
+        return self.family == "finetune"
 
     @property
     def prompted(self) -> bool:
-        return self.kind in PROMPT_KINDS
+        return self.family in PROMPT_FAMILIES
 
     def __post_init__(self) -> None:
         correct = stats.as_matrix(self.correct, f"arm {self.name!r}: correct", unit_interval=True)
@@ -491,8 +490,8 @@ def _retrieval_hint(
 ) -> str | None:
     """A `context` arm's lenient gain over the best other prompt arm shows whether retrieval
     supplies facts; without one, suggest it when the replies lack content (lenient view short too)."""
-    context = most_accurate([arm for arm in scored if arm.kind == "context"])
-    others = most_accurate([arm for arm in scored if arm.prompted and arm.kind != "context"])
+    context = most_accurate([arm for arm in scored if arm.family == "retrieval"])
+    others = most_accurate([arm for arm in scored if arm.family == "prompt"])
     if context is None:
         content_short = not any(
             _reaches(stats.accuracy_interval(arm.correct_lenient, level=level), target, lenient) for arm in scored

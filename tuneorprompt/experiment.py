@@ -295,7 +295,8 @@ def _run(
     # `model.kind` serves the prompt arms.
     summaries = [
         summarize_arm(arm.name, arm.spec.kind, records[arm.name], [r.info for r in runs[arm.name]],
-                      plan.model.num_parameters, backend="hf" if arm.family == "finetune" else plan.model.kind)
+                      plan.model.num_parameters, family=arm.family,
+                      backend="hf" if arm.family == "finetune" else plan.model.kind)
         for arm in plan.arms
         if arm.name in records
     ]

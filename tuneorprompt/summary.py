@@ -159,6 +159,7 @@ class ArmSummary:
 
     name: str
     kind: str
+    family: str  # "prompt", "retrieval" or "finetune": what the decision compares (`arms.Arm.family`)
     backend: str  # which backend answered: fine-tuned arms are served by transformers ("hf") whatever served the others
     seeds: tuple[int, ...]
     accuracy: Estimate  # strict view
@@ -186,6 +187,7 @@ class ArmSummary:
         return {
             "name": self.name,
             "kind": self.kind,
+            "family": self.family,
             "seeds": list(self.seeds),
             "accuracy": self.accuracy.to_dict(),
             "accuracy_lenient": self.accuracy_lenient.to_dict(),
@@ -211,6 +213,7 @@ def summarize_arm(
     info_by_seed: Sequence[dict],
     num_parameters: int | None,
     *,
+    family: str,
     backend: str,
     level: float = 0.95,
     resamples: int = 2000,
@@ -227,6 +230,7 @@ def summarize_arm(
     return ArmSummary(
         name=name,
         kind=kind,
+        family=family,
         backend=backend,
         seeds=tuple(records[0].seed for records in records_by_seed),
         accuracy=_estimate(stats.accuracy_interval(correct, level=level), correct, ACCURACY),

@@ -204,7 +204,7 @@ def build_report(
             correct=outcome_matrix(records[s.name], "correct"),
             per_query_flops=s.flops_per_query,
             one_time_flops=s.training.flops if s.training else 0.0,
-            kind=s.kind,
+            family=s.family,
             correct_lenient=outcome_matrix(records[s.name], "correct_lenient"),
             per_query_tokens=s.prompt_tokens + s.generated_tokens,
         )
