@@ -54,7 +54,7 @@ def test_answers_are_the_likeliest_labels_scored_like_generations(tmp_path):
     assert backend.prompts_seen == [] and (result.cache_hits, result.cache_misses) == (0, 0)  # nothing generated
     # Each label is scored as the reply the prompt format writes after the prompt: answer_prefix + label.
     assert {continuation for _, continuation in backend.scored} == {" yes", " no"}
-    for arm in result.report["arms"]:
+    for arm in result.report.to_dict()["arms"]:
         assert arm["accuracy"]["value"] == 1.0 and arm["accuracy_lenient"]["value"] == 1.0
     for record in result.records["baseline"][0]:
         assert record.completion == record.answer == record.targets[0]
@@ -65,7 +65,7 @@ def test_the_scores_decide_even_against_the_reference(tmp_path):
     # The fake's default finds shorter replies likelier: " no" beats " yes" on every question.
     result = run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(lambda prompt: " unused"))
     assert {r.completion for r in result.records["baseline"][0]} == {"no"}
-    assert {a["name"]: a["accuracy"]["value"] for a in result.report["arms"]} == {"baseline": 0.5, "few_shot@2": 0.5}
+    assert {a["name"]: a["accuracy"]["value"] for a in result.report.to_dict()["arms"]} == {"baseline": 0.5, "few_shot@2": 0.5}
 
 
 def test_equal_scores_choose_the_earlier_label():
@@ -103,4 +103,4 @@ def test_a_tiny_model_answers_with_its_likeliest_label(tmp_path, tiny_gpt2_dir):
         scores = backend.loglikelihood([(record.prompt, " " + label) for label in labels])
         assert record.completion == labels[int(np.argmax(scores))]
         assert record.correct == float(record.completion == record.targets[0])
-    assert result.report["arms"][0]["accuracy"]["value"] == pytest.approx(np.mean([r.correct for r in records]))
+    assert result.report.to_dict()["arms"][0]["accuracy"]["value"] == pytest.approx(np.mean([r.correct for r in records]))

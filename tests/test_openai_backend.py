@@ -24,6 +24,7 @@ from rich.console import Console
 
 import tuneorprompt
 
+from tuneorprompt import decide
 from tuneorprompt.backends import load_backend
 from tuneorprompt.backends.hf import load_hf_backend
 from tuneorprompt.backends.openai import OpenAIBackend, ServedModelError, load_openai_backend
@@ -364,7 +365,7 @@ def cost_plan(model: dict, tmp_path: Path):
 def test_a_served_model_of_unknown_size_is_ranked_by_tokens_not_by_list_order(tmp_path):
     with FlakyServer([]) as server:
         plan = cost_plan({"kind": "openai", "base_url": server.url, "model": "m", "context_length": 2048}, tmp_path)
-    assert plan.model.num_parameters is None and plan.model.cost_basis == "tokens"
+    assert plan.model.num_parameters is None and decide.cost_basis(plan.estimates) == "tokens"
     assert all(e.per_query_flops is None for e in plan.estimates)  # unknown, not 0
     tokens = [e.per_query_tokens for e in plan.estimates]
     assert [e.name for e in plan.estimates] == ["baseline", "instruction", "few_shot@8"] and tokens == sorted(tokens)
@@ -377,6 +378,6 @@ def test_a_served_model_of_declared_size_is_ranked_as_the_same_local_model(serve
     served = cost_plan({"kind": "openai", "base_url": served_model["url"], "model": str(model_dir),
                         "context_length": local.base.context_length, "tokenizer": str(model_dir),
                         "num_parameters": local.model.num_parameters}, tmp_path / "served")
-    assert served.model.cost_basis == local.model.cost_basis == "flops"
+    assert decide.cost_basis(served.estimates) == decide.cost_basis(local.estimates) == "flops"
     assert [e.to_dict() for e in served.estimates] == [e.to_dict() for e in local.estimates]
     assert [e.name for e in served.estimates] == ["baseline", "instruction", "few_shot@8"]

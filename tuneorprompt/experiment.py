@@ -82,8 +82,8 @@ def run_experiment(
     """Run an experiment (a config object, a dict or a YAML path) into `out_dir`.
 
     `backend` answers instead of the model the config names: any object with the `Backend` methods
-    (a served endpoint, a scripted fake in tests). Fine-tuning arms always load the config's local
-    weights (`backends.local_weights`)."""
+    (a served endpoint, a scripted fake in tests). Fine-tuning arms always train the config's local
+    weights (`ResolvedModel.weights`), whose size then prices every arm (see `_answered_by`)."""
     console = console or Console(stderr=True)
     config = _as_config(config, overrides)
     run_dir = Path(out_dir or Path("runs") / config.name)

@@ -77,12 +77,6 @@ class ResolvedModel:
     def trainable(self) -> bool:
         return self.weights is not None
 
-    @property
-    def cost_basis(self) -> str:
-        """What costs are counted in: "flops" (2 * parameters * tokens per query) when the model's size is
-        known, else "tokens" (prompt + generated tokens per query)."""
-        return "flops" if self.num_parameters is not None else "tokens"
-
 
 def resolve_model(spec: ModelSpec) -> ResolvedModel:
     """`spec` resolved: converted, hashed, every "auto" decided (see the module docstring)."""
