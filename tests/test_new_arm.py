@@ -3,7 +3,6 @@ file alone, is accepted by the config, ranked by cost, reported, and compared wi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -11,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from tests.fakes import ScriptedBackend
+from tests.test_experiment import write_task
 from tuneorprompt import arms as arms_module
 from tuneorprompt.arms import Base, DevJudge, TaskData, arm_kind
 from tuneorprompt.config import ArmSpec
@@ -54,17 +54,6 @@ def define_atlas_arm():
 
         def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
             return System(self.name, seed, base.backend, self.recipe(task, seed, None), {"hint": self.spec.hint})
-
-
-def write_task(folder, n=24) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, prefix in (("train", "tr"), ("dev", "dv"), ("test", "te")):
-        rows = [{"id": f"{prefix}{i}", "input": f"Where is item {prefix}{i}?", "target": f"Place {prefix}{i}"}
-                for i in range(n)]
-        paths[split] = folder / f"{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {k: str(v) for k, v in paths.items()}
 
 
 def answer(prompt: str) -> str:
