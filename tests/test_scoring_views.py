@@ -226,7 +226,7 @@ def test_the_scoring_audit_compares_reply_and_reference_lengths_and_shows_disagr
     assert (audit["lora"]["lenient_only"], audit["lora"]["strict_only"]) == (0, 0)
     assert [e["id"] for e in audit["instruction"]["examples"]] == ["te0", "te1", "te2"]
     assert audit["lora"]["examples"] == []
-    page = render_html(build_report(**plus_48_case()))
+    page = render_html(build_report(**plus_48_case()), "0" * 64)
     assert "<h2>Scoring audit</h2>" in page and "<td>5 of 100</td>" in page
 
 

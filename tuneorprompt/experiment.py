@@ -48,7 +48,15 @@ from tuneorprompt.config import (
 from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
 from tuneorprompt.evaluate import LabelChoice, Scorer, overlong_prompts
-from tuneorprompt.keys import PROTOCOL_VERSION, config_key, examples_key, file_sha256, protocol_key, texts_key
+from tuneorprompt.keys import (
+    PROTOCOL_VERSION,
+    config_key,
+    examples_key,
+    file_sha256,
+    plan_key,
+    protocol_key,
+    texts_key,
+)
 from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
 from tuneorprompt.model import ResolvedModel, resolve_model
 from tuneorprompt.progress import make_progress
@@ -57,7 +65,7 @@ from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
 from tuneorprompt.report import Report, build_report, write_report
 from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
-from tuneorprompt.store import Store
+from tuneorprompt.store import Store, stored_plan
 from tuneorprompt.summary import outcome_matrix, summarize_arm
 from tuneorprompt.tracking import check_tracking, track_run
 
@@ -90,7 +98,7 @@ def run_experiment(
     check_tracking(config.tracking)  # a missing MLflow client is found before any work
 
     # ---- check everything that can be checked before the run directory exists --------------------
-    plan = plan_run(config, run_dir, backend)
+    plan = plan_run(config, run_dir, backend, reuse=True)
 
     # ---- run: every arm on the same test split, cheapest first -----------------------------------
     # Under `accelerate launch` every process runs this function: they fine-tune together (Trainer
@@ -104,6 +112,7 @@ def run_experiment(
             for previous in list(store.runs())[-1:]:
                 console.print(f"Re-using {run_dir}: {previous.describe()}")
             run_id = store.begin_run(config_key(config))
+            store.put_plan(plan.key, [estimate.to_dict() for estimate in plan.estimates])
             try:
                 save_resolved_config(config, run_dir)
                 # The tracked run ends FINISHED, FAILED or KILLED with this block; it is logged to
@@ -132,6 +141,7 @@ class RunPlan:
     config: ExperimentConfig  # as the user gave it (config.yaml, and the model the report names)
     model: ResolvedModel  # the model as resolved once for this run: keys, fine-tuning and the report read it
     run_dir: Path
+    key: str  # `keys.plan_key`: the run stores its estimates under it, for a re-run's plan
     splits: Splits
     overlap: OverlapReport
     task: TaskData  # what the arms adapt with: train, dev, prompt format, corpus
@@ -147,10 +157,17 @@ class RunPlan:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = None) -> RunPlan:
+def plan_run(
+    config: ExperimentConfig, run_dir: Path, backend: Backend | None = None, *, reuse: bool = False
+) -> RunPlan:
     """Every check that needs no generation or training, in the order that finds a user's mistake
     soonest: data, templates and arms, the model, then each arm's prompts against its context.
-    Nothing is written. `tuneorprompt check-data` runs this too."""
+    Nothing is written. `tuneorprompt check-data` runs this too.
+
+    reuse: a plan of the same content (`keys.plan_key`) that `run_dir`'s store holds passed these
+    checks and made these cost estimates already: its estimates are read back, and the checks that
+    need the model's tokenizer or weights are not made again (a re-run that reads every result back
+    then loads no model at all)."""
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
     PromptFormat(config.prompt)  # compiles the templates: a syntax error is found before the model loads
@@ -172,10 +189,6 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     prompt_format = PromptFormat(config.prompt, chat=model.chat_template)
     if any(arm.uses_instruction for arm in arms):
         prompt_format.instruction_candidates()  # none to try is an error now, not after the first arms
-    if any(arm.family == "finetune" for arm in arms) or learning_curve:
-        from tuneorprompt.finetune import check_trainable  # heavy imports only with fine-tuning arms
-
-        check_trainable(model.weights)
     relevance = RelevanceScorer(config.metric.relevance_model)
     scorer = Scorer(
         extract=partial(extract_answer, rule=config.generation.extract, regex=config.generation.extract_regex),
@@ -194,19 +207,28 @@ def plan_run(config: ExperimentConfig, run_dir: Path, backend: Backend | None = 
     # and for arms queried with the instruction, the longest candidate (an upper bound on length).
     seed = config.seeds[0]
     if any(arm.retrieves_by_embedding for arm in arms):
-        # One batched encoding of every input that retrieval will look up, one query at a time, while
-        # this plan and the run build prompts (the scorer keeps each text's vector).
-        relevance.embed([e.input for e in (*splits.train, *splits.dev, *splits.test)])
-    longest = longest_instruction(task, backend) if any(arm.uses_instruction for arm in arms) else None
-    estimates = []
-    for arm in arms:
-        instruction = longest if arm.uses_instruction else None
-        recipe = arm.recipe(task, seed, instruction)
-        check_prompts_fit(arm.name, recipe, [*splits.dev, *splits.test], backend, settings)
-        estimates.append(estimate_cost(arm, recipe, instruction, task, base, settings))
-    estimates = decide.ladder_order(estimates, config.costs.expected_queries)
+        # Every input that retrieval will look up, one query at a time, encoded in one batch.
+        relevance.embed_together([e.input for e in (*splits.train, *splits.dev, *splits.test)])
+    key = plan_key(protocol["key"], [(arm.name, arm.spec.model_dump(mode="json")) for arm in arms], seed,
+                   config.costs, config.learning_curve)
+    stored = stored_plan(run_dir / "store.sqlite", key) if reuse else None
+    if stored is not None:
+        estimates = [decide.CostEstimate(**estimate) for estimate in stored]
+    else:
+        if any(arm.family == "finetune" for arm in arms) or learning_curve:
+            from tuneorprompt.finetune import check_trainable  # heavy imports only with fine-tuning arms
+
+            check_trainable(model.weights)
+        longest = longest_instruction(task, backend) if any(arm.uses_instruction for arm in arms) else None
+        estimates = []
+        for arm in arms:
+            instruction = longest if arm.uses_instruction else None
+            recipe = arm.recipe(task, seed, instruction)
+            check_prompts_fit(arm.name, recipe, [*splits.dev, *splits.test], backend, settings)
+            estimates.append(estimate_cost(arm, recipe, instruction, task, base, settings))
+        estimates = decide.ladder_order(estimates, config.costs.expected_queries)
     by_name = {arm.name: arm for arm in arms}
-    return RunPlan(config, model, run_dir, splits, overlap, task, base, settings, scorer,
+    return RunPlan(config, model, run_dir, key, splits, overlap, task, base, settings, scorer,
                    [by_name[e.name] for e in estimates], estimates, protocol, learning_curve, skipped)
 
 

@@ -13,7 +13,7 @@ This file holds every recipe, one function per stored thing, so a staleness audi
                      `instruction_choice_key`
   an arm's result    `arm_key` (protocol, arm name and spec, seed)
   a fine-tuning job  `training_data_key`, `finetune_job_key`, `grid_key`
-  a run              `config_key`
+  a run              `config_key`, `plan_key`, `report_page_key`
 and the version of the store's layout (`STORE_LAYOUT`) beside them.
 """
 
@@ -31,6 +31,9 @@ from tuneorprompt.records import Example, GenerationSettings
 # decoding or scoring code changes what a stored result means, so results of the old code are not
 # read back as current.
 PROTOCOL_VERSION = 1
+# The plan's checks and cost estimates (`experiment.plan_run`): bumped when a change to them would make
+# a stored plan wrong for the same inputs.
+PLAN_VERSION = 1
 # The store's table layout (`store.Store`): bumped whenever a table or a key's meaning changes, so a
 # store of another layout is refused rather than read with the wrong meaning.
 STORE_LAYOUT = 3
@@ -146,6 +149,20 @@ def protocol_key(record: dict) -> str:
 def config_key(config) -> str:
     """A run's resolved config, as the store's list of runs records it."""
     return content_key(config)
+
+
+def plan_key(protocol: str, arms: Sequence[tuple[str, dict]], seed: int, costs, learning_curve) -> str:
+    """A run's plan: what its checks (the model trainable, every prompt within the context) and its
+    arms' cost estimates depended on: the protocol (model files, data, prompt, decoding), each arm's
+    name and settings, the seed whose demos were measured, the cost settings, and the learning curve
+    (which decides whether the model must be trainable)."""
+    return content_key(PLAN_VERSION, protocol, [list(arm) for arm in arms], seed, costs, learning_curve)
+
+
+def report_page_key(shown: dict, examples, renderer_files: Iterable[Path]) -> str:
+    """report.html: what the page shows (the report, and its per-item answers table) and the bytes of
+    the code that renders it, so a page is written again exactly when it would read differently."""
+    return content_key(shown, examples, [file_sha256(path) for path in renderer_files])
 
 
 # ---- generations, dev scores, arm results --------------------------------------------------------------

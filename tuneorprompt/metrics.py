@@ -281,6 +281,7 @@ class RelevanceScorer:
         # Text -> unit vector [dim]. Retrieval asks for one query at a time, and a run asks for the same
         # texts again and again (cost estimates, prompt checks, dev, test); each is encoded once.
         self._vectors: dict[str, np.ndarray] = {}
+        self._pending: list[str] = []  # see `embed_together`
         resolved = _resolve_model(model)
         if resolved.startswith(("/", ".", "~")) and not Path(resolved).expanduser().is_dir():
             # A path that cannot load is a mistake to report before the run, not at its first embedding.
@@ -301,9 +302,18 @@ class RelevanceScorer:
             self._model = SentenceTransformer(_resolve_model(self.model_name), device=self.device)
         return self._model
 
+    def embed_together(self, texts: Sequence[str]) -> None:
+        """Texts retrieval will look up, to encode in one batch at the first embedding: their vectors then
+        do not depend on which text was looked up first (a vector varies in its last bits with the batch
+        it was padded in), and a run that looks nothing up (every result read back) encodes nothing."""
+        self._pending = list(texts)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length embeddings, float32 [len(texts), dim]; a dot product is a cosine similarity.
         For retrieval: each text is encoded once per run and its vector kept (see `__init__`)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self.embed(pending)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         new = [text for text in dict.fromkeys(texts) if text not in self._vectors]

@@ -244,13 +244,28 @@ def resolve_device(device: str) -> str:
     here, before anything runs."""
     if device != "auto" and not device.startswith("cuda"):
         return device
-    import torch  # only here: whether CUDA is present
-
+    cuda = _cuda_available()
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available():
+        return "cuda" if cuda else "cpu"
+    if not cuda:
         raise ModelLoadError(f"model.device is {device!r}, but torch sees no CUDA device here; use cpu or auto")
     return device
+
+
+def _cuda_available() -> bool:
+    """torch.cuda.is_available(), without importing torch (seconds) where the answer is known: torch's
+    CPU-only builds carry the local version label "+cpu" and never see a CUDA device. A run that reads
+    every answer from its store then imports no torch at all."""
+    from importlib import metadata
+
+    try:
+        if metadata.version("torch").endswith("+cpu"):
+            return False
+    except metadata.PackageNotFoundError:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 _CHECKPOINT_DTYPES = {"float32", "bfloat16", "float16"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,12 @@ def environment() -> dict[str, Any]:
             "git_commit": git_commit(), "cpu_cores": os.cpu_count(), "torch_threads": torch_threads()}
 
 
-def torch_threads() -> int:
-    """The CPU threads torch computes with in this process.
-
-    A run that loads a local model has imported torch and set this count (model.num_threads) by the
-    time it records its environment. A process that has not imported torch yet (answers served by
-    an endpoint) imports it here, only for this figure, and reads the count torch starts with:
-    OMP_NUM_THREADS when set, else the machine's physical cores."""
-    import torch  # here, not at the top: commands and runs that need no torch read this module too
-
-    return torch.get_num_threads()
+def torch_threads() -> int | None:
+    """The CPU threads torch computed with in this process (model.num_threads, set when a local model
+    loads); None when the process never imported torch: it computed nothing with it (answers served by
+    an endpoint, or every result read back from the store)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 def git_commit() -> str | None:

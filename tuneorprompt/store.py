@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS arm_results (
     arm TEXT NOT NULL, seed INTEGER NOT NULL,
     info TEXT NOT NULL,            -- JSON: notes (chosen instruction, k, ...) and training cost
     finished_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plans (
+    key TEXT PRIMARY KEY,          -- keys.plan_key: what the plan's checks and cost estimates depended on
+    estimates TEXT NOT NULL        -- JSON: every arm's estimated cost, cheapest first
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -205,6 +210,11 @@ class Store:
         rows = self._read("SELECT info FROM arm_results WHERE key=?", (key,))
         return json.loads(rows[0]["info"]) if rows else None
 
+    # ---- plans: checks passed and costs estimated, by content ------------------------------------
+
+    def put_plan(self, key: str, estimates: Sequence[dict]) -> None:
+        self._write("INSERT OR REPLACE INTO plans VALUES (?,?)", (key, json.dumps(list(estimates))))
+
     # ---- runs: who used this directory, and how it ended ----------------------------------------
 
     def begin_run(self, config_key: str) -> int:
@@ -222,3 +232,17 @@ class Store:
     def runs(self) -> Iterator[RunRow]:
         for row in self._read("SELECT * FROM runs ORDER BY id"):
             yield RunRow(**{name: row[name] for name in row.keys()})
+
+
+def stored_plan(path: Path, key: str) -> list[dict] | None:
+    """The cost estimates a run directory's store holds for a plan of this content key, read without
+    writing (a plan is checked before anything is written). None when there is no store or no such
+    plan: the plan is then made in full, and anything wrong with the store is reported when it opens."""
+    if not Path(path).is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT estimates FROM plans WHERE key=?", (key,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return json.loads(row[0]) if row else None

@@ -14,6 +14,7 @@ missing package is.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from typing import Sequence
 
@@ -22,15 +23,20 @@ from tuneorprompt.model import ResolvedModel
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
 
-def load_vllm_backend(model: ResolvedModel) -> "VLLMBackend":
-    spec = model.spec
-    try:
-        import vllm
-    except ImportError:
+def check_installed() -> None:
+    """vLLM missing is said when the run is planned, not at its first generation."""
+    if importlib.util.find_spec("vllm") is None:
         raise ImportError(
             "model.kind: vllm needs vLLM, which is not installed: pip install 'tuneorprompt[vllm]' (a CUDA GPU "
             "is needed), or use kind: hf for the same model with transformers"
-        ) from None
+        )
+
+
+def load_vllm_backend(model: ResolvedModel) -> "VLLMBackend":
+    check_installed()
+    import vllm
+
+    spec = model.spec
     llm = vllm.LLM(
         model=spec.path, revision=spec.revision, dtype=spec.dtype, seed=spec.seed,
         tensor_parallel_size=spec.tensor_parallel_size, gpu_memory_utilization=spec.gpu_memory_utilization,

@@ -16,11 +16,14 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from tuneorprompt import decide, stats
+from tuneorprompt import summary as summary_module
 from tuneorprompt.config import CostConfig, ExperimentConfig, TargetConfig
 from tuneorprompt.data import OverlapReport
+from tuneorprompt.keys import jsonable, report_page_key
 from tuneorprompt.records import ExampleRecord
+from tuneorprompt.report import html, notes
 from tuneorprompt.report.checks import report_warnings
-from tuneorprompt.report.html import render_html
+from tuneorprompt.report.html import render_html, written_page_key
 from tuneorprompt.report.terminal import print_summary
 from tuneorprompt.rundir import write_text_atomic
 from tuneorprompt.summary import ArmSummary, outcome_matrix, relevance_matrix
@@ -352,7 +355,22 @@ def example_table(records: dict[str, list[list[ExampleRecord]]], limit: int = EX
 
 
 def write_report(report: Report, run_dir: Path, console: Console) -> None:
-    """Write report.json and report.html into `run_dir`; print the terminal summary."""
+    """Write report.json and report.html into `run_dir`; print the terminal summary.
+
+    The page is drawn (plots and all) only when it would differ from the one already there: an
+    unchanged re-run keeps it, and draws nothing."""
     write_text_atomic(run_dir / "report.json", report.to_json())
-    write_text_atomic(run_dir / "report.html", render_html(report))
+    page, key = run_dir / "report.html", page_key(report)
+    if written_page_key(page) != key:
+        write_text_atomic(page, render_html(report, key))
     print_summary(report, console)
+
+
+def page_key(report: Report) -> str:
+    """`keys.report_page_key` of what the page shows: the report, of whose environment only the
+    tuneorprompt version and commit it names, and the answers table; and of the code that draws it."""
+    shown = {k: v for k, v in report.to_dict().items() if k != "environment"}
+    environment = report.environment or {}
+    shown["generated_by"] = [(environment.get("packages") or {}).get("tuneorprompt"), environment.get("git_commit")]
+    renderers = [Path(module.__file__) for module in (html, notes, summary_module)]
+    return report_page_key(shown, jsonable(report.examples), renderers)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jinja2 import select_autoescape
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuneorprompt: {{ r.name }}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="tuneorprompt-page" content="{{ page_key }}">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <style>
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -246,7 +249,20 @@ def _frontier(report: Report) -> tuple[str, str] | None:
     return f"Scatter plot of accuracy against inference FLOPs per query, one point per arm. {points}.", _png(figure)
 
 
-def render_html(report: Report) -> str:
+_PAGE_KEY = re.compile(r'<meta name="tuneorprompt-page" content="([0-9a-f]{64})">')
+
+
+def written_page_key(path: Path) -> str | None:
+    """The content key a report.html already at `path` was written under (`report.build.page_key`)."""
+    try:
+        with path.open(encoding="utf-8") as page:
+            found = _PAGE_KEY.search(page.read(4096))  # in the page's head
+    except (OSError, UnicodeDecodeError):
+        return None
+    return found.group(1) if found else None
+
+
+def render_html(report: Report, page_key: str) -> str:
     accuracy = [(a.name, a.accuracy) for a in report.arms]
     relevance = [(a.name, a.relevance) for a in report.arms]
     target = report.target.accuracy
@@ -262,7 +278,7 @@ def render_html(report: Report) -> str:
     if frontier:
         plots.append(("Accuracy against cost per query", *frontier))
     return _ENV.from_string(PAGE).render(
-        r=report, plots=plots, notes=shortened_prompts(report), ACCURACY=ACCURACY, RELEVANCE=RELEVANCE,
+        r=report, page_key=page_key, plots=plots, notes=shortened_prompts(report), ACCURACY=ACCURACY, RELEVANCE=RELEVANCE,
         # Which backend answered each arm, once they differ: a served model's fine-tuned arms run on transformers.
         show_backends=any(a.backend != "hf" for a in report.arms),
         example_arms=report.examples.arms, examples=report.examples.rows, n_examples=report.examples.n_items,
