@@ -12,9 +12,8 @@ from rich.console import Console
 from tests.fakes import ScriptedBackend
 from tests.test_experiment import write_task
 from tuneorprompt import arms as arms_module
-from tuneorprompt.arms import Base, DevJudge, TaskData, arm_kind
+from tuneorprompt.arms import Base, DevJudge, System, TaskData, arm_kind
 from tuneorprompt.config import ArmSpec
-from tuneorprompt.evaluate import System
 from tuneorprompt.experiment import run_experiment
 from tuneorprompt.prompts import PlacedInstruction, PromptRecipe
 

@@ -39,7 +39,7 @@ from tuneorprompt.config import (
     InstructionArm,
 )
 from tuneorprompt.decide import CostEstimate
-from tuneorprompt.evaluate import PROMPTS_SHORTENED, Progress, Scorer, System, accuracy, evaluate, fit_prompts
+from tuneorprompt.evaluate import PROMPTS_SHORTENED, Progress, Scorer, accuracy, evaluate, fit_prompts
 from tuneorprompt.keys import jsonable
 from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.model import ResolvedModel
@@ -74,6 +74,18 @@ class Base:
     backend: Backend
     model: ResolvedModel
     models_dir: Path
+
+
+@dataclass
+class System:
+    """What an arm returns, ready to answer: a backend (base or fine-tuned weights) and a prompt recipe;
+    the one evaluator (`evaluate.evaluate`) scores it."""
+
+    name: str
+    seed: int
+    backend: Backend
+    recipe: PromptRecipe
+    info: dict = field(default_factory=dict)  # chosen instruction, k, training cost, ...
 
 
 @dataclass(frozen=True)

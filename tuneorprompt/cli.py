@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 import sys
 
-# Before torch/tokenizers load: no hub calls (they would only time out here), quiet tokenizers fork warning.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -65,6 +62,8 @@ def _quiet_loading() -> None:
     process, not when the library is imported (a notebook keeps its own settings)."""
     import warnings
 
+    # Before tokenizers loads: its fork warning says nothing to a tuneorprompt user.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # The hub's switch (huggingface_hub comes with transformers), which transformers copies when it
     # loads: importing transformers here would cost a run that reads every answer from its store a
     # second, for bars it never shows.
@@ -181,6 +180,7 @@ def testbed_build(
     """Rebuild the testbed world, corpus, tokenizer and model from seeds (about 20 minutes on 2 CPU cores)."""
     from tuneorprompt.testbed.build import build_testbed
 
+    _quiet_loading()
     console.print(f"Built {build_testbed(out, seed=seed, steps=steps)}")
 
 

@@ -6,8 +6,8 @@ answers and how its prompts are built (a `System`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBacke
 from tuneorprompt.metrics import MetricError
 from tuneorprompt.prompts import PromptRecipe
 from tuneorprompt.records import Completion, Example, ExampleRecord, GenerationSettings, Prompt
+
+if TYPE_CHECKING:  # what an arm returns (`arms.System`); arms imports this module
+    from tuneorprompt.arms import System
 
 # Prompts handed to the backend per call: large enough for the backend to sort by length and fill
 # its batches, small enough that the progress bar moves and an interrupt loses little.
@@ -33,17 +36,6 @@ class Progress(Protocol):
     def advance(self, task: int, advance: float = ...) -> None: ...
 
     def remove_task(self, task: int) -> None: ...
-
-
-@dataclass
-class System:
-    """An adapted system ready to answer: a backend (base or fine-tuned weights) and a prompt recipe."""
-
-    name: str
-    seed: int
-    backend: Backend
-    recipe: PromptRecipe
-    info: dict = field(default_factory=dict)  # chosen instruction, k, training cost, ...
 
 
 @dataclass(frozen=True)
