@@ -376,7 +376,7 @@ def test_a_served_model_of_declared_size_is_ranked_as_the_same_local_model(serve
     model_dir = served_model["model_dir"]
     local = cost_plan({"path": str(model_dir), "chat_template": False, "num_threads": 1}, tmp_path / "local")
     served = cost_plan({"kind": "openai", "base_url": served_model["url"], "model": str(model_dir),
-                        "context_length": local.base.context_length, "tokenizer": str(model_dir),
+                        "context_length": local.base.backend.context_length, "tokenizer": str(model_dir),
                         "num_parameters": local.model.num_parameters}, tmp_path / "served")
     assert decide.cost_basis(served.estimates) == decide.cost_basis(local.estimates) == "flops"
     assert [e.to_dict() for e in served.estimates] == [e.to_dict() for e in local.estimates]

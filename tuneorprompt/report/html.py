@@ -232,21 +232,27 @@ def _learning_curve(curve: dict) -> str:
 
 
 def _frontier(report: Report) -> tuple[str, str] | None:
-    """Accuracy against inference FLOPs per query, one point per arm whose cost is known: (alt, png)."""
-    arms = [a for a in report.arms if a.flops_per_query]
-    if not arms:
+    """Accuracy against the cost per query the arms were ranked by (`recommendation.cost_basis`):
+    inference FLOPs, or prompt + generated tokens when the model's size is unknown. (alt, png)"""
+    if not report.arms:
         return None
+    if report.recommendation.cost_basis == "flops":
+        cost = {a.name: a.flops_per_query for a in report.arms}
+        label, unit, scale = "inference FLOPs per query", "GFLOPs", 1e9
+    else:
+        cost = {a.name: a.prompt_tokens + a.generated_tokens for a in report.arms}
+        label, unit, scale = "tokens per query (prompt + generated; the model's size is unknown)", "tokens", 1.0
     figure, axis = _axes(6, 3.5)
-    for a in arms:
+    for a in report.arms:
         y = ACCURACY.to_shown(a.accuracy.value)
-        axis.scatter(a.flops_per_query, y, color="#c33" if a.training else "#5b8def")
-        axis.annotate(a.name, (a.flops_per_query, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        axis.scatter(cost[a.name], y, color="#c33" if a.training else "#5b8def")
+        axis.annotate(a.name, (cost[a.name], y), fontsize=8, xytext=(4, 4), textcoords="offset points")
     axis.set_xscale("log")
-    axis.set_xlabel("inference FLOPs per query (red: fine-tuned, plus one-time training)")
+    axis.set_xlabel(f"{label} (red: fine-tuned, plus one-time training)")
     axis.set_ylabel("accuracy %")
-    points = "; ".join(f"{a.name} {ACCURACY.with_unit(a.accuracy.value)} at {a.flops_per_query / 1e9:.3g} GFLOPs"
-                       for a in arms)
-    return f"Scatter plot of accuracy against inference FLOPs per query, one point per arm. {points}.", _png(figure)
+    points = "; ".join(f"{a.name} {ACCURACY.with_unit(a.accuracy.value)} at {cost[a.name] / scale:.3g} {unit}"
+                       for a in report.arms)
+    return f"Scatter plot of accuracy against {label}, one point per arm. {points}.", _png(figure)
 
 
 _PAGE_KEY = re.compile(r'<meta name="tuneorprompt-page" content="([0-9a-f]{64})">')
