@@ -131,6 +131,13 @@ def test_learning_rate_must_be_positive_and_finite(tmp_path, rate):
     assert re.search(r"arms\.1\.learning_rates\.1: Input should be (greater than 0|a finite number)", message)
 
 
+@pytest.mark.parametrize("name", ["a\nb", "a\rb", "a\tb", "a\x1b]0;title\x07", "a\x00b", "a\u202eb"])
+def test_run_name_must_hold_no_control_characters(tmp_path, name):
+    # Each would become part of the folder runs/<name>; the message quotes it escaped.
+    message = config_error(tmp_path, {**BASE, "name": name})
+    assert f"\n  name: {name!r} must hold only printable characters" in message
+
+
 def test_run_name_may_hold_dots_and_dashes(tmp_path):
     assert load_config(write(tmp_path, {**BASE, "name": "capitals-v1.2"})).name == "capitals-v1.2"
 

@@ -508,6 +508,10 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 f"{value!r} must be a plain folder name for runs/<name>: not empty, '.' or '..', without '/' or '\\'"
             )
+        # A newline, CR or ESC would make folders that listings and terminals show wrongly or act on, and the
+        # OS refuses a NUL only later, without naming this key.
+        if not value.isprintable():
+            raise ValueError(f"{value!r} must hold only printable characters: no newline, tab, ESC, NUL, ...")
         return value
 
     @field_validator("seeds")
