@@ -248,6 +248,19 @@ def test_json_nested_too_deep_or_with_huge_numbers_is_named_by_line(tmp_path):
     assert f"{config.dev}:4: unreadable JSON (maximum recursion depth exceeded" in message
 
 
+def test_repeated_keys_in_a_json_record_are_named_by_line(tmp_path):
+    # json.loads alone would keep the last "target" (or nested "a") and say nothing.
+    config = three_files(tmp_path)
+    config.dev.write_text(
+        config.dev.read_text()
+        + '{"id": "dv9", "input": "x", "target": "Paris", "target": "Rome"}\n'
+        + '{"id": "dv10", "input": "y", "target": "Lima", "meta": {"a": 1, "a": 2}}\n'
+    )
+    message = error_of(config)
+    assert f"{config.dev}:3: the key 'target' appears more than once in one JSON object" in message
+    assert f"{config.dev}:4: the key 'a' appears more than once in one JSON object" in message
+
+
 def test_explicit_id_column_must_exist(tmp_path):
     files = three_files(tmp_path)
     message = error_of(DataConfig(train=files.train, dev=files.dev, test=files.test, fields={"id": "qid"}))

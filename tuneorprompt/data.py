@@ -76,6 +76,21 @@ class _Table:
     columns: frozenset[str] | None  # header / schema columns; None for JSONL, whose keys vary per line
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads would keep the last of two values for one key without a word, so a record that says two
+    # things about a field would silently lose one.
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
 def _parse_json_line(raw: bytes, first: bool) -> dict[str, Any] | str | None:
     """A JSONL line as a record, as the text of its problem, or None for a blank line."""
     try:
@@ -85,9 +100,11 @@ def _parse_json_line(raw: bytes, first: bool) -> dict[str, Any] | str | None:
     if not line.strip():
         return None
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_refuse_repeated_keys)
     except json.JSONDecodeError as error:
         return f"malformed JSON ({error.msg} at column {error.colno})"
+    except _RepeatedKey as error:
+        return f"the key {error.args[0]!r} appears more than once in one JSON object"
     except (ValueError, RecursionError) as error:  # an integer of over 4300 digits; nesting too deep to parse
         return f"unreadable JSON ({error})"
     return record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
