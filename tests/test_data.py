@@ -189,6 +189,15 @@ def test_empty_split_file_missing_file_and_unknown_extension(tmp_path):
     assert f"{tmp_path / 'test.txt'}: unknown file type '.txt'" in message
 
 
+@pytest.mark.parametrize("name", ["train", "train.jsonl"])
+def test_a_directory_given_as_a_data_file_is_named_as_one(tmp_path, name):
+    # Not "no such file", nor "unknown file type ''" for a folder without a suffix.
+    (tmp_path / name).mkdir()
+    assert f"{tmp_path / name}: is a directory, not a data file" in error_of(DataConfig(file=tmp_path / name))
+    with pytest.raises(DataError, match="is a directory, not a data file"):
+        load_corpus(tmp_path / name)
+
+
 def test_problems_are_collected_and_capped(tmp_path):
     train = records(CAPITALS[:6], "tr") * 5  # 30 rows, 24 of them repeat an id
     message = error_of(three_files(tmp_path, train=train))

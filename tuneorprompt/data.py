@@ -199,6 +199,9 @@ _READERS = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
 def _read_table(path: Path, problems: list[str], what: str) -> _Table | None:
     """The file's records, or None (with the problem recorded) when there are none to map."""
     reader = _READERS.get(path.suffix.lower())
+    if path.is_dir():  # before the file type: a folder such as data/ has no suffix to complain of
+        problems.append(f"{path}: is a directory, not a data file")
+        return None
     if reader is None:
         problems.append(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(_READERS)}")
         return None
@@ -498,7 +501,7 @@ def load_corpus(path: Path) -> list[Passage]:
     """Reference passages from JSONL with a `text` field and an optional `id` (else `passage-<row>`)."""
     path = Path(path)
     problems: list[str] = []
-    if path.suffix.lower() != ".jsonl":
+    if path.suffix.lower() != ".jsonl" and not path.is_dir():  # _read_table says that a directory is one
         problems.append(f"{path}: the corpus must be a .jsonl file")
     table = None if problems else _read_table(path, problems, what="passages")
     passages: list[Passage] = []
