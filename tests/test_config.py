@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,20 @@ def test_invalid_regex_is_a_config_error_naming_the_key(tmp_path, section, key):
 @pytest.mark.parametrize("name", ["../../../x", "/tmp/x", "runs/x", "a\\b", "", " ", ".", ".."])
 def test_run_name_must_be_a_plain_folder_name(tmp_path, name):
     assert "name: " in config_error(tmp_path, {**BASE, "name": name})
+
+
+@pytest.mark.parametrize("rate", [-1, 0, float("inf"), float("nan")])
+def test_learning_rate_must_be_positive_and_finite(tmp_path, rate):
+    # Refused with the config, before the run directory exists; YAML writes the last two as .inf and .nan.
+    message = config_error(tmp_path, {**BASE, "arms": ["baseline", {"kind": "lora", "learning_rates": [1e-4, rate]}]})
+    assert re.search(r"arms\.1\.learning_rates\.1: Input should be (greater than 0|a finite number)", message)
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\rb", "a\tb", "a\x1b]0;title\x07", "a\x00b", "a\u202eb"])
+def test_run_name_must_hold_no_control_characters(tmp_path, name):
+    # Each would become part of the folder runs/<name>; the message quotes it escaped.
+    message = config_error(tmp_path, {**BASE, "name": name})
+    assert f"\n  name: {name!r} must hold only printable characters" in message
 
 
 def test_run_name_may_hold_dots_and_dashes(tmp_path):

@@ -189,6 +189,15 @@ def test_empty_split_file_missing_file_and_unknown_extension(tmp_path):
     assert f"{tmp_path / 'test.txt'}: unknown file type '.txt'" in message
 
 
+@pytest.mark.parametrize("name", ["train", "train.jsonl"])
+def test_a_directory_given_as_a_data_file_is_named_as_one(tmp_path, name):
+    # Not "no such file", nor "unknown file type ''" for a folder without a suffix.
+    (tmp_path / name).mkdir()
+    assert f"{tmp_path / name}: is a directory, not a data file" in error_of(DataConfig(file=tmp_path / name))
+    with pytest.raises(DataError, match="is a directory, not a data file"):
+        load_corpus(tmp_path / name)
+
+
 def test_problems_are_collected_and_capped(tmp_path):
     train = records(CAPITALS[:6], "tr") * 5  # 30 rows, 24 of them repeat an id
     message = error_of(three_files(tmp_path, train=train))
@@ -246,6 +255,19 @@ def test_json_nested_too_deep_or_with_huge_numbers_is_named_by_line(tmp_path):
     message = error_of(config)
     assert f"{config.dev}:3: unreadable JSON (Exceeds the limit (4300 digits)" in message
     assert f"{config.dev}:4: unreadable JSON (maximum recursion depth exceeded" in message
+
+
+def test_repeated_keys_in_a_json_record_are_named_by_line(tmp_path):
+    # json.loads alone would keep the last "target" (or nested "a") and say nothing.
+    config = three_files(tmp_path)
+    config.dev.write_text(
+        config.dev.read_text()
+        + '{"id": "dv9", "input": "x", "target": "Paris", "target": "Rome"}\n'
+        + '{"id": "dv10", "input": "y", "target": "Lima", "meta": {"a": 1, "a": 2}}\n'
+    )
+    message = error_of(config)
+    assert f"{config.dev}:3: the key 'target' appears more than once in one JSON object" in message
+    assert f"{config.dev}:4: the key 'a' appears more than once in one JSON object" in message
 
 
 def test_explicit_id_column_must_exist(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import os
 import shutil
 import socket
@@ -119,10 +120,12 @@ def test_chat_render_is_a_stable_unambiguous_key():
 
 
 class FlakyServer:
-    """Answers each POST with the next status of `script` (then 200 with a completion); lists model "m"."""
+    """Answers each POST with the next status of `script` (then 200 with a completion, or with the raw body
+    `reply`); lists model "m"."""
 
-    def __init__(self, script: list[int]):
+    def __init__(self, script: list[int], reply: bytes | None = None):
         self.script = list(script)
+        self.reply = reply
         self.posts = 0
         self.headers_seen: list[str] = []
         outer = self
@@ -131,8 +134,8 @@ class FlakyServer:
             def log_message(self, *args):  # quiet test output
                 pass
 
-            def _send(self, status: int, body: dict, headers: dict | None = None):
-                data = json.dumps(body).encode()
+            def _send(self, status: int, body: dict | bytes, headers: dict | None = None):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
@@ -152,7 +155,7 @@ class FlakyServer:
                     # retry-after-ms keeps the test fast; the client's own backoff would wait ~0.5 s and more.
                     self._send(outer.script.pop(0), {"error": {"message": "busy"}}, {"retry-after-ms": "10"})
                     return
-                self._send(200, {
+                self._send(200, outer.reply or {
                     "id": "c", "object": "text_completion", "created": 0, "model": "m",
                     "choices": [{"index": 0, "text": " Paris\nmore", "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
@@ -190,6 +193,37 @@ def test_gives_up_after_max_retries_with_the_servers_status():
         with pytest.raises(ServedModelError, match=r"answered HTTP 429 to generate request 0"):
             load_openai_backend(spec).generate(["x"], GenerationSettings(8))
         assert server.posts == 2
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize(
+    "reply, complaint",
+    [(b'{"choices": []}', "without a text: expected .* not an empty choices list"),
+     (b'{"object": "text_completion"}', "without a text: expected .* not an object without choices"),
+     (b'{"choices": [{"index": 0}]}', "without a text: expected .* not a first choice without a text"),
+     (b'[1, 2]', r"without a text: expected .* not the JSON value '\[1, 2\]'"),
+     (b'{"choices": [{"text": "Par', r"with malformed JSON \(Unterminated string .*\); expected an OpenAI API")],
+    ids=["empty choices", "no choices", "no text", "not an object", "malformed JSON"],
+)
+def test_a_reply_not_shaped_as_the_openai_api_names_the_url_and_what_was_expected(reply, complaint, chat):
+    # A 200 reply the client passes on unchecked: not an IndexError, TypeError or a bare JSON message.
+    with FlakyServer([], reply) as server:
+        spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="m", context_length=64,
+                                 mode="chat" if chat else "completions")
+        endpoint, field = ("chat/completions", "message.content") if chat else ("completions", "text")
+        expected = rf"{re.escape(server.url)}/{endpoint} answered generate request 0 {complaint}"
+        with pytest.raises(ServedModelError, match=expected) as caught:
+            load_openai_backend(spec).generate(["x"], GenerationSettings(8))
+        if "without a text" in complaint:
+            assert f"a JSON object with choices[0].{field}" in str(caught.value)
+
+
+def test_a_reply_with_null_token_counts_falls_back_to_the_estimates():
+    reply = b'{"choices": [{"text": "Paris"}], "usage": {"prompt_tokens": null, "completion_tokens": null}}'
+    with FlakyServer([], reply) as server:
+        spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="m", context_length=64)
+        completion, = load_openai_backend(spec).generate(["x"], GenerationSettings(8))
+    assert (completion.text, completion.prompt_tokens, completion.generated_tokens) == ("Paris", 2, 5)
 
 
 def test_a_model_the_server_does_not_list_is_an_error_before_any_arm():

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from tuneorprompt.prompts import (
     PromptFormat,
     PromptRecipe,
     TemplateError,
+    compile_template,
 )
 from tuneorprompt.records import Example, Message
 from tuneorprompt.retrieval import NearestDemos, PassageRetriever, RandomDemos
@@ -34,6 +37,24 @@ def test_undefined_variable_and_sandbox_are_errors():
         PromptFormat(PromptConfig(template="{{ input.__class__.__mro__ }}")).plain(QUERY)
     with pytest.raises(TemplateError, match="syntax error"):
         PromptFormat(PromptConfig(template="{{ input "))
+
+
+@pytest.mark.parametrize(
+    "config, context, key",
+    [(PromptConfig(template="{{ input|format(1) }}"), None, "prompt.template"),
+     (PromptConfig(instruction_template="{{ instruction|int / 0 }}"), None, "prompt.instruction_template"),
+     (PromptConfig(), "{{ passages|round }}", "context.template")],
+    ids=["prompt.template", "prompt.instruction_template", "context.template"],
+)
+def test_a_filter_misused_at_render_time_names_the_template_and_the_example(config, context, key):
+    # These compile, so only rendering shows the misuse: one TemplateError (a ValueError, the CLI's one
+    # line and exit 2), not the filter's own TypeError or ZeroDivisionError.
+    recipe = PromptRecipe(
+        PromptFormat(config), instruction=PlacedInstruction("Be brief."), passages=lambda example: ["Paris."],
+        context_template=compile_template(context or "{{ passages }}{{ prompt }}", "context.template"),
+    )
+    with pytest.raises(TemplateError, match=rf"^{re.escape(key)}: cannot be rendered for example 'q': \w+Error: "):
+        recipe.build(QUERY)
 
 
 def test_instruction_candidates_user_first_without_repeats():

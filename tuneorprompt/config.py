@@ -377,7 +377,8 @@ class FineTuneArm(ArmSpec):
     kind: Literal["lora", "full"]
     instruction: bool = Field(False, description="Train and query with the instruction chosen on dev.")
     few_shot_k: int | None = Field(None, ge=1, description="Query the fine-tuned model with k random demos.")
-    learning_rates: list[float] = Field(
+    # Checked here, not by the trainer, so that a bad rate is refused before the run directory is made.
+    learning_rates: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=list, description="Grid searched on dev; empty means the kind's default grid."
     )
     epochs: int = Field(3, ge=1, description="Maximum epochs; the best epoch on dev is kept.")
@@ -507,6 +508,10 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 f"{value!r} must be a plain folder name for runs/<name>: not empty, '.' or '..', without '/' or '\\'"
             )
+        # A newline, CR or ESC would make folders that listings and terminals show wrongly or act on, and the
+        # OS refuses a NUL only later, without naming this key.
+        if not value.isprintable():
+            raise ValueError(f"{value!r} must hold only printable characters: no newline, tab, ESC, NUL, ...")
         return value
 
     @field_validator("seeds")

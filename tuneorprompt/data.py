@@ -76,6 +76,21 @@ class _Table:
     columns: frozenset[str] | None  # header / schema columns; None for JSONL, whose keys vary per line
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads would keep the last of two values for one key without a word, so a record that says two
+    # things about a field would silently lose one.
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
 def _parse_json_line(raw: bytes, first: bool) -> dict[str, Any] | str | None:
     """A JSONL line as a record, as the text of its problem, or None for a blank line."""
     try:
@@ -85,9 +100,11 @@ def _parse_json_line(raw: bytes, first: bool) -> dict[str, Any] | str | None:
     if not line.strip():
         return None
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=_refuse_repeated_keys)
     except json.JSONDecodeError as error:
         return f"malformed JSON ({error.msg} at column {error.colno})"
+    except _RepeatedKey as error:
+        return f"the key {error.args[0]!r} appears more than once in one JSON object"
     except (ValueError, RecursionError) as error:  # an integer of over 4300 digits; nesting too deep to parse
         return f"unreadable JSON ({error})"
     return record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
@@ -182,6 +199,9 @@ _READERS = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
 def _read_table(path: Path, problems: list[str], what: str) -> _Table | None:
     """The file's records, or None (with the problem recorded) when there are none to map."""
     reader = _READERS.get(path.suffix.lower())
+    if path.is_dir():  # before the file type: a folder such as data/ has no suffix to complain of
+        problems.append(f"{path}: is a directory, not a data file")
+        return None
     if reader is None:
         problems.append(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(_READERS)}")
         return None
@@ -481,7 +501,7 @@ def load_corpus(path: Path) -> list[Passage]:
     """Reference passages from JSONL with a `text` field and an optional `id` (else `passage-<row>`)."""
     path = Path(path)
     problems: list[str] = []
-    if path.suffix.lower() != ".jsonl":
+    if path.suffix.lower() != ".jsonl" and not path.is_dir():  # _read_table says that a directory is one
         problems.append(f"{path}: the corpus must be a .jsonl file")
     table = None if problems else _read_table(path, problems, what="passages")
     passages: list[Passage] = []

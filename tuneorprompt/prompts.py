@@ -43,20 +43,27 @@ class TemplateError(ValueError):
 
 
 def compile_template(source: str, key: str) -> jinja2.Template:
+    """`key`: the template's config key, as errors name it."""
     try:
         return _ENV.from_string(source)
     except jinja2.TemplateSyntaxError as error:
-        raise TemplateError(f"prompt.{key}: template syntax error on line {error.lineno}: {error.message}") from None
+        raise TemplateError(f"{key}: template syntax error on line {error.lineno}: {error.message}") from None
 
 
-def _render(template: jinja2.Template, key: str, **variables: str) -> str:
+def _render(template: jinja2.Template, key: str, example_id: str, **variables: str) -> str:
     try:
         return template.render(**variables)
     except jinja2.UndefinedError as error:
         names = ", ".join(sorted(variables))
-        raise TemplateError(f"prompt.{key}: {error.message} (available: {names})") from None
+        raise TemplateError(f"{key}: {error.message} (available: {names})") from None
     except jinja2.exceptions.SecurityError as error:
-        raise TemplateError(f"prompt.{key}: not allowed in a template: {error}") from None
+        raise TemplateError(f"{key}: not allowed in a template: {error}") from None
+    # A filter or operator misused on this example's text: `input|format(1)` raises TypeError, `|int` of a
+    # word then `/ 0` ZeroDivisionError. Only rendering shows it, and perhaps only for some examples.
+    except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as error:
+        raise TemplateError(
+            f"{key}: cannot be rendered for example {example_id!r}: {type(error).__name__}: {error}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -79,11 +86,11 @@ class PromptFormat:
     def __init__(self, config: PromptConfig, chat: bool = False):
         self.config = config
         self.chat = chat
-        self._template = compile_template(config.template, "template")
-        self._instruction_template = compile_template(config.instruction_template, "instruction_template")
+        self._template = compile_template(config.template, "prompt.template")
+        self._instruction_template = compile_template(config.instruction_template, "prompt.instruction_template")
 
     def plain(self, example: Example) -> str:
-        return _render(self._template, "template", input=example.input)
+        return _render(self._template, "prompt.template", example.id, input=example.input)
 
     def demonstration(self, example: Example) -> str:
         """A solved example in plain text: the plain prompt followed by its reference answer."""
@@ -100,8 +107,10 @@ class PromptFormat:
         chat template's assistant header."""
         return text if self.chat else self.config.answer_prefix + text
 
-    def with_instruction(self, prompt: str, instruction: str) -> str:
-        return _render(self._instruction_template, "instruction_template", instruction=instruction, prompt=prompt)
+    def with_instruction(self, prompt: str, instruction: str, example_id: str) -> str:
+        return _render(
+            self._instruction_template, "prompt.instruction_template", example_id, instruction=instruction, prompt=prompt
+        )
 
     def with_demonstrations(self, prompt: str, demos: Sequence[Example]) -> str:
         return self.config.demo_separator.join([self.demonstration(d) for d in demos] + [prompt])
@@ -128,8 +137,8 @@ class PromptFormat:
         return "\n\n".join(p for p in parts if p) or None
 
 
-def with_passages(template: jinja2.Template, prompt: str, passages: Sequence[str]) -> str:
-    return _render(template, "context template", passages="\n".join(passages), prompt=prompt)
+def with_passages(template: jinja2.Template, prompt: str, passages: Sequence[str], example_id: str) -> str:
+    return _render(template, "context.template", example_id, passages="\n".join(passages), prompt=prompt)
 
 
 class DemoSource(Protocol):
@@ -160,7 +169,7 @@ class PromptRecipe:
     def build(self, example: Example, max_demos: int | None = None) -> Prompt:
         question = self.format.plain(example)
         if self.passages is not None and self.context_template is not None:
-            question = with_passages(self.context_template, question, self.passages(example))
+            question = with_passages(self.context_template, question, self.passages(example), example.id)
         demos: list[Example] = []
         if self.demos is not None:
             demos = self.demos(example)
@@ -170,13 +179,13 @@ class PromptRecipe:
         in_prompt = self.instruction is not None and self.instruction.placement == "prompt"
         if self.format.chat:
             if in_prompt:
-                question = self.format.with_instruction(question, self.instruction.text)
+                question = self.format.with_instruction(question, self.instruction.text, example.id)
             system = self.format.system_message(self.instruction)
             if not demos and system is None:
                 return question  # one user turn: the same text a plain prompt would carry
             return self.format.conversation(question, demos, system)
         prompt = self.format.with_demonstrations(question, demos) if self.demos is not None else question
-        return self.format.with_instruction(prompt, self.instruction.text) if in_prompt else prompt
+        return self.format.with_instruction(prompt, self.instruction.text, example.id) if in_prompt else prompt
 
     @property
     def num_demos(self) -> int:

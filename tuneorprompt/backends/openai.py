@@ -29,7 +29,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from tuneorprompt.backends.text import cut_at_stop, encode_prompt
 from tuneorprompt.config import ConfigError, OpenAIModelConfig
@@ -168,10 +168,13 @@ class OpenAIBackend:
             if self.chat_template:
                 messages = [{"role": turn.role, "content": turn.content} for turn in _turns(prompt)]
                 response = self.client.chat.completions.create(messages=messages, **options)
-                text = response.choices[0].message.content or ""
             else:
                 response = self.client.completions.create(prompt=prompt, **options)
-                text = response.choices[0].text
+        except json.JSONDecodeError as error:  # a 200 reply the client could not parse
+            raise ServedModelError(
+                f"{self._endpoint} answered generate request {index} with malformed JSON ({error.msg} at character "
+                f"{error.pos}); expected an OpenAI API response, a JSON object with {self._text_at}"
+            ) from None
         except openai.APIStatusError as error:
             raise ServedModelError(
                 f"{self.spec.base_url} answered HTTP {error.status_code} to generate request {index} "
@@ -181,8 +184,54 @@ class OpenAIBackend:
             raise ServedModelError(
                 f"generate request {index} to {self.spec.base_url} failed after {self.spec.max_retries} retries: {error}"
             ) from None
-        usage = response.usage
-        prompt_tokens = usage.prompt_tokens if usage else self.count_tokens(prompt)
-        # A server without `usage`: the answer's UTF-8 bytes, the same upper-bound estimate as count_tokens.
-        generated = usage.completion_tokens if usage else len(text.encode("utf-8"))
+        text = _first_text(response, self.chat_template)
+        if not isinstance(text, str):
+            raise ServedModelError(
+                f"{self._endpoint} answered generate request {index} without a text: expected an OpenAI API "
+                f"response, a JSON object with {self._text_at}, not {_shape(response)}"
+            )
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        generated = getattr(usage, "completion_tokens", None)
+        if not isinstance(prompt_tokens, int):
+            prompt_tokens = self.count_tokens(prompt)
+        if not isinstance(generated, int):
+            # No count in `usage`: the answer's UTF-8 bytes, the same upper-bound estimate as count_tokens.
+            generated = len(text.encode("utf-8"))
         return cut_at_stop(text, settings.stop), prompt_tokens, generated
+
+    @property
+    def _endpoint(self) -> str:
+        return f"{self.spec.base_url.rstrip('/')}/{'chat/completions' if self.chat_template else 'completions'}"
+
+    @property
+    def _text_at(self) -> str:
+        return "choices[0].message.content" if self.chat_template else "choices[0].text"
+
+
+def _first_text(response: Any, chat: bool) -> Any:
+    """The first choice's text, None where the reply has none.
+
+    The client builds its response objects without validating them: a reply without `choices` has None
+    there, and one that is not a JSON object comes back as whatever it parsed to.
+    """
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None
+    if not chat:
+        return getattr(choices[0], "text", None)
+    message = getattr(choices[0], "message", None)
+    # A message whose content is null (a refusal, or tool calls only) answered nothing: an empty text.
+    return None if message is None else getattr(message, "content", None) or ""
+
+
+def _shape(response: Any) -> str:
+    """What came instead, in a few words."""
+    if not hasattr(response, "choices"):  # not a JSON object: the client hands back what it parsed
+        return f"the JSON value {json.dumps(response)[:40]!r}"
+    choices = response.choices
+    if choices is None:
+        return "an object without choices"
+    if not isinstance(choices, list):
+        return f"choices {json.dumps(choices, default=str)[:40]!r}"
+    return "an empty choices list" if not choices else "a first choice without a text"
