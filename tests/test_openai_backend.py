@@ -119,9 +119,10 @@ def test_chat_render_is_a_stable_unambiguous_key():
 
 
 class FlakyServer:
-    """Answers each POST with the next status of `script` (then 200 with a completion); lists model "m"."""
+    """Answers each POST with the next status of `script` (then 200 with a completion); lists model "m".
+    echo: its error messages and completions quote the Authorization header, as a careless server might."""
 
-    def __init__(self, script: list[int]):
+    def __init__(self, script: list[int], echo: bool = False):
         self.script = list(script)
         self.posts = 0
         self.headers_seen: list[str] = []
@@ -148,13 +149,14 @@ class FlakyServer:
                 self.rfile.read(int(self.headers["content-length"]))
                 outer.posts += 1
                 outer.headers_seen.append(self.headers.get("authorization", ""))
+                echoed = f" ({self.headers.get('authorization')})" if echo else ""
                 if outer.script:
                     # retry-after-ms keeps the test fast; the client's own backoff would wait ~0.5 s and more.
-                    self._send(outer.script.pop(0), {"error": {"message": "busy"}}, {"retry-after-ms": "10"})
+                    self._send(outer.script.pop(0), {"error": {"message": "busy" + echoed}}, {"retry-after-ms": "10"})
                     return
                 self._send(200, {
                     "id": "c", "object": "text_completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "text": " Paris\nmore", "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "text": " Paris" + echoed + "\nmore", "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
                 })
 
@@ -190,6 +192,19 @@ def test_gives_up_after_max_retries_with_the_servers_status():
         with pytest.raises(ServedModelError, match=r"answered HTTP 429 to generate request 0"):
             load_openai_backend(spec).generate(["x"], GenerationSettings(8))
         assert server.posts == 2
+
+
+def test_a_key_the_server_echoes_is_masked_in_its_errors_and_answers(monkeypatch):
+    monkeypatch.setenv("TUNEORPROMPT_TEST_KEY", SECRET)
+    with FlakyServer([401], echo=True) as server:
+        spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="m", context_length=64,
+                                 api_key_env="TUNEORPROMPT_TEST_KEY", max_retries=0)
+        backend = load_openai_backend(spec)
+        with pytest.raises(ServedModelError, match=r"busy \(Bearer \*\*\*\)") as raised:
+            backend.generate(["x"], GenerationSettings(8, ("\n",)))
+        completion, = backend.generate(["x"], GenerationSettings(8, ("\n",)))
+    assert SECRET not in str(raised.value)
+    assert completion.text == " Paris (Bearer ***)"  # what the store, report and terminal receive
 
 
 def test_a_model_the_server_does_not_list_is_an_error_before_any_arm():

@@ -20,7 +20,9 @@ Decisions that keep its answers comparable with the local backend's, and where t
 - Failures: the client retries 429, 5xx, timeouts and lost connections `max_retries` times with
   exponential backoff (honouring Retry-After); other errors stop the run with the server's message.
 - The API key is read from the environment variable `api_key_env` names when the backend is made,
-  and given only to the client: it is never part of the config, fingerprint, store or report.
+  and given only to the client: it is never part of the config, fingerprint, store or report. A
+  server may echo it (an error body quoting the refused key), so every text from the server is
+  masked (`from_server`) before the program keeps, raises or shows it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ def api_key(spec: OpenAIModelConfig) -> str:
     return value
 
 
+def from_server(spec: OpenAIModelConfig, text: str) -> str:
+    """`text` from the server (an answer, an error message), with the API key's value masked."""
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    return text.replace(key, "***") if key else text
+
+
 def load_openai_backend(spec: OpenAIModelConfig) -> "OpenAIBackend":
     try:
         import openai
@@ -87,11 +95,12 @@ def _check_served(client, spec: OpenAIModelConfig) -> None:
             "check model.api_key_env"
         ) from None
     except openai.APIError as error:
-        raise ServedModelError(f"cannot list the models served at {spec.base_url}: {error}") from None
-    if spec.model not in served:
         raise ServedModelError(
-            f"model.model: {spec.model!r} is not served at {spec.base_url}; it serves {', '.join(map(repr, served))}"
-        )
+            f"cannot list the models served at {spec.base_url}: {from_server(spec, str(error))}"
+        ) from None
+    if spec.model not in served:
+        listed = from_server(spec, ", ".join(map(repr, served)))
+        raise ServedModelError(f"model.model: {spec.model!r} is not served at {spec.base_url}; it serves {listed}")
 
 
 def _token_counter(spec: OpenAIModelConfig) -> Callable[[Prompt], int] | None:
@@ -175,14 +184,15 @@ class OpenAIBackend:
         except openai.APIStatusError as error:
             raise ServedModelError(
                 f"{self.spec.base_url} answered HTTP {error.status_code} to generate request {index} "
-                f"(model {self.spec.model!r}): {error.message}"
+                f"(model {self.spec.model!r}): {from_server(self.spec, error.message)}"
             ) from None
         except openai.APIError as error:  # connection lost or timed out after every retry
             raise ServedModelError(
-                f"generate request {index} to {self.spec.base_url} failed after {self.spec.max_retries} retries: {error}"
+                f"generate request {index} to {self.spec.base_url} failed after {self.spec.max_retries} retries: "
+                f"{from_server(self.spec, str(error))}"
             ) from None
         usage = response.usage
         prompt_tokens = usage.prompt_tokens if usage else self.count_tokens(prompt)
         # A server without `usage`: the answer's UTF-8 bytes, the same upper-bound estimate as count_tokens.
         generated = usage.completion_tokens if usage else len(text.encode("utf-8"))
-        return cut_at_stop(text, settings.stop), prompt_tokens, generated
+        return cut_at_stop(from_server(self.spec, text), settings.stop), prompt_tokens, generated
