@@ -36,6 +36,7 @@ from tuneorprompt.config import (
     config_from_dict,
 )
 from tuneorprompt.experiment import plan_run, run_experiment
+from tuneorprompt.keys import served_model_key
 from tuneorprompt.model import resolve_model
 from tuneorprompt.records import GenerationSettings, Message
 
@@ -205,6 +206,37 @@ def test_a_key_the_server_echoes_is_masked_in_its_errors_and_answers(monkeypatch
         completion, = backend.generate(["x"], GenerationSettings(8, ("\n",)))
     assert SECRET not in str(raised.value)
     assert completion.text == " Paris (Bearer ***)"  # what the store, report and terminal receive
+
+
+def test_a_password_in_base_url_is_masked_wherever_the_url_is_written_or_shown(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    with FlakyServer([]) as server:
+        secret_url = server.url.replace("http://", "http://user:hunter2@")
+        config = {
+            "name": "creds", "model": {"kind": "openai", "base_url": secret_url, "model": "m", "context_length": 2048},
+            "data": {k: str(CAPITALS / f"{k}.jsonl") for k in ("train", "dev", "test")} | {"max_test": 4},
+            "arms": ["baseline"], "tracking": {"backend": "mlflow"},
+        }
+        console = Console(file=open(tmp_path / "terminal.txt", "w"), width=200)
+        report = run_experiment(config, tmp_path / "run", console=console).report
+        console.file.close()
+        with pytest.raises(ServedModelError) as raised:
+            load_openai_backend(OpenAIModelConfig(**config["model"] | {"model": "other"}))
+    assert server.posts > 0  # the client was given the real URL
+    shown = server.url.replace("http://", "http://***@")
+    assert report.model == f"m at {shown}" and report.protocol["model"]["base_url"] == shown
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    run, = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
+    assert run.data.params["model.base_url"] == shown
+    assert "hunter2" not in str(raised.value)
+    for path in [tmp_path / "terminal.txt", *(tmp_path / "run").rglob("*")]:
+        if path.is_file():
+            assert b"hunter2" not in path.read_bytes(), path
+    # The generation cache's identity: a changed password is the same model.
+    spec = OpenAIModelConfig(**config["model"])
+    changed = spec.model_copy(update={"base_url": secret_url.replace("hunter2", "hunter3")})
+    assert served_model_key(spec) == served_model_key(changed)
 
 
 def test_a_model_the_server_does_not_list_is_an_error_before_any_arm():

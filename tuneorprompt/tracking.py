@@ -30,6 +30,7 @@ from rich.markup import escape
 
 from tuneorprompt.config import ExperimentConfig, TrackingConfig
 from tuneorprompt.provenance import git_commit
+from tuneorprompt.safe_text import mask_credentials
 
 if TYPE_CHECKING:
     from tuneorprompt.report import Report
@@ -216,7 +217,7 @@ def config_params(config: dict[str, Any]) -> dict[str, str]:
             for index, item in enumerate(value):
                 walk(item, f"{key}.{index}")
             return
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = mask_credentials(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, "", {}, []):
             text = "***"
         if len(text) > MAX_PARAM_VALUE:

@@ -37,6 +37,7 @@ from tuneorprompt.backends.text import cut_at_stop, encode_prompt
 from tuneorprompt.config import ConfigError, OpenAIModelConfig
 from tuneorprompt.keys import served_model_key
 from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
+from tuneorprompt.safe_text import mask_credentials
 
 # Sent when `api_key_env` is None: local servers ignore the key, but the client requires one.
 PLACEHOLDER_KEY = "EMPTY"
@@ -48,6 +49,9 @@ _ESTIMATED_TOKENS_PER_MESSAGE = 16
 class ServedModelError(ValueError):
     """A server that cannot be reached, refuses the key, does not serve the model, or rejects a request."""
 
+    def __init__(self, message: str):
+        super().__init__(mask_credentials(message))  # each names the server by its URL
+
 
 def api_key(spec: OpenAIModelConfig) -> str:
     if spec.api_key_env is None:
@@ -56,7 +60,7 @@ def api_key(spec: OpenAIModelConfig) -> str:
     if not value:
         raise ConfigError(
             f"model.api_key_env: the environment variable {spec.api_key_env} is not set; it must hold the API key "
-            f"for {spec.base_url} (or remove api_key_env for a local server that needs no key)"
+            f"for {mask_credentials(spec.base_url)} (or remove api_key_env for a local server that needs no key)"
         )
     return value
 
