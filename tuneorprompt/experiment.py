@@ -65,7 +65,7 @@ from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
 from tuneorprompt.report import Report, build_report, write_report
 from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
-from tuneorprompt.safe_text import mask_credentials
+from tuneorprompt.safe_text import for_terminal, mask_credentials
 from tuneorprompt.store import Store, stored_plan
 from tuneorprompt.summary import outcome_matrix, summarize_arm
 from tuneorprompt.tracking import check_tracking, track_run
@@ -111,7 +111,7 @@ def run_experiment(
         store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))
         try:
             for previous in list(store.runs())[-1:]:
-                console.print(f"Re-using {run_dir}: {previous.describe()}")
+                console.print(f"Re-using {for_terminal(str(run_dir))}: {for_terminal(previous.describe())}")
             run_id = store.begin_run(config_key(config))
             store.put_plan(plan.key, [estimate.to_dict() for estimate in plan.estimates])
             try:
@@ -291,7 +291,7 @@ def _run(
     runs: dict[str, list[ArmRun]] = {}  # arm name -> one run per seed
     stopped_early_at: str | None = None
     for skipped in plan.skipped:
-        console.print(f"[yellow]Skipping {skipped['arm']}[/]: {skipped['reason']}")
+        console.print(f"[yellow]Skipping {for_terminal(skipped['arm'])}[/]: {for_terminal(skipped['reason'])}")
     with make_progress(console) as progress:
         dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, counts, plan.protocol["key"], progress)
 

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from rich.console import Console
-from rich.markup import escape
 
 from tuneorprompt.config import ExperimentConfig, TrackingConfig
 from tuneorprompt.provenance import git_commit
-from tuneorprompt.safe_text import mask_credentials
+from tuneorprompt.safe_text import for_terminal, mask_credentials
 
 if TYPE_CHECKING:
     from tuneorprompt.report import Report
@@ -188,7 +187,7 @@ class Tracker:
 
 
 def _warn(console: Console | None, message: str) -> None:
-    (console or Console(stderr=True)).print(f"[bold yellow]Tracking warning:[/] {escape(message)}")
+    (console or Console(stderr=True)).print(f"[bold yellow]Tracking warning:[/] {for_terminal(message)}")
 
 
 def _start_tags(run_dir: Path) -> dict[str, str]:
