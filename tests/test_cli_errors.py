@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
+from tuneorprompt import cli
 from tuneorprompt.cli import app
 
 
@@ -61,3 +65,10 @@ def test_init_into_a_missing_folder_exits_2(tmp_path):
     code, output = invoke("init", str(tmp_path / "no-such-folder" / "experiment.yaml"))
     assert code == 2
     assert output.startswith("error:") and "no-such-folder" in output
+
+
+def test_an_error_quoting_escape_sequences_prints_them_escaped(monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(file=io.StringIO(), width=200))
+    with pytest.raises(typer.Exit):
+        cli._fail(ValueError("the server said \x1b]0;pwned\x07\x1b[2J"))
+    assert cli.console.file.getvalue() == "error: the server said \\x1b]0;pwned\\x07\\x1b[2J\n"

@@ -37,6 +37,7 @@ from tuneorprompt.config import (
     config_from_dict,
 )
 from tuneorprompt.experiment import plan_run, run_experiment
+from tuneorprompt.keys import served_model_key
 from tuneorprompt.model import resolve_model
 from tuneorprompt.records import GenerationSettings, Message
 
@@ -121,9 +122,10 @@ def test_chat_render_is_a_stable_unambiguous_key():
 
 class FlakyServer:
     """Answers each POST with the next status of `script` (then 200 with a completion, or with the raw body
-    `reply`); lists model "m"."""
+    `reply`); lists model "m". echo: its error messages and completions quote the Authorization header, as a
+    careless server might."""
 
-    def __init__(self, script: list[int], reply: bytes | None = None):
+    def __init__(self, script: list[int], reply: bytes | None = None, echo: bool = False):
         self.script = list(script)
         self.reply = reply
         self.posts = 0
@@ -151,13 +153,14 @@ class FlakyServer:
                 self.rfile.read(int(self.headers["content-length"]))
                 outer.posts += 1
                 outer.headers_seen.append(self.headers.get("authorization", ""))
+                echoed = f" ({self.headers.get('authorization')})" if echo else ""
                 if outer.script:
                     # retry-after-ms keeps the test fast; the client's own backoff would wait ~0.5 s and more.
-                    self._send(outer.script.pop(0), {"error": {"message": "busy"}}, {"retry-after-ms": "10"})
+                    self._send(outer.script.pop(0), {"error": {"message": "busy" + echoed}}, {"retry-after-ms": "10"})
                     return
                 self._send(200, outer.reply or {
                     "id": "c", "object": "text_completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "text": " Paris\nmore", "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "text": " Paris" + echoed + "\nmore", "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
                 })
 
@@ -224,6 +227,50 @@ def test_a_reply_with_null_token_counts_falls_back_to_the_estimates():
         spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="m", context_length=64)
         completion, = load_openai_backend(spec).generate(["x"], GenerationSettings(8))
     assert (completion.text, completion.prompt_tokens, completion.generated_tokens) == ("Paris", 2, 5)
+
+
+def test_a_key_the_server_echoes_is_masked_in_its_errors_and_answers(monkeypatch):
+    monkeypatch.setenv("TUNEORPROMPT_TEST_KEY", SECRET)
+    with FlakyServer([401], echo=True) as server:
+        spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="m", context_length=64,
+                                 api_key_env="TUNEORPROMPT_TEST_KEY", max_retries=0)
+        backend = load_openai_backend(spec)
+        with pytest.raises(ServedModelError, match=r"busy \(Bearer \*\*\*\)") as raised:
+            backend.generate(["x"], GenerationSettings(8, ("\n",)))
+        completion, = backend.generate(["x"], GenerationSettings(8, ("\n",)))
+    assert SECRET not in str(raised.value)
+    assert completion.text == " Paris (Bearer ***)"  # what the store, report and terminal receive
+
+
+def test_a_password_in_base_url_is_masked_wherever_the_url_is_written_or_shown(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    with FlakyServer([]) as server:
+        secret_url = server.url.replace("http://", "http://user:hunter2@")
+        config = {
+            "name": "creds", "model": {"kind": "openai", "base_url": secret_url, "model": "m", "context_length": 2048},
+            "data": {k: str(CAPITALS / f"{k}.jsonl") for k in ("train", "dev", "test")} | {"max_test": 4},
+            "arms": ["baseline"], "tracking": {"backend": "mlflow"},
+        }
+        console = Console(file=open(tmp_path / "terminal.txt", "w"), width=200)
+        report = run_experiment(config, tmp_path / "run", console=console).report
+        console.file.close()
+        with pytest.raises(ServedModelError) as raised:
+            load_openai_backend(OpenAIModelConfig(**config["model"] | {"model": "other"}))
+    assert server.posts > 0  # the client was given the real URL
+    shown = server.url.replace("http://", "http://***@")
+    assert report.model == f"m at {shown}" and report.protocol["model"]["base_url"] == shown
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    run, = client.search_runs([client.get_experiment_by_name("creds").experiment_id])
+    assert run.data.params["model.base_url"] == shown
+    assert "hunter2" not in str(raised.value)
+    for path in [tmp_path / "terminal.txt", *(tmp_path / "run").rglob("*")]:
+        if path.is_file():
+            assert b"hunter2" not in path.read_bytes(), path
+    # The generation cache's identity: a changed password is the same model.
+    spec = OpenAIModelConfig(**config["model"])
+    changed = spec.model_copy(update={"base_url": secret_url.replace("hunter2", "hunter3")})
+    assert served_model_key(spec) == served_model_key(changed)
 
 
 def test_a_model_the_server_does_not_list_is_an_error_before_any_arm():

@@ -88,6 +88,18 @@ def test_a_terminal_gets_rich_bars_that_keep_the_seed_in_the_description():
     assert "few_shot@2 [seed 0] test" in console.file.getvalue()
 
 
+def test_control_characters_in_a_description_are_shown_escaped_in_bars_and_lines():
+    bars = Console(file=io.StringIO(), force_terminal=True, force_interactive=True, width=120)
+    for console in (bars, log_console()):
+        with make_progress(console, Clock()) as progress:
+            progress.add_task("arm\x1b]0;pwned\x07 test", total=4)
+            if console is bars:
+                progress.refresh()  # draw the bar now, as the test's clock never moves
+        shown = console.file.getvalue()
+        assert "\x1b]0;pwned" not in shown and "\x07" not in shown  # the window title stays the terminal's
+        assert "arm\\x1b]0;pwned\\x07 test" in shown
+
+
 def test_a_dumb_terminal_gets_log_lines():
     """TERM=dumb: rich cannot redraw a bar there, and a transient one would print nothing."""
     console = Console(file=io.StringIO(), force_terminal=True, force_interactive=False, width=120)

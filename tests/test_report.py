@@ -87,6 +87,19 @@ def test_the_terminal_summary_and_the_page_show_the_note(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["arms"][1]["details"] == SHORTENED
 
 
+def test_escape_sequences_in_replies_reach_the_terminal_escaped_and_the_files_as_they_were(tmp_path):
+    report = build_report(**report_inputs(SHORTENED))
+    reply = "\x1b]0;pwned\x07\x1b[2J\x9b"  # sets the window title, clears the screen, a C1 CSI
+    report.warnings.append({"code": "test", "message": f"a reply {reply}", "examples": [
+        {"arm": "baseline", "reply": reply, "answer": "?", "reference": "A0", "strict": 0.0, "lenient": 0.0}]})
+    console = Console(file=io.StringIO(), width=300)  # not a terminal: rich adds no escape codes of its own
+    write_report(report, tmp_path, console)
+    shown = console.file.getvalue()
+    assert not {"\x1b", "\x07", "\x9b"} & set(shown)
+    assert shown.count("\\x1b]0;pwned\\x07\\x1b[2J\\x9b") == 2  # the message and the example's reply
+    assert json.loads((tmp_path / "report.json").read_text())["warnings"][-1]["message"] == f"a reply {reply}"
+
+
 @pytest.mark.parametrize("name", ["report.json", "report.html"])
 def test_the_report_is_never_written_through_a_symlink(tmp_path, name):
     """Written with write_text_atomic: a link planted in the run directory is refused, its target kept."""

@@ -14,7 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape as rich_escape
+
+from tuneorprompt.safe_text import for_terminal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 testbed_app = typer.Typer(no_args_is_help=True, help="The bundled synthetic-world testbed model.")
@@ -35,14 +36,14 @@ Overrides = Annotated[
 def _fail(error: Exception) -> None:
     if os.environ.get("TUNEORPROMPT_DEBUG"):
         raise error
-    # Escaped: messages quote user text such as "[x]" that rich would read as markup.
-    console.print("[bold red]error:[/]", rich_escape(str(error)))
+    # Messages quote data, replies and server errors: "[x]" that rich would read as markup, escape sequences.
+    console.print("[bold red]error:[/]", for_terminal(str(error)))
     raise typer.Exit(code=2)
 
 
 def _interrupted(run_dir: str) -> None:
     console.print(
-        f"[bold yellow]interrupted:[/] every finished result is kept in {rich_escape(run_dir)}; "
+        f"[bold yellow]interrupted:[/] every finished result is kept in {for_terminal(run_dir)}; "
         "run the same command again to resume"
     )
     raise typer.Exit(code=130)  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -50,7 +51,7 @@ def _interrupted(run_dir: str) -> None:
 
 def _done(result) -> None:
     console.print(
-        f"Run directory: {rich_escape(str(result.run_dir))} ({result.cache_hits} answers read back from its store, "
+        f"Run directory: {for_terminal(str(result.run_dir))} ({result.cache_hits} answers read back from its store, "
         f"{result.cache_misses} generated)"
     )
 
@@ -116,7 +117,7 @@ def check_data(
     console.print(f"train {len(splits.train)}, dev {len(splits.dev)}, test {len(splits.test)} examples")
     if corpus is not None:
         console.print(f"corpus {len(corpus)} passages")
-    console.print(overlap.describe())
+    console.print(for_terminal(overlap.describe()))
     if data_only:
         return
 
@@ -127,9 +128,9 @@ def check_data(
         plan = plan_run(cfg, Path("runs") / cfg.name)
     except USER_ERRORS as error:
         _fail(error)
-    console.print(f"model {cfg.model.label}: loads; every arm's prompts fit its context of {plan.base.backend.context_length} tokens")
+    console.print(f"model {for_terminal(cfg.model.label)}: loads; every arm's prompts fit its context of {plan.base.backend.context_length} tokens")
     order = ", ".join(estimate.name for estimate in plan.estimates)
-    console.print(f"arms, cheapest first by estimated cost (the ladder's order): {order}")
+    console.print(f"arms, cheapest first by estimated cost (the ladder's order): {for_terminal(order)}")
 
 
 @app.command()

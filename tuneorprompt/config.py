@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from tuneorprompt.safe_text import mask_credentials
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and key."""
@@ -149,7 +151,7 @@ class OpenAIModelConfig(Strict):
 
     @property
     def label(self) -> str:
-        return f"{self.model} at {self.base_url}"
+        return f"{self.model} at {mask_credentials(self.base_url)}"
 
 
 class VLLMModelConfig(Strict):

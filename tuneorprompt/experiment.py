@@ -65,6 +65,7 @@ from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
 from tuneorprompt.report import Report, build_report, write_report
 from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
+from tuneorprompt.safe_text import for_terminal, mask_credentials
 from tuneorprompt.store import Store, stored_plan
 from tuneorprompt.summary import outcome_matrix, summarize_arm
 from tuneorprompt.tracking import check_tracking, track_run
@@ -110,7 +111,7 @@ def run_experiment(
         store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))
         try:
             for previous in list(store.runs())[-1:]:
-                console.print(f"Re-using {run_dir}: {previous.describe()}")
+                console.print(f"Re-using {for_terminal(str(run_dir))}: {for_terminal(previous.describe())}")
             run_id = store.begin_run(config_key(config))
             store.put_plan(plan.key, [estimate.to_dict() for estimate in plan.estimates])
             try:
@@ -290,7 +291,7 @@ def _run(
     runs: dict[str, list[ArmRun]] = {}  # arm name -> one run per seed
     stopped_early_at: str | None = None
     for skipped in plan.skipped:
-        console.print(f"[yellow]Skipping {skipped['arm']}[/]: {skipped['reason']}")
+        console.print(f"[yellow]Skipping {for_terminal(skipped['arm'])}[/]: {for_terminal(skipped['reason'])}")
     with make_progress(console) as progress:
         dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, counts, plan.protocol["key"], progress)
 
@@ -355,7 +356,7 @@ def protocol_record(
         "model_fingerprint": model.fingerprint,
         # The settings that change answers, of whichever kind (`include` skips those a kind lacks), and
         # chat-template use as resolved, under the name every kind's report reads it by.
-        "model": model.spec.model_dump(mode="json", include=_PROTOCOL_MODEL_FIELDS)
+        "model": mask_credentials(model.spec.model_dump(mode="json", include=_PROTOCOL_MODEL_FIELDS))
         | {"chat_template": model.chat_template},
         "data": {split: examples_key(getattr(splits, split)) for split in ("train", "dev", "test")},
         "data_files": {
@@ -387,6 +388,6 @@ def _as_config(config: ExperimentConfig | dict | str | Path, overrides: list[str
 
 def save_resolved_config(config: ExperimentConfig, run_dir: Path) -> None:
     """config.yaml: every key with its resolved value (defaults included), plus versions and commit."""
-    resolved = config.model_dump(mode="json")
+    resolved = mask_credentials(config.model_dump(mode="json"))
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     write_text_atomic(run_dir / "environment.json", json.dumps(environment(), indent=2))

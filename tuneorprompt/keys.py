@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tuneorprompt.records import Example, GenerationSettings
+from tuneorprompt.safe_text import mask_credentials
 
 # Part of every stored result's key (through `protocol_key`): bumped when a change to prompting,
 # decoding or scoring code changes what a stored result means, so results of the old code are not
@@ -111,7 +112,10 @@ def served_model_key(spec, files_fingerprint: str | None = None) -> str:
     user's word); vLLM in this process is its files, dtype setting and chat-template use, under its own
     name so that its answers are never mixed with transformers'."""
     if spec.kind == "openai":
-        return content_key("openai", spec.base_url.rstrip("/"), spec.model, spec.mode, spec.revision, spec.seed)
+        # The URL without its credentials: a changed password is not a changed model (its answers stay
+        # valid), and the key, like everything derived from the config, stays free of the secret.
+        url = mask_credentials(spec.base_url).rstrip("/")
+        return content_key("openai", url, spec.model, spec.mode, spec.revision, spec.seed)
     return content_key("vllm", files_fingerprint, spec.dtype, spec.chat_template)
 
 

@@ -16,10 +16,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
-    TextColumn,
+    ProgressColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+from tuneorprompt.safe_text import printable
 
 # Between two log lines of one task, at most this long or this share of its total.
 LOG_EVERY_SECONDS = 10.0
@@ -31,11 +34,18 @@ def make_progress(console: Console, clock: Callable[[], float] = time.time) -> P
     `evaluate.Progress`. `clock` (seconds since the epoch) times the log lines."""
     if console.is_interactive:
         return Progress(
-            # markup=False: descriptions hold "[seed 0]", which rich would read as a style tag and drop.
-            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+            _DescriptionColumn(), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
         )
     return LogProgress(console, clock)
+
+
+class _DescriptionColumn(ProgressColumn):
+    """A task's description in bold, as plain text: "[seed 0]" is no style tag, and control characters
+    in the arm names it quotes from the config are made visible (`printable`)."""
+
+    def render(self, task) -> Text:
+        return Text(printable(task.description), style="bold")
 
 
 @dataclass
@@ -98,7 +108,7 @@ class LogProgress:
         line = f"[{stamp}] {task.description}: {task.completed:.0f}/{task.total:.0f} ({percent}%), {status}"
         # Printed verbatim and on one line: no markup ("[seed 0]"), highlighting or wrapping at the
         # console's width, so each line stays one greppable line in the log.
-        self._console.print(line, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        self._console.print(printable(line), markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 def _duration(seconds: float) -> str:

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from rich.console import Console
-from rich.markup import escape
 
 from tuneorprompt.config import ExperimentConfig, TrackingConfig
 from tuneorprompt.provenance import git_commit
+from tuneorprompt.safe_text import for_terminal, mask_credentials
 
 if TYPE_CHECKING:
     from tuneorprompt.report import Report
@@ -187,7 +187,7 @@ class Tracker:
 
 
 def _warn(console: Console | None, message: str) -> None:
-    (console or Console(stderr=True)).print(f"[bold yellow]Tracking warning:[/] {escape(message)}")
+    (console or Console(stderr=True)).print(f"[bold yellow]Tracking warning:[/] {for_terminal(message)}")
 
 
 def _start_tags(run_dir: Path) -> dict[str, str]:
@@ -216,7 +216,7 @@ def config_params(config: dict[str, Any]) -> dict[str, str]:
             for index, item in enumerate(value):
                 walk(item, f"{key}.{index}")
             return
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text = mask_credentials(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
         if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, "", {}, []):
             text = "***"
         if len(text) > MAX_PARAM_VALUE:

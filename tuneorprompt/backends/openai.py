@@ -20,7 +20,9 @@ Decisions that keep its answers comparable with the local backend's, and where t
 - Failures: the client retries 429, 5xx, timeouts and lost connections `max_retries` times with
   exponential backoff (honouring Retry-After); other errors stop the run with the server's message.
 - The API key is read from the environment variable `api_key_env` names when the backend is made,
-  and given only to the client: it is never part of the config, fingerprint, store or report.
+  and given only to the client: it is never part of the config, fingerprint, store or report. A
+  server may echo it (an error body quoting the refused key), so every text from the server is
+  masked (`from_server`) before the program keeps, raises or shows it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tuneorprompt.backends.text import cut_at_stop, encode_prompt
 from tuneorprompt.config import ConfigError, OpenAIModelConfig
 from tuneorprompt.keys import served_model_key
 from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
+from tuneorprompt.safe_text import mask_credentials
 
 # Sent when `api_key_env` is None: local servers ignore the key, but the client requires one.
 PLACEHOLDER_KEY = "EMPTY"
@@ -46,6 +49,9 @@ _ESTIMATED_TOKENS_PER_MESSAGE = 16
 class ServedModelError(ValueError):
     """A server that cannot be reached, refuses the key, does not serve the model, or rejects a request."""
 
+    def __init__(self, message: str):
+        super().__init__(mask_credentials(message))  # each names the server by its URL
+
 
 def api_key(spec: OpenAIModelConfig) -> str:
     if spec.api_key_env is None:
@@ -54,9 +60,15 @@ def api_key(spec: OpenAIModelConfig) -> str:
     if not value:
         raise ConfigError(
             f"model.api_key_env: the environment variable {spec.api_key_env} is not set; it must hold the API key "
-            f"for {spec.base_url} (or remove api_key_env for a local server that needs no key)"
+            f"for {mask_credentials(spec.base_url)} (or remove api_key_env for a local server that needs no key)"
         )
     return value
+
+
+def from_server(spec: OpenAIModelConfig, text: str) -> str:
+    """`text` from the server (an answer, an error message), with the API key's value masked."""
+    key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+    return text.replace(key, "***") if key else text
 
 
 def load_openai_backend(spec: OpenAIModelConfig) -> "OpenAIBackend":
@@ -87,11 +99,12 @@ def _check_served(client, spec: OpenAIModelConfig) -> None:
             "check model.api_key_env"
         ) from None
     except openai.APIError as error:
-        raise ServedModelError(f"cannot list the models served at {spec.base_url}: {error}") from None
-    if spec.model not in served:
         raise ServedModelError(
-            f"model.model: {spec.model!r} is not served at {spec.base_url}; it serves {', '.join(map(repr, served))}"
-        )
+            f"cannot list the models served at {spec.base_url}: {from_server(spec, str(error))}"
+        ) from None
+    if spec.model not in served:
+        listed = from_server(spec, ", ".join(map(repr, served)))
+        raise ServedModelError(f"model.model: {spec.model!r} is not served at {spec.base_url}; it serves {listed}")
 
 
 def _token_counter(spec: OpenAIModelConfig) -> Callable[[Prompt], int] | None:
@@ -178,11 +191,12 @@ class OpenAIBackend:
         except openai.APIStatusError as error:
             raise ServedModelError(
                 f"{self.spec.base_url} answered HTTP {error.status_code} to generate request {index} "
-                f"(model {self.spec.model!r}): {error.message}"
+                f"(model {self.spec.model!r}): {from_server(self.spec, error.message)}"
             ) from None
         except openai.APIError as error:  # connection lost or timed out after every retry
             raise ServedModelError(
-                f"generate request {index} to {self.spec.base_url} failed after {self.spec.max_retries} retries: {error}"
+                f"generate request {index} to {self.spec.base_url} failed after {self.spec.max_retries} retries: "
+                f"{from_server(self.spec, str(error))}"
             ) from None
         text = _first_text(response, self.chat_template)
         if not isinstance(text, str):
@@ -198,7 +212,7 @@ class OpenAIBackend:
         if not isinstance(generated, int):
             # No count in `usage`: the answer's UTF-8 bytes, the same upper-bound estimate as count_tokens.
             generated = len(text.encode("utf-8"))
-        return cut_at_stop(text, settings.stop), prompt_tokens, generated
+        return cut_at_stop(from_server(self.spec, text), settings.stop), prompt_tokens, generated
 
     @property
     def _endpoint(self) -> str:

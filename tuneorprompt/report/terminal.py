@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.markup import escape as rich_escape
 from rich.table import Table
 
 from tuneorprompt.report.notes import shortened_prompts
+from tuneorprompt.safe_text import for_terminal
 from tuneorprompt.summary import ACCURACY
 
 if TYPE_CHECKING:
@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 def print_warnings(report: Report, console: Console) -> None:
     """Each warning with its example replies: what the reader must judge before reading any number."""
     for warning in report.warnings:
-        console.print(f"[bold red]Warning ({warning['code']}):[/] {rich_escape(warning['message'])}")
+        console.print(f"[bold red]Warning ({warning['code']}):[/] {for_terminal(warning['message'])}")
         examples = warning.get("examples") or []
         if examples:
             table = Table(title="example replies", title_justify="left")
             for column in ("arm", "reply", "answer extracted", "reference", "strict", "lenient"):
                 table.add_column(column, overflow="fold")
             for e in examples:
-                table.add_row(*(rich_escape(str(e[k])) for k in ("arm", "reply", "answer", "reference")),
+                table.add_row(*(for_terminal(str(e[k])) for k in ("arm", "reply", "answer", "reference")),
                               f"{e['strict']:g}", f"{e['lenient']:g}")
             console.print(table)
 
@@ -34,14 +34,14 @@ def print_warnings(report: Report, console: Console) -> None:
 def print_summary(report: Report, console: Console) -> None:
     print_warnings(report, console)
     target = ACCURACY.with_unit(report.target.accuracy, 0)
-    table = Table(title=f"{rich_escape(report.name)}: {report.data.n_test} test items, target accuracy {target}")
+    table = Table(title=f"{for_terminal(report.name)}: {report.data.n_test} test items, target accuracy {target}")
     columns = ("arm", "accuracy % [95% CI]", "lenient % [95% CI]", "relevance [95% CI]", "prompt tok", "gen tok",
                "ms/query", "train s", "peak MiB")
     for column in columns:
         table.add_column(column, justify="left" if column == "arm" else "right", no_wrap=True)
     recommended = report.recommendation.arm
     for arm in report.arms:
-        name = rich_escape(arm.name)
+        name = for_terminal(arm.name)
         table.add_row(
             f"[bold green]{name} *[/]" if arm.name == recommended else name,
             arm.accuracy.shown(),
@@ -55,6 +55,6 @@ def print_summary(report: Report, console: Console) -> None:
         )
     console.print(table)
     for note in shortened_prompts(report):
-        console.print(f"[yellow]Note:[/] {rich_escape(note)}")
+        console.print(f"[yellow]Note:[/] {for_terminal(note)}")
     style = "bold green" if report.recommendation.arm else "bold yellow"
-    console.print(f"[{style}]Recommendation:[/] {rich_escape(report.recommendation.reason)}")
+    console.print(f"[{style}]Recommendation:[/] {for_terminal(report.recommendation.reason)}")
