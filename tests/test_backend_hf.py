@@ -554,3 +554,9 @@ def test_a_backend_over_weights_in_memory_keeps_them_on_release(tiny_gpt2_dir):
     backend = HFBackend(model, AutoTokenizer.from_pretrained(tiny_gpt2_dir), fingerprint="in memory")
     backend.release()  # nothing could load them again (a model being fine-tuned is served this way)
     assert backend.model is model
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_a_cuda_device_where_there_is_none_is_one_line_before_anything_loads(tiny_gpt2_dir):
+    with pytest.raises(ModelLoadError, match=r"model.device is 'cuda', but torch sees no CUDA device here"):
+        load_hf_backend(ModelConfig(path=str(tiny_gpt2_dir), device="cuda"))
