@@ -248,6 +248,16 @@ def test_a_second_run_into_a_directory_in_use_fails_at_once(tmp_path):
     assert backend.prompts_seen == []  # refused before anything ran
 
 
+def test_a_directory_in_use_is_reported_before_the_checks(tmp_path):
+    from tuneorprompt.rundir import RunDirError, RunLock
+
+    (tmp_path / "run").mkdir()
+    broken = config(tmp_path, arms=[{"kind": "few_shot", "k": [31]}])  # a check that would fail later
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunDirError, match=f"in use by pid {os.getpid()}"):
+            run_experiment(broken, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+
+
 # ---- checked before anything is written ------------------------------------------------------------
 
 

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tuneorprompt.rundir import RunDirError, RunInterrupted, RunLock, terminate_as_interrupt, write_text_atomic
+from tuneorprompt.rundir import (
+    RunDirError,
+    RunInterrupted,
+    RunLock,
+    check_not_in_use,
+    terminate_as_interrupt,
+    write_text_atomic,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,6 +145,16 @@ def test_a_second_run_fails_at_once_naming_the_holder(tmp_path, holder):
         with RunLock(tmp_path):
             pass
     assert time.monotonic() - start < 1  # non-blocking: no waiting for the other run to end
+
+
+def test_the_probe_names_the_holder_and_writes_nothing(tmp_path, holder):
+    with pytest.raises(RunDirError, match=rf"run directory {tmp_path} is in use by pid {holder.pid}"):
+        check_not_in_use(tmp_path)
+    holder.stdin.close()
+    holder.wait(timeout=10)
+    check_not_in_use(tmp_path)  # free now
+    check_not_in_use(tmp_path / "not-made-yet")
+    assert not (tmp_path / "not-made-yet").exists()
 
 
 def test_the_lock_is_free_once_the_holder_exits(tmp_path, holder):

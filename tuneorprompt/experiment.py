@@ -64,7 +64,7 @@ from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
 from tuneorprompt.report import Report, build_report, write_report
-from tuneorprompt.rundir import RunLock, terminate_as_interrupt, write_text_atomic
+from tuneorprompt.rundir import RunLock, check_not_in_use, terminate_as_interrupt, write_text_atomic
 from tuneorprompt.safe_text import for_terminal, mask_credentials
 from tuneorprompt.store import Store, stored_plan
 from tuneorprompt.summary import outcome_matrix, summarize_arm
@@ -96,6 +96,9 @@ def run_experiment(
     console = console or Console(stderr=True)
     config = _as_config(config, overrides)
     run_dir = Path(out_dir or Path("runs") / config.name)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:  # a busy directory is said at once, not after the checks (the other ranks never lock)
+        check_not_in_use(run_dir)
     check_tracking(config.tracking)  # a missing MLflow client is found before any work
 
     # ---- check everything that can be checked before the run directory exists --------------------
@@ -105,7 +108,6 @@ def run_experiment(
     # Under `accelerate launch` every process runs this function: they fine-tune together (Trainer
     # shards the batches) and each evaluates; only the main process locks the directory and writes
     # the run's store and report.
-    rank = int(os.environ.get("RANK", "0"))
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir) if rank == 0 else nullcontext(), terminate_as_interrupt():
         store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))

@@ -108,6 +108,28 @@ class RunLock:
         self._fd = None
 
 
+def check_not_in_use(run_dir: Path) -> None:
+    """Raise the RunDirError `RunLock` would raise if another run holds `run_dir`'s lock, without
+    creating or writing anything: a run checks this first, so a busy directory is reported at once
+    rather than after the seconds of checks and model loading that come before `RunLock`.
+
+    Only a probe: the lock itself is taken later, by `RunLock`, which reports a run that started in
+    between. A missing lock file, or one that is a link (refused by `RunLock`), passes."""
+    try:
+        fd = os.open(Path(run_dir) / ".lock", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_holder(os.pread(fd, 4096, 0))
+            raise RunDirError(f"run directory {run_dir} is in use by {holder}") from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def _describe_holder(text: bytes) -> str:
     try:
         holder = json.loads(text)
