@@ -258,6 +258,38 @@ def test_a_directory_in_use_is_reported_before_the_checks(tmp_path):
             run_experiment(broken, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
 
 
+def test_out_naming_someone_elses_directory_is_refused_before_anything_is_written(tmp_path):
+    users = tmp_path / "my-project"
+    users.mkdir()
+    (users / "config.yaml").write_text("# my experiment, with comments\n")
+    (users / "report.html").write_text("my page")
+    backend = ScriptedBackend(answer_by_instruction)
+    for out in (users, Path("/")):
+        with pytest.raises(ValueError, match=f"run directory {out} is not empty and is not a tuneorprompt run"):
+            run_experiment(config(tmp_path), out, backend=backend)
+    assert sorted(p.name for p in users.iterdir()) == ["config.yaml", "report.html"]
+    assert (users / "config.yaml").read_text() == "# my experiment, with comments\n"
+    assert backend.prompts_seen == []
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ValueError, match="a-file exists and is not a directory"):
+        run_experiment(config(tmp_path), tmp_path / "a-file", backend=backend)
+    # A directory of ours is re-used (a re-run, a resume), and so is an empty one.
+    (tmp_path / "empty").mkdir()
+    run_experiment(config(tmp_path), tmp_path / "empty", backend=backend)
+    run_experiment(config(tmp_path), tmp_path / "empty", backend=backend)
+
+
+def test_cli_out_dot_keeps_the_users_experiment_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text("# my comments\n" + json.dumps(config(tmp_path)) + "\n")
+    before = experiment.read_text()
+    result = run_cli("run", str(experiment), "--out", ".")
+    assert result.exit_code == 2
+    assert "is not a tuneorprompt run directory" in result.output
+    assert experiment.read_text() == before and not (tmp_path / "config.yaml").exists()
+
+
 # ---- checked before anything is written ------------------------------------------------------------
 
 

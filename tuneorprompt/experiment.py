@@ -64,7 +64,13 @@ from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
 from tuneorprompt.report import Report, build_report, write_report
-from tuneorprompt.rundir import RunLock, check_not_in_use, terminate_as_interrupt, write_text_atomic
+from tuneorprompt.rundir import (
+    RunLock,
+    check_not_in_use,
+    check_run_dir_is_ours,
+    terminate_as_interrupt,
+    write_text_atomic,
+)
 from tuneorprompt.safe_text import for_terminal, mask_credentials
 from tuneorprompt.store import Store, stored_plan
 from tuneorprompt.summary import outcome_matrix, summarize_arm
@@ -99,6 +105,7 @@ def run_experiment(
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:  # a busy directory is said at once, not after the checks (the other ranks never lock)
         check_not_in_use(run_dir)
+    check_run_dir_is_ours(run_dir)  # never write over a user's files (`--out .`)
     check_tracking(config.tracking)  # a missing MLflow client is found before any work
 
     # ---- check everything that can be checked before the run directory exists --------------------

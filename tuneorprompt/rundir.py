@@ -17,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -106,6 +107,32 @@ class RunLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
+
+
+# A run directory is recognised by its store: `store.sqlite` is made by the first run, right after it
+# locks the directory, and no other tool is likely to name a file so. Until then a directory can hold
+# only these (a run killed between locking and opening its store; the other ranks' stores under
+# `accelerate launch`), so a directory holding nothing else is one of ours too.
+MARKER = "store.sqlite"
+_OURS_BEFORE_THE_MARKER = re.compile(r"\.lock|store\.rank\d+\.sqlite(-wal|-shm|-journal)?")
+
+
+def check_run_dir_is_ours(run_dir: Path) -> None:
+    """Refuse an `--out` that would overwrite someone else's files: an existing directory that is
+    neither empty nor a tuneorprompt run directory (see MARKER), or a path that is not a directory.
+    Reads only the directory's listing, so `--out /` or `--out ~` are refused at once."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} exists and is not a directory")
+    names = [entry.name for entry in os.scandir(run_dir)]
+    if MARKER in names or all(_OURS_BEFORE_THE_MARKER.fullmatch(name) for name in names):
+        return
+    raise RunDirError(
+        f"run directory {run_dir} is not empty and is not a tuneorprompt run directory (it has no {MARKER}); "
+        "refusing to write into it: choose a new or empty directory with --out"
+    )
 
 
 def check_not_in_use(run_dir: Path) -> None:
