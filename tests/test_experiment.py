@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -288,6 +289,24 @@ def test_cli_out_dot_keeps_the_users_experiment_file(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "is not a tuneorprompt run directory" in result.output
     assert experiment.read_text() == before and not (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("link", ["store.sqlite", "models", "report.html", "config.yaml", "models/adapter"])
+def test_a_link_inside_the_run_directory_is_refused_before_any_work(tmp_path, link):
+    run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = tmp_path / "run" / link
+    path.parent.mkdir(exist_ok=True)
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    path.symlink_to(elsewhere if "." not in link else elsewhere / link)
+    backend = ScriptedBackend(answer_by_instruction)
+    with pytest.raises(ValueError, match=f"{path} is a symbolic link inside run directory"):
+        run_experiment(config(tmp_path, seeds=[0, 1, 2]), tmp_path / "run", backend=backend)
+    assert backend.prompts_seen == [] and list(elsewhere.iterdir()) == []
 
 
 # ---- checked before anything is written ------------------------------------------------------------

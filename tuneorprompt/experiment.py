@@ -66,6 +66,7 @@ from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Spl
 from tuneorprompt.report import Report, build_report, write_report
 from tuneorprompt.rundir import (
     RunLock,
+    check_no_links_inside,
     check_not_in_use,
     check_run_dir_is_ours,
     terminate_as_interrupt,
@@ -106,6 +107,7 @@ def run_experiment(
     if rank == 0:  # a busy directory is said at once, not after the checks (the other ranks never lock)
         check_not_in_use(run_dir)
     check_run_dir_is_ours(run_dir)  # never write over a user's files (`--out .`)
+    check_no_links_inside(run_dir)
     check_tracking(config.tracking)  # a missing MLflow client is found before any work
 
     # ---- check everything that can be checked before the run directory exists --------------------

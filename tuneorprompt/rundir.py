@@ -135,6 +135,20 @@ def check_run_dir_is_ours(run_dir: Path) -> None:
     )
 
 
+def check_no_links_inside(run_dir: Path) -> None:
+    """Refuse a symbolic link anywhere among the run directory's own files (`store.sqlite`, `models/`,
+    `report.html`, ...), naming it, before any work: the run would otherwise write through it (a
+    store, an adapter) or find it only at the end. `run_dir` itself may be a link."""
+    for folder, subfolders, files in os.walk(run_dir):  # never descends into a linked folder
+        for name in [*subfolders, *files]:
+            path = Path(folder) / name
+            if path.is_symlink():
+                raise RunDirError(
+                    f"{path} is a symbolic link inside run directory {run_dir}; refusing to follow it "
+                    "(remove the link and run again)"
+                )
+
+
 def check_not_in_use(run_dir: Path) -> None:
     """Raise the RunDirError `RunLock` would raise if another run holds `run_dir`'s lock, without
     creating or writing anything: a run checks this first, so a busy directory is reported at once
