@@ -309,6 +309,18 @@ def test_a_link_inside_the_run_directory_is_refused_before_any_work(tmp_path, li
     assert backend.prompts_seen == [] and list(elsewhere.iterdir()) == []
 
 
+def test_temporaries_a_killed_run_left_are_removed_by_the_next_run(tmp_path):
+    run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    # What `kill -9` in the middle of write_text_atomic leaves behind.
+    stale = [tmp_path / "run" / ".report.html.0123456789abcdef.tmp", tmp_path / "run" / ".config.yaml.fedcba9876543210.tmp"]
+    for path in stale:
+        path.write_text("half a page")
+    (tmp_path / "run" / "notes.tmp").write_text("not ours to delete")
+    run_experiment(config(tmp_path), tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    assert not any(path.exists() for path in stale)
+    assert (tmp_path / "run" / "notes.tmp").exists()
+
+
 # ---- checked before anything is written ------------------------------------------------------------
 
 

@@ -69,6 +69,7 @@ from tuneorprompt.rundir import (
     check_no_links_inside,
     check_not_in_use,
     check_run_dir_is_ours,
+    remove_stale_temporaries,
     terminate_as_interrupt,
     write_text_atomic,
 )
@@ -119,6 +120,8 @@ def run_experiment(
     # the run's store and report.
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir) if rank == 0 else nullcontext(), terminate_as_interrupt():
+        if rank == 0:  # locked: what a killed run left half-written is no one's now
+            remove_stale_temporaries(run_dir)
         store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))
         try:
             for previous in list(store.runs())[-1:]:

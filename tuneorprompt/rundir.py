@@ -47,7 +47,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     # link's target is safe even if one appears between this check and the rename.
     if path.is_symlink():
         raise RunDirError(f"{path} is a symbolic link; refusing to replace it (remove the link and run again)")
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # same folder: a rename, not a copy
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # same folder; see remove_stale_temporaries
     try:
         # O_EXCL never opens an existing name (nor follows a link); 0o666 lets the umask give the
         # file the mode any other new file here would get.
@@ -64,6 +64,20 @@ def write_text_atomic(path: Path, text: str) -> None:
                 f"cannot write {path}: disk full (the previous {path.name}, if any, is unchanged)"
             ) from error
         raise
+
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{16}\.tmp")  # write_text_atomic's temporary file names
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary files `write_text_atomic` left in `run_dir` when a run was killed
+    mid-write (`kill -9` skips its cleanup); returns them. Call it only while holding the run's lock:
+    another run's temporaries are then its own, not in-flight writes."""
+    stale = [Path(entry.path) for entry in os.scandir(run_dir) if entry.is_file(follow_symlinks=False)
+             and _TEMPORARY.fullmatch(entry.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 class RunLock:
