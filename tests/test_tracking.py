@@ -158,6 +158,14 @@ def test_an_experiment_name_and_uri_are_used_as_given(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
 
 
+def test_a_sqlite_uri_in_a_missing_folder_is_refused_before_the_run(tmp_path):
+    missing = tmp_path / "nonexistent" / "dir"
+    config = config_from_dict(tracked_config(tmp_path, uri=f"sqlite:///{missing / 'mlflow.db'}"))
+    with pytest.raises(TrackingError, match=r"^tracking\.uri: .*the folder .*nonexistent/dir does not exist"):
+        run_experiment(config, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    assert not missing.parent.exists() and not (tmp_path / "run").exists()
+
+
 # ---- config and names -----------------------------------------------------------------------------
 
 

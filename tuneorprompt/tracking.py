@@ -72,6 +72,22 @@ def check_tracking(tracking: TrackingConfig | None) -> None:
             f"tracking.backend: mlflow needs the MLflow client ({error.name} is not installed): "
             "pip install 'tuneorprompt[mlflow]'"
         ) from None
+    store = sqlite_store_path(tracking.uri) if tracking.uri else None
+    if store is not None and not store.parent.is_dir():
+        # SQLAlchemy would create the missing folders silently, a typo becoming a new directory tree.
+        raise TrackingError(
+            f"tracking.uri: {for_terminal(mask_credentials(tracking.uri))}: the folder {for_terminal(str(store.parent))} "
+            "does not exist; create it first or fix the path"
+        )
+
+
+def sqlite_store_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///path` URI (`sqlite:////abs/path` absolute, `sqlite:///rel/path` from the
+    working directory); None for another scheme or an in-memory database."""
+    if not uri.lower().startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
 
 
 def tracking_uri(tracking: TrackingConfig, run_dir: Path) -> str:
