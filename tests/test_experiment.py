@@ -384,6 +384,25 @@ def test_a_user_metric_that_raises_names_the_example(tmp_path, monkeypatch):
         run_experiment(raw, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
 
 
+def test_an_edited_user_metric_scores_again_in_the_same_directory(tmp_path, monkeypatch):
+    """A user metric is keyed by its code, not its name: after an edit, a re-run into the same
+    directory reports the new function's numbers, not the stored ones."""
+    import sys
+
+    module = tmp_path / "edited_metric.py"
+    module.write_text("def score(answer, targets):\n    return answer in targets\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # an edit within the same second reads fresh
+    raw = config(tmp_path, metric={"accuracy": "edited_metric:score"}, arms=["baseline"], seeds=[0])
+    first = run_experiment(raw, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    assert 0 < first.report.arms[0].accuracy.value < 1
+
+    module.write_text("def score(answer, targets):\n    return 1.0  # everything counts now\n")
+    monkeypatch.delitem(sys.modules, "edited_metric")  # as a new process would import it
+    second = run_experiment(raw, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    assert second.report.arms[0].accuracy.value == 1.0
+
+
 def test_a_model_that_cannot_be_trained_is_refused_before_any_arm_runs(tmp_path, tiny_gpt2_dir):
     import shutil
 

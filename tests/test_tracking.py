@@ -150,12 +150,33 @@ def test_an_experiment_name_and_uri_are_used_as_given(tmp_path, monkeypatch):
     store.parent.mkdir()
     run_dir = tmp_path / "run"
     (tmp_path / "cwd").mkdir()
-    monkeypatch.chdir(tmp_path / "cwd")  # MLflow puts a new experiment's artifacts in ./mlruns of the working directory
+    monkeypatch.chdir(tmp_path / "cwd")  # nothing may land in the working directory
     run_experiment(tracked_config(tmp_path, uri=f"sqlite:///{store}", experiment="team"), run_dir,
                    backend=ScriptedBackend(answer_by_instruction))
     assert not (run_dir / "mlflow.db").exists()
     _, run = only_run(store.parent, experiment="team")
     assert run.info.status == "FINISHED"
+
+
+def test_a_custom_sqlite_store_keeps_artifacts_beside_it_not_in_the_working_directory(tmp_path, monkeypatch):
+    store = tmp_path / "shared" / "mlflow.db"
+    store.parent.mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    run_experiment(tracked_config(tmp_path, uri=f"sqlite:///{store}"), tmp_path / "run",
+                   backend=ScriptedBackend(answer_by_instruction))
+    client, run = only_run(store.parent)
+    assert run.info.artifact_uri.startswith((store.parent / "mlartifacts").as_uri())
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"report.json", "config.yaml"}
+    assert list((tmp_path / "cwd").iterdir()) == []  # no ./mlruns, nothing else
+
+
+def test_a_sqlite_uri_in_a_missing_folder_is_refused_before_the_run(tmp_path):
+    missing = tmp_path / "nonexistent" / "dir"
+    config = config_from_dict(tracked_config(tmp_path, uri=f"sqlite:///{missing / 'mlflow.db'}"))
+    with pytest.raises(TrackingError, match=r"^tracking\.uri: .*the folder .*nonexistent/dir does not exist"):
+        run_experiment(config, tmp_path / "run", backend=ScriptedBackend(answer_by_instruction))
+    assert not missing.parent.exists() and not (tmp_path / "run").exists()
 
 
 # ---- config and names -----------------------------------------------------------------------------

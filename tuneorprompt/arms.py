@@ -42,6 +42,7 @@ from tuneorprompt.decide import CostEstimate
 from tuneorprompt.evaluate import PROMPTS_SHORTENED, Progress, Scorer, accuracy, evaluate, fit_prompts
 from tuneorprompt.keys import jsonable
 from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
+from tuneorprompt.metrics import user_metric_code
 from tuneorprompt.model import ResolvedModel
 from tuneorprompt.prompts import PlacedInstruction, PromptFormat, PromptRecipe, compile_template
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
@@ -110,11 +111,14 @@ class DevJudge:
         self.protocol_key = protocol_key
         self.progress = progress
         self._instruction: dict[str, InstructionChoice] = {}  # by the base's fingerprint
+        # The scoring settings, and a user metric function's code (built-in metrics keep their keys).
+        code = user_metric_code(config.metric)
+        self._metric = config.metric if code is None else [config.metric, code]
 
     def key(self, recipe: PromptRecipe) -> str:
         """The content key of `recipe`'s dev score (`keys.dev_key`), without the model."""
         prompts = [recipe.build(e) for e in self.task.dev]
-        return keys.dev_key(prompts, [e.targets for e in self.task.dev], self.config.generation, self.config.metric)
+        return keys.dev_key(prompts, [e.targets for e in self.task.dev], self.config.generation, self._metric)
 
     def accuracy(self, system: System, key: str) -> float:
         """Accuracy of `system` on dev; its records are stored under `key`."""

@@ -460,7 +460,9 @@ class TrackingConfig(Strict):
     uri: str | None = Field(
         None,
         description="MLflow tracking URI (http://host:5000, sqlite:///path/mlflow.db, ...). None: a SQLite store in "
-        "the run directory, sqlite:///<run_dir>/mlflow.db, with artifacts under <run_dir>/mlartifacts.",
+        "the run directory, sqlite:///<run_dir>/mlflow.db, with artifacts under <run_dir>/mlartifacts. A new "
+        "experiment in another SQLite store keeps its artifacts in mlartifacts beside that store (its folder must "
+        "exist), in another database under <run_dir>/mlartifacts; a server places them itself.",
     )
     experiment: str | None = Field(
         None, description="MLflow experiment name, created when missing. None: the run's `name`."

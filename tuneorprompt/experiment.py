@@ -57,7 +57,9 @@ from tuneorprompt.keys import (
     protocol_key,
     texts_key,
 )
-from tuneorprompt.metrics import RelevanceScorer, extract_answer, lenient_match, make_matcher
+from tuneorprompt.metrics import (
+    RelevanceScorer, extract_answer, lenient_match, make_matcher, user_metric_code,
+)
 from tuneorprompt.model import ResolvedModel, resolve_model
 from tuneorprompt.progress import make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
@@ -383,6 +385,9 @@ def protocol_record(
         "generation": config.generation.model_dump(mode="json"),
         "metric": config.metric.model_dump(mode="json"),
     }
+    if (code := user_metric_code(config.metric)) is not None:
+        # Only for a user's function, so that built-in metrics keep the keys their results are stored under.
+        record["metric_code"] = code
     if config.metric.choice_by_loglikelihood:
         # Earlier code accepted this flag and generated the answers anyway: this entry keeps the results
         # it stored under the same settings from being read back as label choices.

@@ -7,7 +7,8 @@ rest; the same inputs always give the same key, in any process on any machine.
 This file holds every recipe, one function per stored thing, so a staleness audit reads one file:
   model identity     `fingerprint_files`, `adapter_fingerprint`, `serving_fingerprint`,
                      `served_model_key`, `trained_weights_fingerprint`
-  the protocol       `protocol_key` (model as served, data, prompt, decoding, scoring; `PROTOCOL_VERSION`)
+  the protocol       `protocol_key` (model as served, data, prompt, decoding, scoring; `PROTOCOL_VERSION`),
+                     `user_metric_key` (a user's `module:function` metric, by its code)
   a generation       `generation_key` (serving identity, decoding settings, exact prompt text)
   dev scores         `dev_key` (dev prompts and targets, decoding, scoring), `dev_score_key`,
                      `instruction_choice_key`
@@ -20,10 +21,11 @@ and the version of the store's layout (`STORE_LAYOUT`) beside them.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from tuneorprompt.records import Example, GenerationSettings
 from tuneorprompt.safe_text import mask_credentials
@@ -148,6 +150,20 @@ def protocol_key(record: dict) -> str:
     """What every arm's result depends on (`experiment.protocol_record`, which holds `PROTOCOL_VERSION`),
     without `data_files`: the file hashes are provenance only, the parsed data is what results depend on."""
     return content_key({k: v for k, v in record.items() if k != "data_files"})
+
+
+def user_metric_key(function: Callable) -> str:
+    """A user's metric function (`metric.accuracy: "module:function"`) by its code, not its name: the
+    function's source and the bytes of its module's file (helpers it calls live there too), so editing
+    either scores again instead of reading back the old scores. Built-in metrics are code of this package
+    (`PROTOCOL_VERSION` covers them) and have no such key."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):  # no source to read (a compiled extension, a function made in memory)
+        source = None
+    file = inspect.getsourcefile(function) if source is not None else getattr(inspect.getmodule(function), "__file__", None)
+    module_bytes = file_sha256(Path(file)) if file and Path(file).is_file() else None
+    return content_key(function.__module__, function.__qualname__, source, module_bytes)
 
 
 def config_key(config) -> str:

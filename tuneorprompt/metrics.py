@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tuneorprompt.config import MetricConfig
+from tuneorprompt.keys import user_metric_key
 
 Matcher = Callable[[str, tuple[str, ...]], float]
 
@@ -144,8 +145,8 @@ def _choice_matcher(labels: list[str]) -> Matcher:
     return matcher
 
 
-def _user_matcher(spec: str) -> Matcher:
-    """`module:function`, imported from the Python path; called as function(answer, list_of_targets)."""
+def _user_function(spec: str) -> Callable:
+    """`module:function`, imported from the Python path."""
     module_name, _, function_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -157,6 +158,12 @@ def _user_matcher(spec: str) -> Matcher:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise MetricError(f"metric.accuracy {spec!r}: module {module_name!r} has no function {function_name!r}")
+    return function
+
+
+def _user_matcher(spec: str) -> Matcher:
+    """`module:function`, imported from the Python path; called as function(answer, list_of_targets)."""
+    function = _user_function(spec)
 
     def matcher(answer: str, targets: tuple[str, ...]) -> float:
         called = f"metric.accuracy {spec!r} for answer {answer!r} and targets {list(targets)!r}"
@@ -189,6 +196,14 @@ def make_matcher(config: MetricConfig) -> Matcher:
     if ":" in name:
         return _user_matcher(name)
     raise MetricError(f"unknown matcher {name!r}")
+
+
+def user_metric_code(config: MetricConfig) -> str | None:
+    """The content key of a user's metric function (`keys.user_metric_key`), or None for a built-in
+    metric: the results a user function scored depend on its code, not only on its name."""
+    if ":" not in config.accuracy:  # the built-in names have none (`make_matcher`)
+        return None
+    return user_metric_key(_user_function(config.accuracy))
 
 
 # ---- the lenient view ---------------------------------------------------------------------------------

@@ -72,6 +72,38 @@ def check_tracking(tracking: TrackingConfig | None) -> None:
             f"tracking.backend: mlflow needs the MLflow client ({error.name} is not installed): "
             "pip install 'tuneorprompt[mlflow]'"
         ) from None
+    store = sqlite_store_path(tracking.uri) if tracking.uri else None
+    if store is not None and not store.parent.is_dir():
+        # SQLAlchemy would create the missing folders silently, a typo becoming a new directory tree.
+        raise TrackingError(
+            f"tracking.uri: {for_terminal(mask_credentials(tracking.uri))}: the folder {for_terminal(str(store.parent))} "
+            "does not exist; create it first or fix the path"
+        )
+
+
+def sqlite_store_path(uri: str) -> Path | None:
+    """The file of a `sqlite:///path` URI (`sqlite:////abs/path` absolute, `sqlite:///rel/path` from the
+    working directory); None for another scheme or an in-memory database."""
+    if not uri.lower().startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def artifact_location(uri: str | None, run_dir: Path) -> str | None:
+    """Where a new experiment's artifacts go. MLflow's client would put those of a database store in
+    ./mlruns of whatever directory the run was started from; instead: the run directory's `mlartifacts`
+    for its own store, the folder of a shared SQLite store (`<its folder>/mlartifacts`), the run
+    directory for another database. A server (http, databricks) or a file store places them itself (None)."""
+    if uri is None:
+        return (run_dir.resolve() / "mlartifacts").as_uri()
+    store = sqlite_store_path(uri)
+    if store is not None:
+        return (store.resolve().parent / "mlartifacts").as_uri()
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+        return (run_dir.resolve() / "mlartifacts").as_uri()
+    return None
 
 
 def tracking_uri(tracking: TrackingConfig, run_dir: Path) -> str:
@@ -115,9 +147,7 @@ class Tracker:
             name = tracking.experiment or config.name
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
-                # In the run directory's own store the artifacts go next to it; MLflow's default
-                # would be ./mlruns in whatever directory the run was started from.
-                location = (run_dir.resolve() / "mlartifacts").as_uri() if tracking.uri is None else None
+                location = artifact_location(tracking.uri, run_dir)
                 experiment_id = client.create_experiment(name, artifact_location=location)
             else:
                 experiment_id = experiment.experiment_id
