@@ -6,9 +6,13 @@ runs writing into one directory, and a `kill` (a scheduler's timeout, `docker st
 cleanup Ctrl-C gets.
 
 Symbolic links: the run directory itself, or any folder above it, may be a link (pointing `runs/`
-at a larger disk is ordinary); a link *inside* it where the run writes a file is refused. Such a
-link is either a mistake or a trap planted in a shared directory (`report.html -> ~/.bashrc`),
-and the run has no business replacing it.
+at a larger disk is ordinary); a link *inside* it is refused when the run starts, before any work
+(`check_no_links_inside`), and a whole-file write refuses one too. Such a link is either a mistake
+or a trap planted in a shared directory (`report.html -> ~/.bashrc`, `models -> elsewhere`), and the
+run has no business writing through it.
+
+Whose directory: a run writes only into a directory that is empty, new, or a run directory of ours
+(`check_run_dir_is_ours`), so `--out .` cannot replace a user's own files.
 """
 
 from __future__ import annotations
