@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from tuneorprompt import arms
+from tuneorprompt.config import arm_spec_class
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
 
@@ -47,3 +49,9 @@ class ScriptedBackend:
 
     def release(self) -> None:
         """Nothing to free: the answers are a function."""
+
+
+def family_of(kind: str) -> str:
+    """The family of the arms a config `kind` expands into, read from the arm registry, for tests that
+    build report rows by hand."""
+    return arms._ARM_CLASSES[arm_spec_class(kind)].family

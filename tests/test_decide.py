@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tuneorprompt import decide, stats
-from tuneorprompt.arms import family_of
+from tests.fakes import family_of
 from tuneorprompt.decide import ArmOutcome
 
 N = 200

@@ -18,7 +18,7 @@ import pytest
 from rich.console import Console
 
 from tuneorprompt import stats
-from tuneorprompt.arms import family_of
+from tests.fakes import family_of
 from tuneorprompt.config import config_from_dict
 from tuneorprompt.curves import curve_hint
 from tuneorprompt.data import OverlapReport

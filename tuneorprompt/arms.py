@@ -29,7 +29,6 @@ from tuneorprompt.backends.base import Backend
 from tuneorprompt.backends.cached import CacheCounts, CachedBackend
 from tuneorprompt.config import (
     ArmSpec,
-    arm_spec_class,
     BaselineArm,
     ContextArm,
     ExperimentConfig,
@@ -181,11 +180,6 @@ def arm_kind(cls: type) -> type:
     """Registers an arm class for its `spec_class`: configs with that kind expand into it."""
     _ARM_CLASSES[cls.spec_class] = cls
     return cls
-
-
-def family_of(kind: str) -> Family:
-    """The family of the arms a config `kind` expands into, from the registry."""
-    return _ARM_CLASSES[arm_spec_class(kind)].family
 
 
 def expand_arms(config: ExperimentConfig) -> list[Arm]:
