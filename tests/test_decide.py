@@ -4,6 +4,7 @@ repeated-sampling behaviour is in test_simulation.py."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -72,8 +73,12 @@ def test_recommend_the_cheapest_arm_that_meets_the_target():
     assert result.comparison.difference == pytest.approx(-0.02)
     interval = result.accuracy["few_shot"]
     assert interval.low >= 0.8
-    assert result.reason.startswith("few_shot is the cheapest arm that meets the 80.0% accuracy target")
-    assert f"90.0% (95% CI {interval.low:.1%}-{interval.high:.1%})" in result.reason
+    assert result.status == decide.RECOMMENDED and result.states["few_shot"] == decide.MEETS
+    assert result.headline.startswith(
+        f"Use few_shot: it meets the 80.0% accuracy target at 90.0% (95% CI {interval.low:.1%}-{interval.high:.1%}).")
+    assert result.headline.count(". ") <= 2  # at most three sentences lead
+    assert result.details.startswith("few_shot is the cheapest arm that meets the target")
+    assert result.reason == f"{result.headline} {result.details}"
     assert "6e+09 FLOPs per query, no training" in result.reason
     assert "5e+15 training FLOPs" in result.reason
 
@@ -108,7 +113,9 @@ def test_no_arm_meets_the_target():
     assert result.arm is None and result.runner_up is None and result.comparison is None
     assert result.best == "lora"
     assert result.shortfall == pytest.approx(0.95 - result.accuracy["lora"].low)
-    assert result.reason.startswith("No arm meets the 95.0% accuracy target")
+    assert result.status == decide.UNDECIDED and result.states["lora"] == decide.UNDECIDED
+    assert result.headline.startswith("Undecided: this experiment cannot tell whether lora meets the 95.0% accuracy")
+    assert "No arm meets the target" in result.details
     assert "The most accurate arm is lora: 92.0%" in result.reason
     assert "It is 3.0 points short of the target" in result.reason
     assert result.reason.endswith(hint) and result.hint == hint
@@ -175,7 +182,10 @@ def test_the_lenient_view_never_changes_the_decision():
     with_views = decide.recommend(CHAT, 0.4)
     without = decide.recommend([ArmOutcome(a.name, a.correct, a.per_query_flops, a.one_time_flops) for a in CHAT], 0.4)
     assert with_views.arm == without.arm == "lora"
-    assert with_views.meets_target == without.meets_target and with_views.comparison == without.comparison
+    assert with_views.meets_target == without.meets_target
+    # The same test; only its Holm adjustment differs, as the lenient view adds members to the family.
+    assert with_views.comparison.p_value == without.comparison.p_value
+    assert with_views.comparison.p_adjusted >= without.comparison.p_adjusted
     assert without.prompt_vs_finetune is None  # no families: nothing says which arm is fine-tuned
 
 
@@ -238,3 +248,105 @@ def test_a_context_arm_that_adds_nothing_is_said_so():
 def test_the_lenient_outcomes_must_match_the_strict_ones():
     with pytest.raises(decide.DecisionError, match=r"arm 'x': correct_lenient has shape \(1, 4\), correct \(1, 5\)"):
         ArmOutcome("x", np.ones(5), 1.0, correct_lenient=np.ones(4))
+
+
+# ---- what it would take to decide -------------------------------------------------------------------
+
+
+def right_of(n: int, right: int) -> np.ndarray:
+    return np.r_[np.ones(right), np.zeros(n - right)]
+
+
+def test_an_arm_whose_interval_straddles_the_target_is_undecided_and_the_items_that_would_decide_are_given():
+    # A real case: a plain-prompt model at 77.5% [62.5, 87.7] on 40 items against an 80% target.
+    best = ArmOutcome("few_shot", right_of(40, 31), 1e9, family="prompt", correct_lenient=right_of(40, 33))
+    other = ArmOutcome("baseline", right_of(40, 20), 5e8, family="prompt", correct_lenient=right_of(40, 22))
+    result = decide.recommend([other, best], 0.8)
+    assert result.arm is None and result.status == decide.UNDECIDED
+    assert result.states == {"baseline": decide.FALLS_SHORT, "few_shot": decide.UNDECIDED}
+    needed = result.items_to_decide["few_shot"]
+    assert needed > 40 and result.items_to_decide.keys() == {"few_shot"}
+    assert result.headline.startswith("Undecided: this experiment cannot tell whether few_shot meets the 80.0%")
+    assert f"About {needed:,} test items would decide it (this run has 40)" in result.headline
+    # The lenient view straddles the target too: nothing shows facts are missing.
+    assert "facts are missing" not in result.reason
+
+
+def test_facts_are_missing_only_when_every_lenient_interval_lies_below_the_target():
+    # A served case: 85.0% [64.0, 94.8] on 20 items against 80%: its point estimate reaches the target.
+    arm_85 = ArmOutcome("instruction", right_of(20, 17), 1e9, family="prompt", correct_lenient=right_of(20, 17))
+    result = decide.recommend([arm_85], 0.8)
+    assert result.status == decide.UNDECIDED and "facts are missing" not in result.reason
+    far_below = ArmOutcome("instruction", right_of(200, 60), 1e9, family="prompt", correct_lenient=right_of(200, 70))
+    result = decide.recommend([far_below], 0.8)
+    assert result.status == decide.FALLS_SHORT
+    assert "Even the lenient view falls short (every arm's interval lies below the target), so facts are missing" \
+        in result.hint
+
+
+def test_a_run_where_every_arm_falls_short_states_the_label_forecast_in_its_headline():
+    labels = decide.LabelsForecast("lora", labels_used=400, needed=1800.0, low=1100.0, high=3900.0, level=0.9,
+                                   horizon=10)
+    result = decide.recommend([BASELINE, INSTRUCTION], 0.9, labels_forecast=labels)
+    assert result.status == decide.FALLS_SHORT
+    assert result.headline.startswith("No arm meets the 90.0% accuracy target: the most accurate, instruction")
+    assert ("lora's learning curve forecasts about 1,800 labelled examples to reach it (90% band 1,100 to 3,900; "
+            "400 were used).") in result.headline
+    unreachable = decide.LabelsForecast("lora", 400, None, None, None, 0.9, 10)
+    assert "does not forecast the target within 10x the 400 labels used" in decide.recommend(
+        [BASELINE, INSTRUCTION], 0.9, labels_forecast=unreachable).headline
+
+
+def test_the_verdicts_tests_are_holm_adjusted_as_one_family_and_the_wording_follows_the_adjusted_p():
+    result = decide.recommend(CHAT, 0.4)  # lora recommended; runner-up baseline; versus: instruction and lora
+    versus = result.prompt_vs_finetune
+    tests = [result.comparison, versus.strict, versus.lenient]
+    assert result.runner_up == "baseline" and (versus.prompt_arm, versus.finetuned_arm) == ("instruction", "lora")
+    assert stats.holm([test.p_value for test in tests]) == [test.p_adjusted for test in tests]
+    assert f"Holm-adjusted {versus.lenient.p_adjusted:.3g}" in result.reason
+    # When the runner-up is the best prompt arm, that pair is tested once: one member, one adjusted p-value.
+    result = decide.recommend(CHAT[1:], 0.4)
+    versus = result.prompt_vs_finetune
+    assert result.runner_up == "instruction"
+    assert result.comparison.p_adjusted == versus.strict.p_adjusted
+    assert stats.holm([result.comparison.p_value, versus.lenient.p_value]) == [
+        result.comparison.p_adjusted, versus.lenient.p_adjusted]
+    # A test that is significant raw but not after adjustment is worded as not significant.
+    borderline = replace(result.comparison, p_value=0.03)
+    adjusted, _, _ = decide._holm_family(CHAT[2], CHAT[1], borderline, replace(versus, lenient=replace(
+        versus.lenient, p_value=0.04)), None)
+    assert adjusted.p_adjusted == pytest.approx(0.06) and not adjusted.significant
+
+
+def test_not_significant_is_said_with_the_smallest_difference_the_test_could_detect():
+    result = decide.recommend([FEW_SHOT, LORA], 0.8)
+    assert not result.comparison.significant and result.comparison.detectable is not None
+    assert (f"this test detects a difference of {100 * result.comparison.detectable:.1f} points or more with 80% "
+            "power") in result.details
+
+
+def test_a_cheaper_arm_is_called_as_good_only_when_the_non_inferiority_test_passes():
+    # few_shot (90%) is recommended; lora (92%) is more accurate; 2 points is too close to call at n = 200.
+    result = decide.recommend([FEW_SHOT, LORA], 0.8)
+    ni = result.noninferiority
+    assert ni is not None and not ni.passes and ni.difference == pytest.approx(-0.02)
+    assert "lora is more accurate (+2.0 points), and few_shot is not shown to be within 2.0 points of it" \
+        in result.headline
+    assert "as good as" not in result.headline
+    # With 2,000 items on which the arms differ only on a handful, equivalence within 2 points is shown.
+    cheap = arm("instruction", [right_of(2000, 1700)], 1e9)
+    costly = arm("lora", [right_of(2000, 1704)], 1e9, one_time=5e15)
+    result = decide.recommend([cheap, costly], 0.8)
+    assert result.arm == "instruction" and result.noninferiority.passes
+    assert "It is as good as the most accurate arm, lora, within 2.0 points (non-inferiority p = " in result.headline
+    # The recommended arm that is the most accurate needs no such test.
+    assert decide.recommend([LORA], 0.8).noninferiority is None
+
+
+def test_differences_against_the_recommended_arm_resample_items_and_seeds():
+    result = decide.recommend([BASELINE, INSTRUCTION, FEW_SHOT, LORA], 0.8)
+    assert result.differences.keys() == {"baseline", "instruction", "lora"}
+    versus_lora = result.differences["lora"]
+    assert versus_lora.value == pytest.approx(-0.02) and versus_lora.low < -0.02 < versus_lora.high
+    assert versus_lora.seed_spread is not None  # few_shot's three demo draws disagree
+    assert result.differences["baseline"].value == pytest.approx(0.30)

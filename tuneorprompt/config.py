@@ -419,6 +419,11 @@ ArmEntry = Annotated[SerializeAsAny[ArmSpec], BeforeValidator(_arm_spec)]
 class TargetConfig(Strict):
     accuracy: float = Field(0.8, ge=0, le=1, description="Accuracy the recommended arm must reach (0-1).")
     lenient: bool = Field(False, description="Compare the point estimate, not the lower CI bound, to the target.")
+    margin: float = Field(
+        0.02, ge=0, lt=1,
+        description="Non-inferiority margin (0-1): a cheaper arm is called as good as the most accurate one only "
+                    "when a one-sided paired test shows it is within this many accuracy points of it.",
+    )
 
 
 class CostConfig(Strict):

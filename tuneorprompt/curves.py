@@ -15,6 +15,7 @@ import numpy as np
 from tuneorprompt import stats
 from tuneorprompt.arms import Arm, ArmRun, Baseline, FewShot, FineTune, TaskData
 from tuneorprompt.config import ExperimentConfig, FewShotArm, FineTuneArm
+from tuneorprompt.forecast import forecast_labels
 from tuneorprompt.summary import outcome_matrix
 
 
@@ -50,16 +51,22 @@ def run_learning_curve(
             finetune_arms.append((n, FineTune(main_spec.model_copy(update={"max_train_examples": n}), f"@n={n}")))
 
     new: dict[str, list[ArmRun]] = {}
+    outcomes: dict[str, np.ndarray] = {}  # arm name -> [n_seeds, n_test] correctness, for the forecast
 
     def point(x: int, arm: Arm) -> dict:
         if arm.name not in done and arm.name not in new:  # not a main arm: run it (or read it back) for the curve
             new[arm.name] = run(arm)
         arm_runs = done.get(arm.name) or new[arm.name]
-        interval = stats.accuracy_interval(outcome_matrix([r.records for r in arm_runs], "correct"))
+        outcomes[arm.name] = outcome_matrix([r.records for r in arm_runs], "correct")
+        interval = stats.accuracy_interval(outcomes[arm.name])
         return {"x": x, "arm": arm.name, "accuracy": interval.value, "ci_low": interval.low, "ci_high": interval.high}
 
     prompting = [point(k, arm) for k, arm in few_shot_arms]
     finetuning = [point(n, arm) for n, arm in finetune_arms]
+
+    def label_forecast(points: list[dict]) -> dict:
+        # Zero-shot (x = 0) has no label count to fit; forecast_labels ignores it.
+        return forecast_labels([(p["x"], outcomes[p["arm"]]) for p in points], config.target.accuracy).to_dict()
     crossover = stats.crossover(
         [(p["x"], p["accuracy"]) for p in finetuning], [(p["x"], p["accuracy"]) for p in prompting]
     )
@@ -70,6 +77,8 @@ def run_learning_curve(
         "finetune_kind": curve_config.finetune,
         "crossover": crossover,
         "hint": curve_hint(finetuning),
+        # Where more labels would lead, with a band: training examples for fine-tuning, demos for few-shot.
+        "forecast": {"finetune": label_forecast(finetuning), "few_shot": label_forecast(prompting)},
     }
     return curve, new
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol, Sequence, TypeVar
 
 import numpy as np
@@ -138,16 +138,24 @@ class PromptVsFinetune:
 @dataclass(frozen=True)
 class Recommendation:
     arm: str | None  # the cheapest arm that meets the target; None when none does
-    reason: str  # one paragraph with the numbers
+    status: str  # RECOMMENDED, UNDECIDED (no arm meets and one is undecided) or FALLS_SHORT (every arm does)
+    headline: str  # at most three plain sentences: what to do, how sure, what it costs
+    details: str  # the evidence behind the headline: runner-up, paired tests, views, hints
+    reason: str  # headline and details as one paragraph
     runner_up: str | None  # next costlier arm that also meets the target, else the most accurate other arm
     comparison: PairedTest | None  # arm vs runner_up on the same items (difference = arm - runner_up)
     best: str  # the most accurate arm by point estimate (ties: the cheaper)
     shortfall: float | None  # when no arm meets the target: target minus the best arm's compared figure
     hint: str | None  # when no arm meets the target: what the evidence suggests (`evidence_hints`), else None
     meets_target: dict[str, bool]
+    states: dict[str, str]  # each arm's interval against the target: MEETS, FALLS_SHORT or UNDECIDED
+    items_to_decide: dict[str, int | None]  # undecided arms: test items that would decide (None: no number would)
     accuracy: dict[str, Interval]  # the interval each arm was judged on
+    noninferiority: stats.NonInferiority | None  # the recommended arm against the most accurate, when that is another
+    differences: dict[str, stats.DifferenceInterval]  # the reference arm (recommended, else best) minus each other arm
     order: tuple[str, ...]  # cheapest first
     target: float
+    margin: float  # the non-inferiority margin, accuracy in [0, 1]
     lenient: bool
     level: float
     expected_queries: float | None
@@ -230,6 +238,21 @@ def meets_target(
     return _reaches(stats.accuracy_interval(correct, level=level), target, lenient)
 
 
+# Each arm's interval against the target, and the run's status when no arm meets it.
+MEETS, FALLS_SHORT, UNDECIDED = "meets", "falls short", "undecided"
+RECOMMENDED = "recommended"
+DEFAULT_MARGIN = 0.02  # `target.margin`: 2 accuracy points
+
+
+def target_state(interval: Interval, target: float) -> str:
+    """An arm against the target, read from its whole interval: it meets the target (lower bound at
+    or above it), falls short (upper bound below it), or is undecided (the interval straddles the
+    target: this experiment cannot tell, and more test items would)."""
+    if interval.low >= target:
+        return MEETS
+    return FALLS_SHORT if interval.high < target else UNDECIDED
+
+
 # ---- the recommendation ---------------------------------------------------------------------------
 
 
@@ -238,73 +261,162 @@ def recommend(
     target: float,
     *,
     lenient: bool = False,
+    margin: float = DEFAULT_MARGIN,
     expected_queries: float | None = None,
     level: float = stats.DEFAULT_LEVEL,
     resamples: int = stats.DEFAULT_RESAMPLES,
     seed: int = stats.DEFAULT_SEED,
     learning_curve_hint: str | None = None,
+    labels_forecast: LabelsForecast | None = None,
     order: Sequence[str] | None = None,
 ) -> Recommendation:
-    """The cheapest arm that meets `target`, or None with the best arm and its shortfall.
+    """The cheapest arm that meets `target`, or None with the best arm, its state and what would decide.
 
-    outcomes: every arm scored on the same test items. expected_queries: order arms by total cost
-    at that query volume (see `cost_key`). order: the arms' names cheapest first, as the run
-    estimated them before running (the ladder's order); without it, arms are ordered by the costs in
-    `outcomes`. resamples, seed: for the bootstrap interval of the paired difference.
-    learning_curve_hint: what the learning curve suggests (`curves.curve_hint`); with the other
-    evidence hints, appended to the reason when no arm meets the target.
+    outcomes: every arm scored on the same test items. margin: how far below the most accurate arm
+    a cheaper recommended arm may be and still be called as good (a one-sided non-inferiority test).
+    expected_queries: order arms by total cost at that query volume (see `cost_key`). order: the
+    arms' names cheapest first, as the run estimated them before running (the ladder's order);
+    without it, arms are ordered by the costs in `outcomes`. resamples, seed: for the bootstrap
+    intervals of paired differences. learning_curve_hint: what the learning curve suggests
+    (`curves.curve_hint`); with the other evidence hints, added to the details when no arm meets
+    the target. labels_forecast: the labels the learning curve forecasts to reach the target, stated
+    in the headline when every arm falls short.
     """
     _check_target(target)
+    if not 0 <= margin < 1:
+        raise DecisionError(f"margin = {margin!r}: expected an accuracy difference in [0, 1)")
     _check_arms(outcomes)
     ordered = _in_order(outcomes, order) if order is not None else ladder_order(outcomes, expected_queries)
     accuracy = {arm.name: stats.accuracy_interval(arm.correct, level=level) for arm in ordered}
     meets = {name: _reaches(interval, target, lenient) for name, interval in accuracy.items()}
+    states = {name: target_state(interval, target) for name, interval in accuracy.items()}
+    items = {
+        name: stats.items_to_decide(interval.value, target, level=level)
+        for name, interval in accuracy.items() if states[name] == UNDECIDED
+    }
     best = max(ordered, key=lambda arm: accuracy[arm.name].value)  # max keeps the first (cheapest) of ties
     chosen = next((arm for arm in ordered if meets[arm.name]), None)
-    wording = _Wording(target, lenient, level, expected_queries, accuracy)
-    versus = compare_prompt_and_finetune(ordered, level=level, resamples=resamples, seed=seed)
+    options = dict(level=level, resamples=resamples, seed=seed)
 
-    runner_up = comparison = shortfall = None
+    # Every paired test the verdict words is one family, Holm-adjusted together.
+    runner_up = _runner_up(chosen, ordered, meets, accuracy) if chosen is not None else None
+    comparison = None
+    if runner_up is not None:
+        comparison = stats.paired_accuracy_test(chosen.correct, runner_up.correct, **options)
+    versus = compare_prompt_and_finetune(ordered, **options)
+    retrieval = retrieval_comparison(ordered, **options) if chosen is None else None
+    comparison, versus, retrieval = _holm_family(chosen, runner_up, comparison, versus, retrieval)
+
+    # "The cheaper arm is as good" is a tested claim, not an absent difference.
+    noninferiority = None
+    if chosen is not None and accuracy[best.name].value > accuracy[chosen.name].value:
+        noninferiority = stats.noninferiority_test(chosen.correct, best.correct, margin, level=level)
+    reference = chosen or best
+    differences = {
+        arm.name: stats.paired_difference_interval(reference.correct, arm.correct, **options)
+        for arm in ordered if arm is not reference
+    }
+
+    wording = _Wording(target, lenient, level, margin, expected_queries, accuracy)
+    shortfall = hint = None
     if chosen is not None:
-        runner_up = _runner_up(chosen, ordered, meets, accuracy)
-        if runner_up is not None:
-            comparison = stats.paired_accuracy_test(
-                chosen.correct, runner_up.correct, level=level, resamples=resamples, seed=seed
-            )
-        reason = wording.chosen_reason(chosen, runner_up, comparison, meets)
-        hint = None
+        status = RECOMMENDED
+        headline = wording.recommended_headline(chosen, best, noninferiority)
+        details = [wording.runner_up_sentences(chosen, runner_up, comparison, meets)]
+        details += wording.undecided_cheaper(ordered[:ordered.index(chosen)], states, items)
     else:
         shortfall = target - _judged(accuracy[best.name], lenient)
-        reason = wording.none_reason(best, shortfall)
-        hints = evidence_hints(ordered, versus, target, lenient=lenient, level=level, resamples=resamples, seed=seed)
+        undecided = [arm for arm in ordered if states[arm.name] == UNDECIDED]
+        if undecided:
+            status = UNDECIDED
+            focus = max(undecided, key=lambda arm: accuracy[arm.name].value)
+            headline = wording.undecided_headline(focus, items[focus.name], n_items=best.correct.shape[1])
+        else:
+            status = FALLS_SHORT
+            headline = wording.short_headline(best, labels_forecast)
+        details = [wording.none_details(best, shortfall)]
+        hints = evidence_hints(ordered, versus, retrieval, target, lenient=lenient, level=level)
         hint = " ".join(hints + ([learning_curve_hint] if learning_curve_hint else [])) or None
     if versus is not None:
         # Stated whatever the decision: a reader weighing prompt against fine-tuning needs both views.
         stated = {chosen.name, runner_up.name} if comparison is not None else set()
         repeat_strict = {versus.prompt_arm, versus.finetuned_arm} != stated
-        reason += " " + wording.versus_sentences(versus, repeat_strict=repeat_strict)
-        reason += _chosen_split(chosen, versus, ordered)
+        details.append(wording.versus_sentences(versus, repeat_strict=repeat_strict))
+        details.append(_chosen_split(chosen, versus, ordered))
     if hint:
-        reason += " " + hint
+        details.append(hint)
+    details_text = " ".join(sentence for sentence in details if sentence)
 
     return Recommendation(
         arm=chosen.name if chosen else None,
-        reason=reason,
+        status=status,
+        headline=headline,
+        details=details_text,
+        reason=f"{headline} {details_text}".strip(),
         runner_up=runner_up.name if runner_up else None,
         comparison=comparison,
         best=best.name,
         shortfall=shortfall,
         hint=hint,
         meets_target=meets,
+        states=states,
+        items_to_decide=items,
         accuracy=accuracy,
+        noninferiority=noninferiority,
+        differences=differences,
         order=tuple(arm.name for arm in ordered),
         target=target,
+        margin=margin,
         lenient=lenient,
         level=level,
         expected_queries=expected_queries,
         prompt_vs_finetune=versus,
         cost_basis=cost_basis(outcomes),
     )
+
+
+def _holm_family(
+    chosen: ArmOutcome | None,
+    runner_up: ArmOutcome | None,
+    comparison: PairedTest | None,
+    versus: PromptVsFinetune | None,
+    retrieval: RetrievalComparison | None,
+) -> tuple[PairedTest | None, PromptVsFinetune | None, RetrievalComparison | None]:
+    """The verdict's paired tests with Holm-adjusted p-values (Holm 1979), `significant` read from
+    the adjusted one. The family is every distinct test the verdict words: the recommended arm
+    against its runner-up, best prompt against best fine-tuned arm in each view, retrieval against
+    the best other prompt arm. A pair tested twice in one view (the runner-up is the prompt/fine-tune
+    pair) is one member: the same items, the same p-value."""
+    members: dict[tuple, PairedTest] = {}
+
+    def member(names: set[str], view: str, test: PairedTest | None) -> tuple | None:
+        if test is None:
+            return None
+        key = (frozenset(names), view)
+        members.setdefault(key, test)
+        return key
+
+    comparison_key = member({chosen.name, runner_up.name}, "strict", comparison) if runner_up else None
+    versus_keys = (None, None)
+    if versus is not None:
+        pair = {versus.prompt_arm, versus.finetuned_arm}
+        versus_keys = (member(pair, "strict", versus.strict), member(pair, "lenient", versus.lenient))
+    retrieval_key = None
+    if retrieval is not None:
+        retrieval_key = member({retrieval.context_arm, retrieval.other_arm}, "lenient", retrieval.test)
+    adjusted = dict(zip(members, stats.holm([test.p_value for test in members.values()])))
+
+    def adjust(test: PairedTest | None, key: tuple | None) -> PairedTest | None:
+        if test is None:
+            return None
+        p_adjusted = adjusted[key]
+        return replace(test, p_adjusted=p_adjusted, significant=bool(p_adjusted < 1 - test.level))
+
+    if versus is not None:
+        versus = replace(versus, strict=adjust(versus.strict, versus_keys[0]), lenient=adjust(versus.lenient, versus_keys[1]))
+    if retrieval is not None:
+        retrieval = replace(retrieval, test=adjust(retrieval.test, retrieval_key))
+    return adjust(comparison, comparison_key), versus, retrieval
 
 
 def _chosen_split(chosen: ArmOutcome | None, versus: PromptVsFinetune, ordered: Sequence[ArmOutcome]) -> str:
@@ -419,29 +531,58 @@ def split_sentence(tuned: str, prompt: str, gain: float, content: float) -> str:
 # ---- what the evidence suggests when no arm meets the target ------------------------------------
 
 
+@dataclass(frozen=True)
+class RetrievalComparison:
+    """The best context arm against the best other prompt arm, in the lenient view: does retrieval
+    supply facts the replies lacked?"""
+
+    context_arm: str
+    other_arm: str
+    test: PairedTest  # context minus other, lenient view
+
+
+def retrieval_comparison(
+    ordered: Sequence[ArmOutcome],
+    *,
+    level: float = stats.DEFAULT_LEVEL,
+    resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = stats.DEFAULT_SEED,
+) -> RetrievalComparison | None:
+    """None unless the lenient view was scored and both a context arm and another prompt arm ran."""
+    scored = [arm for arm in ordered if arm.correct_lenient is not None]
+    context = most_accurate([arm for arm in scored if arm.family == "retrieval"])
+    other = most_accurate([arm for arm in scored if arm.family == "prompt"])
+    if context is None or other is None:
+        return None
+    test = stats.paired_accuracy_test(
+        context.correct_lenient, other.correct_lenient, level=level, resamples=resamples, seed=seed
+    )
+    return RetrievalComparison(context.name, other.name, test)
+
+
 def evidence_hints(
     ordered: Sequence[ArmOutcome],
     versus: PromptVsFinetune | None,
+    retrieval: RetrievalComparison | None,
     target: float,
     *,
     lenient: bool = False,
     level: float = stats.DEFAULT_LEVEL,
-    resamples: int = stats.DEFAULT_RESAMPLES,
-    seed: int = stats.DEFAULT_SEED,
 ) -> list[str]:
     """Sentences on why no arm meets the target, each from one piece of evidence, most telling
     first: a format problem (the lenient view sees far more right answers), what fine-tuning learned
-    (format or facts), and whether retrieval supplies the missing facts. Empty without the lenient view.
-    (`lenient` here is the target rule's: compare the point estimate, not the lower bound.)"""
+    (format or facts), and whether retrieval supplies the missing facts. Empty without the lenient
+    view. No sentence names a cause the numbers do not show: "facts are missing" needs every arm's
+    lenient interval to lie wholly below the target. (`lenient` here is the target rule's: compare
+    the point estimate, not the lower bound.)"""
     scored = [arm for arm in ordered if arm.correct_lenient is not None]
     if not scored:
         return []
     hints = [_format_hint(scored, target, lenient, level)]
     if versus is not None and versus.lenient is not None:
         hints.append(_finetune_hint(versus, level))
-    hints.append(_retrieval_hint(scored, target, lenient, level, resamples, seed))
+    hints.append(_retrieval_hint(scored, retrieval, target, level))
     return [hint for hint in hints if hint]
-
 
 def _format_hint(scored: Sequence[ArmOutcome], target: float, lenient: bool, level: float) -> str | None:
     """The arm with the widest lenient-over-strict gap, when it exceeds VIEW_GAP."""
@@ -469,57 +610,55 @@ def _finetune_hint(versus: PromptVsFinetune, level: float) -> str:
     if test.significant and test.difference > 0:
         return (
             f"Fine-tuning learned content: {tuned} is right on {_points(test.difference)} more replies than "
-            f"{prompt} in the lenient view (p = {test.p_value:.3g}); more training data may add more."
+            f"{prompt} in the lenient view ({_p(test)}); more training data may add more."
         )
     if test.significant:
         return (
             f"Fine-tuning lost content: {tuned} is right on {100 * -test.difference:.1f} points fewer replies than {prompt} "
-            f"in the lenient view (p = {test.p_value:.3g}); training on this data with these settings degraded "
+            f"in the lenient view ({_p(test)}); training on this data with these settings degraded "
             "what the model knew (a smaller learning rate, fewer epochs or more data may avoid it)."
         )
     learned = "mostly the answer format" if versus.gain > VIEW_GAP else "neither format nor facts measurably"
     return (
         f"Fine-tuning taught {learned}: {tuned} minus {prompt} is {_points(versus.gain)} strict but "
-        f"{_points(test.difference)} lenient (no significant content gain at {level:.0%}, p = {test.p_value:.3g}), "
+        f"{_points(test.difference)} lenient (no significant content gain at {level:.0%}, {_p(test)}{_detectable(test)}), "
         "so it did not supply the missing facts."
     )
 
 
 def _retrieval_hint(
-    scored: Sequence[ArmOutcome], target: float, lenient: bool, level: float, resamples: int, seed: int
+    scored: Sequence[ArmOutcome], retrieval: RetrievalComparison | None, target: float, level: float
 ) -> str | None:
-    """A `context` arm's lenient gain over the best other prompt arm shows whether retrieval
-    supplies facts; without one, suggest it when the replies lack content (lenient view short too)."""
-    context = most_accurate([arm for arm in scored if arm.family == "retrieval"])
-    others = most_accurate([arm for arm in scored if arm.family == "prompt"])
-    if context is None:
-        content_short = not any(
-            _reaches(stats.accuracy_interval(arm.correct_lenient, level=level), target, lenient) for arm in scored
+    """A context arm's lenient gain over the best other prompt arm shows whether retrieval supplies
+    facts; without one, suggest it only when the replies lack content beyond doubt: every arm's
+    lenient upper bound below the target."""
+    if not any(arm.family == "retrieval" for arm in scored):
+        content_short = all(
+            target_state(stats.accuracy_interval(arm.correct_lenient, level=level), target) == FALLS_SHORT
+            for arm in scored
         )
         return (
-            "Even the lenient view falls short, so facts are missing: a context arm (passages from data.corpus "
-            "in the prompt) would show whether retrieval can supply them."
+            "Even the lenient view falls short (every arm's interval lies below the target), so facts are missing: "
+            "a context arm (passages from data.corpus in the prompt) would show whether retrieval can supply them."
         ) if content_short else None
-    if others is None:
+    if retrieval is None:
         return None
-    test = stats.paired_accuracy_test(
-        context.correct_lenient, others.correct_lenient, level=level, resamples=resamples, seed=seed
-    )
+    context, other, test = retrieval.context_arm, retrieval.other_arm, retrieval.test
     if test.significant and test.difference > 0:
         return (
-            f"Retrieval supplies facts: {context.name} is {_points(test.difference)} ahead of {others.name} in the "
-            f"lenient view (p = {test.p_value:.3g}); a better corpus or more passages may add more."
+            f"Retrieval supplies facts: {context} is {_points(test.difference)} ahead of {other} in the "
+            f"lenient view ({_p(test)}); a better corpus or more passages may add more."
         )
     if test.significant:
         return (
-            f"Retrieval hurt: {context.name} is {100 * -test.difference:.1f} points behind {others.name} in the "
-            f"lenient view (p = {test.p_value:.3g}); the passages retrieved may be the wrong ones and mislead the "
+            f"Retrieval hurt: {context} is {100 * -test.difference:.1f} points behind {other} in the "
+            f"lenient view ({_p(test)}); the passages retrieved may be the wrong ones and mislead the "
             "model (look at the context arm's prompts in the store)."
         )
     return (
-        f"Retrieval did not supply measurable facts: {context.name} minus {others.name} is "
-        f"{_points(test.difference)} in the lenient view (p = {test.p_value:.3g}); the corpus may lack the "
-        "answers, or the retriever may miss them."
+        f"Retrieval did not supply measurable facts: {context} minus {other} is "
+        f"{_points(test.difference)} in the lenient view ({_p(test)}{_detectable(test)}); the corpus may lack "
+        "the answers, or the retriever may miss them."
     )
 
 
@@ -530,6 +669,45 @@ def _points(fraction: float) -> str:
     return f"{100 * fraction:+.1f} points"
 
 
+def _p(test: PairedTest) -> str:
+    """The raw p-value, and the Holm-adjusted one the wording follows when the test is in a family."""
+    if test.p_adjusted is None:
+        return f"p = {test.p_value:.3g}"
+    return f"p = {test.p_value:.3g}, Holm-adjusted {test.p_adjusted:.3g}"
+
+
+def _detectable(test: PairedTest) -> str:
+    """What a test without a significant result could have seen: "not significant" with its size."""
+    if test.significant:
+        return ""
+    if test.detectable is None:
+        return "; too few items differ between the arms for this test to detect any difference"
+    return f"; this test detects a difference of {100 * test.detectable:.1f} points or more with 80% power"
+
+
+@dataclass(frozen=True)
+class LabelsForecast:
+    """The labelled examples the learning curve forecasts to reach the target (`forecast.forecast_labels`),
+    as the verdict states it."""
+
+    arm: str  # the arm whose learning curve was fitted, e.g. "lora"
+    labels_used: int  # the largest label count measured
+    needed: float | None  # labels forecast to reach the target; None: not within `horizon` times labels_used
+    low: float | None  # the band's ends; None where that end does not reach the target within the horizon
+    high: float | None
+    level: float  # the band's level, e.g. 0.9
+    horizon: float  # how far the forecast extrapolates, as a multiple of labels_used
+
+    def sentence(self) -> str:
+        if self.needed is None:
+            return (f"{self.arm}'s learning curve does not forecast the target within {self.horizon:g}x the "
+                    f"{self.labels_used} labels used: more labels of this kind are unlikely to reach it.")
+        band = (f"{self.level:.0%} band {self.low:,.0f} to {self.high:,.0f}" if self.high is not None
+                else f"{self.level:.0%} band from {self.low:,.0f} to beyond {self.horizon:g}x")
+        return (f"{self.arm}'s learning curve forecasts about {self.needed:,.0f} labelled examples to reach it "
+                f"({band}; {self.labels_used} were used).")
+
+
 @dataclass(frozen=True)
 class _Wording:
     """The decision's settings, for the sentences that state it."""
@@ -537,6 +715,7 @@ class _Wording:
     target: float
     lenient: bool
     level: float
+    margin: float
     expected_queries: float | None
     accuracy: dict[str, Interval]
 
@@ -561,13 +740,52 @@ class _Wording:
             parts.append(f"{total:.3g} FLOPs in total over {self.expected_queries:g} queries")
         return ", ".join(parts)
 
-    def chosen_reason(
+    # -- the headline: what to do, how sure, what it costs --
+
+    def recommended_headline(
+        self, chosen: ArmOutcome, best: ArmOutcome, noninferiority: stats.NonInferiority | None
+    ) -> str:
+        how = "its point estimate reaches" if self.lenient else "it meets"
+        first = f"Use {chosen.name}: {how} the {self.target:.1%} accuracy target at {self.figures(chosen)}."
+        margin = f"{100 * self.margin:.1f} points"
+        if noninferiority is None:
+            second = "It is the most accurate arm measured."
+        elif noninferiority.passes:
+            second = (f"It is as good as the most accurate arm, {best.name}, within {margin} "
+                      f"(non-inferiority p = {noninferiority.p_value:.3g}).")
+        else:
+            second = (f"{best.name} is more accurate ({_points(-noninferiority.difference)}), and {chosen.name} is not "
+                      f"shown to be within {margin} of it (non-inferiority p = {noninferiority.p_value:.3g}; this "
+                      f"test had {noninferiority.power:.0%} power were the arms equal): prefer {best.name} if "
+                      "accuracy above the target is worth its cost.")
+        return f"{first} {second} Cost: {self.cost(chosen)}."
+
+    def undecided_headline(self, arm: ArmOutcome, items: int | None, n_items: int) -> str:
+        first = (f"Undecided: this experiment cannot tell whether {arm.name} meets the {self.target:.1%} accuracy "
+                 f"target; its {self.figures(arm)} straddles it.")
+        if items is None:
+            second = ("No number of test items would decide it: its accuracy is at the target itself.")
+        else:
+            second = (f"About {items:,} test items would decide it (this run has {n_items:,}), with 80% probability "
+                      f"at its observed rate ({stats.ITEMS_TO_DECIDE_METHOD}).")
+        return f"{first} {second} Cost: {self.cost(arm)}."
+
+    def short_headline(self, best: ArmOutcome, labels: LabelsForecast | None) -> str:
+        interval = self.accuracy[best.name]
+        first = (f"No arm meets the {self.target:.1%} accuracy target: the most accurate, {best.name}, reaches "
+                 f"{self.figures(best)}, wholly below it.")
+        if labels is not None:
+            second = labels.sentence()
+        else:
+            second = f"It is {100 * (self.target - interval.value):.1f} points short."
+        return f"{first} {second} Cost: {self.cost(best)}."
+
+    # -- the details --
+
+    def runner_up_sentences(
         self, chosen: ArmOutcome, runner_up: ArmOutcome | None, test: PairedTest | None, meets: dict[str, bool]
     ) -> str:
-        reason = (
-            f"{chosen.name} is the cheapest arm that meets the {self.target:.1%} accuracy target "
-            f"({self.criterion}): accuracy {self.figures(chosen)}; cost: {self.cost(chosen)}."
-        )
+        reason = f"{chosen.name} is the cheapest arm that meets the target ({self.criterion})."
         if runner_up is None or test is None:
             return reason + " It is the only arm."
         role = "the next costlier arm that also meets the target" if meets[runner_up.name] else (
@@ -576,35 +794,22 @@ class _Wording:
         reason += f" Runner-up: {runner_up.name}, {role}: {self.figures(runner_up)}; cost: {self.cost(runner_up)}."
         return reason + " " + self.comparison_sentence(chosen.name, runner_up.name, test)
 
-    def comparison_sentence(self, name: str, other: str, test: PairedTest) -> str:
-        evidence = (
-            f"{name} minus {other} = {_points(test.difference)}, {self.level:.0%} CI "
-            f"{_points(test.diff_low)} to {_points(test.diff_high)}; "
-            f"{'McNemar exact' if test.test == 'mcnemar' else 'clustered McNemar'} p = {test.p_value:.3g}"
+    def undecided_cheaper(self, cheaper: Sequence[ArmOutcome], states: dict[str, str],
+                          items: dict[str, int | None]) -> list[str]:
+        """Cheaper arms this run could not judge: a few more test items might show one meets the target too."""
+        undecided = [arm for arm in cheaper if states[arm.name] == UNDECIDED]
+        if not undecided:
+            return []
+        named = "; ".join(
+            f"{arm.name} at {self.figures(arm)}"
+            + (f", about {items[arm.name]:,} test items would decide it" if items[arm.name] is not None else "")
+            for arm in undecided
         )
-        if not test.significant:
-            return f"No significant difference in accuracy between {name} and {other} at {self.level:.0%} ({evidence})."
-        winner, loser = (name, other) if test.difference > 0 else (other, name)
-        return f"{winner} is significantly more accurate than {loser} at {self.level:.0%} ({evidence})."
+        return [f"Cheaper but undecided (their intervals straddle the target): {named}."]
 
-    def versus_sentences(self, versus: PromptVsFinetune, repeat_strict: bool = True) -> str:
-        """The prompt-vs-fine-tune test in both views, and how the strict gain splits into format and
-        content. repeat_strict: False when the reason has already stated this very strict test."""
-        tuned, prompt = versus.finetuned_arm, versus.prompt_arm
-        sentences = [f"Best prompt arm against best fine-tuned arm: {prompt} and {tuned}."]
-        if repeat_strict:
-            sentences.append("Strict view: " + self.comparison_sentence(tuned, prompt, versus.strict))
-        if versus.lenient is not None:
-            sentences.append("Lenient view: " + self.comparison_sentence(tuned, prompt, versus.lenient))
-            sentences.append(split_sentence(tuned, prompt, versus.gain, versus.content))
-        return " ".join(sentences)
-
-    def none_reason(self, best: ArmOutcome, shortfall: float) -> str:
+    def none_details(self, best: ArmOutcome, shortfall: float) -> str:
         interval = self.accuracy[best.name]
-        reason = (
-            f"No arm meets the {self.target:.1%} accuracy target ({self.criterion}). "
-            f"The most accurate arm is {best.name}: {self.figures(best)}; cost: {self.cost(best)}. "
-        )
+        reason = f"No arm meets the target ({self.criterion}). The most accurate arm is {best.name}: {self.figures(best)}. "
         if self.lenient:
             return reason + f"It is {100 * shortfall:.1f} points short of the target."
         if interval.value < self.target:
@@ -616,3 +821,27 @@ class _Wording:
             f"Its point estimate reaches the target, but its lower bound is {100 * shortfall:.1f} points short; "
             "more test items would narrow the interval."
         )
+
+    def comparison_sentence(self, name: str, other: str, test: PairedTest) -> str:
+        evidence = (
+            f"{name} minus {other} = {_points(test.difference)}, {self.level:.0%} CI "
+            f"{_points(test.diff_low)} to {_points(test.diff_high)}; "
+            f"{'McNemar exact' if test.test == 'mcnemar' else 'clustered McNemar'} {_p(test)}"
+        )
+        if not test.significant:
+            return (f"No significant difference in accuracy between {name} and {other} at {self.level:.0%} "
+                    f"({evidence}{_detectable(test)}).")
+        winner, loser = (name, other) if test.difference > 0 else (other, name)
+        return f"{winner} is significantly more accurate than {loser} at {self.level:.0%} ({evidence})."
+
+    def versus_sentences(self, versus: PromptVsFinetune, repeat_strict: bool = True) -> str:
+        """The prompt-vs-fine-tune test in both views, and how the strict gain splits into format and
+        content. repeat_strict: False when the details have already stated this very strict test."""
+        tuned, prompt = versus.finetuned_arm, versus.prompt_arm
+        sentences = [f"Best prompt arm against best fine-tuned arm: {prompt} and {tuned}."]
+        if repeat_strict:
+            sentences.append("Strict view: " + self.comparison_sentence(tuned, prompt, versus.strict))
+        if versus.lenient is not None:
+            sentences.append("Lenient view: " + self.comparison_sentence(tuned, prompt, versus.lenient))
+            sentences.append(split_sentence(tuned, prompt, versus.gain, versus.content))
+        return " ".join(sentences)

@@ -21,8 +21,10 @@ from typing import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import optimize as scipy_optimize
 from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 DEFAULT_LEVEL = 0.95
@@ -32,6 +34,9 @@ DEFAULT_LEVEL = 0.95
 DEFAULT_RESAMPLES = 2000
 # Fixed so that the same records always give the same bootstrap interval and p-value.
 DEFAULT_SEED = 0
+# The power at which "the test items that would decide" and "the smallest detectable difference"
+# are stated: the conventional 80% (Cohen 1988).
+DEFAULT_POWER = 0.8
 
 
 class StatsError(ValueError):
@@ -64,6 +69,10 @@ class PairedTest:
     n_items: int
     n_a_better: int  # items whose seed-mean outcome is higher under a (the discordant pairs a wins)
     n_b_better: int
+    # The smallest |difference| this test detects with 80% power at this n and the observed
+    # discordance (`detectable_difference`); None when too few items differ for it to detect any.
+    detectable: float | None = None
+    p_adjusted: float | None = None  # Holm-adjusted within the family of tests it was reported with (`holm`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -224,6 +233,7 @@ def _paired_test(
         n_items=int(differences.size),
         n_a_better=int((differences > 0).sum()),
         n_b_better=int((differences < 0).sum()),
+        detectable=detectable_difference(test, differences, level),
     )
 
 
@@ -306,6 +316,274 @@ def paired_bootstrap_test(
         extreme = np.abs(distribution - observed) >= abs(observed)
         p_value = (1 + extreme.sum()) / (resamples + 1)
     return _paired_test("paired_bootstrap", differences, p_value, level, resamples, seed)
+
+
+# ---- what it would take to decide ------------------------------------------------------------------
+
+ITEMS_TO_DECIDE_METHOD = "Wilson interval, exact binomial probability"
+
+
+def decide_probability(rate: float, target: float, n_items: int, level: float = DEFAULT_LEVEL) -> float:
+    """The probability that an experiment of `n_items` test items, each right with probability `rate`,
+    gives a Wilson `level` interval clear of `target`: wholly at or above it (meets) or below it
+    (falls short). Exact: the binomial probabilities of the counts whose interval is clear."""
+    counts = np.arange(n_items + 1)
+    low, high = proportion_confint(counts, n_items, alpha=1 - level, method="wilson")
+    decided = (low >= target) | (high < target)
+    return float(scipy_stats.binom.pmf(counts[decided], n_items, rate).sum())
+
+
+def items_to_decide(
+    rate: float,
+    target: float,
+    level: float = DEFAULT_LEVEL,
+    power: float = DEFAULT_POWER,
+    max_items: int = 1_000_000,
+) -> int | None:
+    """How many test items would decide whether an arm of accuracy `rate` (the observed one) meets
+    `target`: the smallest n found at which `decide_probability` reaches `power`. None when no n up
+    to `max_items` does (a rate at, or within a hair of, the target).
+
+    `decide_probability` rises with n but saw-tooths (the binomial is discrete), so "the smallest
+    n" is found by bisection between an n below `power` and one above it, doubling up from 1: at
+    the n returned the probability is at least `power` (computed exactly), and the n before it is
+    below. A few items more can dip back under `power` by a fraction of a percent.
+
+    The arm is treated as one 0/1 outcome per item. With several seeds an item's seed mean varies
+    less than one outcome, so the figure is, if anything, more than needed.
+    """
+    _check_level(level)
+    if not (0 <= rate <= 1 and 0 <= target <= 1 and 0 < power < 1):
+        raise StatsError(f"items_to_decide(rate={rate!r}, target={target!r}, power={power!r}): expected rates in "
+                         "[0, 1] and a power strictly between 0 and 1")
+    if rate == target:
+        return None
+    low, high = 0, 1
+    while decide_probability(rate, target, high, level) < power:
+        if high >= max_items:
+            return None
+        low, high = high, min(2 * high, max_items)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if decide_probability(rate, target, middle, level) >= power:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def detectable_difference(
+    test: str, differences: np.ndarray, level: float = DEFAULT_LEVEL, power: float = DEFAULT_POWER
+) -> float | None:
+    """The smallest |mean difference| a paired test over these items detects with probability
+    `power`, given the number of items and how much they differ (`differences` `[n_items]`, a minus b
+    per item). Units are those of `differences` (accuracy in [0, 1]; relevance in its own).
+
+    - "mcnemar" (exact): conditional on the m discordant items, the test is a two-sided binomial
+      test of m trials at 1/2 (statsmodels' exact McNemar). Its power at a share pi of discordant
+      items won by one arm is exact; the smallest pi with that power gives a difference of
+      (2 pi - 1) m / n. None when even pi = 1 would be rejected less often than `power` (with m <= 5
+      discordant items, no split is significant at 95%).
+    - "mcnemar_clustered" and "paired_bootstrap": the normal approximation
+      (z_{1-alpha/2} + z_power) * sd(d) / sqrt(n), with the observed sd of the per-item
+      differences (Chow, Shao & Wang 2008, Sample Size Calculations in Clinical Research, 3.1).
+      None when the items do not differ at all.
+    """
+    n_items = differences.size
+    alpha = 1 - level
+    if test == "mcnemar":
+        discordant = int(np.count_nonzero(differences))
+        if discordant == 0:
+            return None
+        wins = np.arange(discordant + 1)
+        p_values = np.minimum(1.0, 2 * np.minimum(scipy_stats.binom.cdf(wins, discordant, 0.5),
+                                                  scipy_stats.binom.sf(wins - 1, discordant, 0.5)))
+        rejected = wins[p_values < alpha]
+
+        def power_at(share: float) -> float:
+            return float(scipy_stats.binom.pmf(rejected, discordant, share).sum())
+
+        if power_at(1.0) < power:
+            return None
+        share = scipy_optimize.brentq(lambda pi: power_at(pi) - power, 0.5, 1.0, xtol=1e-9)
+        return float((2 * share - 1) * discordant / n_items)
+    spread = float(differences.std(ddof=1)) if n_items > 1 else 0.0
+    if spread == 0:
+        return None
+    z = scipy_stats.norm.isf(alpha / 2) + scipy_stats.norm.isf(1 - power)
+    return float(z * spread / math.sqrt(n_items))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's (1979) step-down adjustment of a family of p-values, in the order given
+    (statsmodels `multipletests`): controls the chance of any false positive in the family."""
+    values = [float(p) for p in p_values]
+    for index, p in enumerate(values):
+        if not 0 <= p <= 1:
+            raise StatsError(f"p_values[{index}] = {p!r}: expected a probability in [0, 1]")
+    if not values:
+        return []
+    return [float(p) for p in multipletests(values, method="holm")[1]]
+
+
+@dataclass(frozen=True)
+class NonInferiority:
+    """Is the cheaper arm within `margin` of the better one? One-sided, H0: difference <= -margin."""
+
+    test: str  # "tango_score" (0/1 items) or "paired_t" (seed means)
+    difference: float  # accuracy of the cheaper arm minus the better one, in [0, 1] units
+    lower: float  # one-sided `level` lower confidence bound of the difference
+    margin: float
+    p_value: float  # one-sided
+    passes: bool  # p_value < 1 - level: the cheaper arm is shown to be within the margin
+    level: float
+    n_items: int
+    power: float  # this test's power were the arms equal, at this n and the observed discordance
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _tango_null_variance(wins: int, losses: int, n_items: int, null: float) -> float:
+    """The variance of the observed difference of paired proportions under H0: p10 - p01 = `null`
+    (Tango 1998, Stat Med 17:891), where p10 is the share of items only the first arm gets right
+    (`wins` of them) and p01 the reverse (`losses`). p01 is its maximum likelihood estimate under H0,
+    the root of 2n x^2 + (-(w + l) + null (2n - w + l)) x - l null (1 - null) = 0."""
+    a = 2.0 * n_items
+    b = -(wins + losses) + null * (2 * n_items - wins + losses)
+    c = -losses * null * (1 - null)
+    p01 = (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
+    return (2 * p01 + null * (1 - null)) / n_items
+
+
+def _tango_statistic(wins: int, losses: int, n_items: int, null: float) -> float:
+    """Tango's score statistic for H0: p10 - p01 = `null` (see `_tango_null_variance`)."""
+    variance = _tango_null_variance(wins, losses, n_items, null)
+    observed = (wins - losses) / n_items
+    if variance <= 0:
+        return math.inf if observed > null else (-math.inf if observed < null else 0.0)
+    return (observed - null) / math.sqrt(variance)
+
+
+def noninferiority_test(
+    cheaper: ArrayLike, better: ArrayLike, margin: float, level: float = DEFAULT_LEVEL, power: float = DEFAULT_POWER
+) -> NonInferiority:
+    """Is `cheaper` (`[n_seeds, n_items]`) at most `margin` less accurate than `better` on the same items?
+
+    - Every item's seed mean 0 or 1 in both arms: Tango's (1998) score test for the difference of
+      paired proportions, the standard non-inferiority test for matched binary data (Liu et al.
+      2002, Stat Med 21:1011); its lower bound is the score interval's, found by inverting the test.
+      Power at equal accuracy with the observed discordance q: the normal approximation
+      Phi((margin sqrt(n) - z sigma_0) / sqrt(q)), sigma_0 from the restricted estimate.
+    - Otherwise (several seeds disagree, or fractional scores): a one-sided paired t-test of the
+      per-item differences against -margin; power from the noncentral t at the observed sd.
+
+    The null is "cheaper is worse by the margin or more"; passing rejects it at 1 - `level`
+    (one-sided 5% at 95%), so a cheaper arm truly 2 margins worse passes in at most ~5% of runs.
+    """
+    _check_level(level)
+    if not 0 <= margin < 1:
+        raise StatsError(f"margin = {margin!r}: expected an accuracy difference in [0, 1)")
+    cheaper_matrix, better_matrix = _paired_matrices(cheaper, better, unit_interval=True)
+    cheaper_items, better_items = cheaper_matrix.mean(axis=0), better_matrix.mean(axis=0)
+    differences = cheaper_items - better_items
+    n_items = differences.size
+    difference = float(differences.mean())
+    alpha = 1 - level
+    if _is_binary(cheaper_items) and _is_binary(better_items):
+        wins, losses = int((differences > 0).sum()), int((differences < 0).sum())
+        statistic = _tango_statistic(wins, losses, n_items, -margin)
+        p_value = float(scipy_stats.norm.sf(statistic))
+        z = scipy_stats.norm.isf(alpha)
+        # The score interval's lower end: the null at which the test stops rejecting at one-sided
+        # alpha (the statistic falls from large at null = -1 to 0 at null = difference).
+        def excess(null: float) -> float:
+            return _tango_statistic(wins, losses, n_items, null) - z
+
+        lower = -1.0 if excess(-1 + 1e-12) < 0 else float(
+            scipy_optimize.brentq(excess, -1 + 1e-12, difference, xtol=1e-10))
+        share = (wins + losses) / n_items  # discordance; at equal accuracy each arm wins half
+        expected = round(share * n_items / 2)
+        null_sd = math.sqrt(max(n_items * _tango_null_variance(expected, expected, n_items, -margin), 0.0))
+        if share == 0:
+            power_at_equal = float(margin * math.sqrt(n_items) > z * null_sd)
+        else:
+            power_at_equal = float(scipy_stats.norm.cdf((margin * math.sqrt(n_items) - z * null_sd) / math.sqrt(share)))
+        test = "tango_score"
+    else:
+        spread = float(differences.std(ddof=1)) if n_items > 1 else 0.0
+        if spread == 0:
+            p_value = 0.0 if difference > -margin else 1.0
+            lower = difference
+            power_at_equal = float(margin > 0)
+        else:
+            standard_error = spread / math.sqrt(n_items)
+            p_value = float(scipy_stats.t.sf((difference + margin) / standard_error, n_items - 1))
+            critical = scipy_stats.t.isf(alpha, n_items - 1)
+            lower = difference - critical * standard_error
+            power_at_equal = float(scipy_stats.nct.sf(critical, n_items - 1, margin / standard_error))
+        test = "paired_t"
+    return NonInferiority(
+        test=test, difference=difference, lower=float(lower), margin=margin, p_value=p_value,
+        passes=bool(p_value < alpha), level=level, n_items=n_items, power=power_at_equal,
+    )
+
+
+@dataclass(frozen=True)
+class DifferenceInterval:
+    """Accuracy of arm a minus arm b, with a paired bootstrap interval over items and seeds."""
+
+    value: float
+    low: float
+    high: float
+    level: float
+    method: str
+    seed_spread: float | None  # sd across seeds: of the per-seed difference, or of the multi-seed arm's accuracy
+    n_seeds_a: int
+    n_seeds_b: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_difference_interval(
+    a: ArrayLike,
+    b: ArrayLike,
+    level: float = DEFAULT_LEVEL,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> DifferenceInterval:
+    """mean(a) - mean(b) for `[n_seeds, n_items]` outcomes on the same items, with a two-stage paired
+    bootstrap: each resample draws the test items (the same draw for both arms: paired), and each
+    arm's seeds independently (Davison & Hinkley 1997, 2.4, resampling both stages of a two-stage
+    design), so the interval includes seed-to-seed variation. Percentile interval: BCa's jackknife
+    has no standard two-stage form. Memory: [chunk, n_items] per step, chunks of <= 64 resamples."""
+    _check_level(level)
+    a_matrix, b_matrix = _paired_matrices(a, b, unit_interval=False)
+    n_items = a_matrix.shape[1]
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 64):
+        chunk = min(64, resamples - start)
+        # Item weights [chunk, n_items]: how often each item is drawn; seed weights likewise per arm.
+        items = rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=chunk) / n_items
+        seeds_a = rng.multinomial(a_matrix.shape[0], np.full(a_matrix.shape[0], 1 / a_matrix.shape[0]), size=chunk)
+        seeds_b = rng.multinomial(b_matrix.shape[0], np.full(b_matrix.shape[0], 1 / b_matrix.shape[0]), size=chunk)
+        per_item = seeds_a @ a_matrix / a_matrix.shape[0] - seeds_b @ b_matrix / b_matrix.shape[0]
+        means[start:start + chunk] = np.einsum("ri,ri->r", items, per_item)
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(means, [tail, 100 - tail])
+    value = float(a_matrix.mean() - b_matrix.mean())
+    a_seeds, b_seeds = a_matrix.mean(axis=1), b_matrix.mean(axis=1)
+    if a_seeds.size == b_seeds.size > 1:
+        spread = float(np.std(a_seeds - b_seeds, ddof=1))
+    elif max(a_seeds.size, b_seeds.size) > 1:
+        spread = float(np.std(a_seeds if a_seeds.size > 1 else b_seeds, ddof=1))
+    else:
+        spread = None
+    method = "paired_bootstrap_items_seeds" if max(a_seeds.size, b_seeds.size) > 1 else "paired_bootstrap_items"
+    return DifferenceInterval(value, float(min(low, value)), float(max(high, value)), level, method, spread,
+                              int(a_seeds.size), int(b_seeds.size))
 
 
 # ---- learning curves ------------------------------------------------------------------------------

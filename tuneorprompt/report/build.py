@@ -19,6 +19,7 @@ from tuneorprompt import decide, stats
 from tuneorprompt import summary as summary_module
 from tuneorprompt.config import CostConfig, ExperimentConfig, TargetConfig
 from tuneorprompt.data import OverlapReport
+from tuneorprompt.forecast import HORIZON, NOT_WITHIN
 from tuneorprompt.keys import jsonable, report_page_key
 from tuneorprompt.records import ExampleRecord
 from tuneorprompt.report import html, notes
@@ -217,8 +218,10 @@ def build_report(
         outcomes,
         config.target.accuracy,
         lenient=config.target.lenient,
+        margin=config.target.margin,
         expected_queries=config.costs.expected_queries,
         learning_curve_hint=(learning_curve or {}).get("hint"),
+        labels_forecast=labels_forecast(learning_curve),
         order=[estimate.name for estimate in cost_order] if cost_order is not None else None,
     )
     return Report(
@@ -246,6 +249,28 @@ def build_report(
     )
 
 
+def labels_forecast(learning_curve: dict | None) -> decide.LabelsForecast | None:
+    """The fine-tuning curve's forecast of the labels that reach the target (`forecast.forecast_labels`,
+    in the curve's "forecast"), as the verdict states it; None without a curve or a fit."""
+    forecast = ((learning_curve or {}).get("forecast") or {}).get("finetune")
+    if not forecast or not forecast.get("labels_to_target") or not forecast.get("observed"):
+        return None
+    needed = forecast["labels_to_target"]
+
+    def count(value: int | str) -> float | None:
+        return None if value == NOT_WITHIN else float(value)
+
+    return decide.LabelsForecast(
+        arm=learning_curve["finetune_kind"],
+        labels_used=int(max(labels for labels, _ in forecast["observed"])),
+        needed=count(needed["value"]),
+        low=count(needed["low"]),
+        high=count(needed["high"]),
+        level=forecast["level"],
+        horizon=HORIZON,
+    )
+
+
 def cost_basis_warnings(outcomes: Sequence[decide.ArmOutcome]) -> list[dict]:
     """Said whenever arms are not ranked by FLOPs: a reader comparing costs must know what was counted."""
     if decide.cost_basis(outcomes) == "flops":
@@ -261,10 +286,13 @@ def cost_basis_warnings(outcomes: Sequence[decide.ArmOutcome]) -> list[dict]:
 def paired_tests(
     records: dict[str, list[list[ExampleRecord]]], names: list[str], recommended: str | None
 ) -> list[PairedComparison]:
-    """Every arm against `baseline` and against the recommended arm, on the same test items."""
+    """Every arm against `baseline` and against the recommended arm, on the same test items. The
+    comparisons against one reference are one family: each p-value is shown with its Holm
+    adjustment within that family (accuracy and relevance adjusted separately)."""
     references = [r for r in ("baseline", recommended) if r is not None and r in records]
     tests = []
     for reference in dict.fromkeys(references):
+        family = []
         for name in names:
             if name == reference:
                 continue
@@ -272,7 +300,13 @@ def paired_tests(
                 outcome_matrix(records[name], "correct"), outcome_matrix(records[reference], "correct")
             )
             relevance = stats.paired_bootstrap_test(relevance_matrix(records[name]), relevance_matrix(records[reference]))
-            tests.append(PairedComparison(name, reference, accuracy, relevance))
+            family.append(PairedComparison(name, reference, accuracy, relevance))
+        accuracy_p = stats.holm([t.accuracy.p_value for t in family])
+        relevance_p = stats.holm([t.relevance.p_value for t in family])
+        tests += [
+            replace(t, accuracy=replace(t.accuracy, p_adjusted=a), relevance=replace(t.relevance, p_adjusted=r))
+            for t, a, r in zip(family, accuracy_p, relevance_p)
+        ]
     return tests
 
 

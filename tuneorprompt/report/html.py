@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from jinja2 import select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from tuneorprompt.report.notes import shortened_prompts
+from tuneorprompt.report.notes import forecast_lines, shortened_prompts, target_state
 from tuneorprompt.summary import ACCURACY, RELEVANCE, Estimate
 
 if TYPE_CHECKING:
@@ -67,14 +67,16 @@ caption { text-align: left; font-weight: 600; padding: 4px 0; }
 <p>Model <code>{{ r.model }}</code>{% if r.protocol %}, {{ "with its chat template" if r.protocol.model.chat_template else "without a chat template" }}{% if r.protocol.prompt.system %} (system message: <code>{{ r.protocol.prompt.system }}</code>){% endif %}{% endif %}; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
 target accuracy {{ ACCURACY.with_unit(r.target.accuracy, 0) }}{% if r.target.lenient %} (lenient){% endif %};
 strategy {{ r.strategy }}.</p>
-<p id="verdict" class="verdict {% if not r.recommendation.arm %}none{% endif %}">{{ r.recommendation.reason }}</p>
+{% set d = r.recommendation %}<div id="verdict" class="verdict {% if not d.arm %}none{% endif %}"><p id="headline"><strong>{{ d.headline }}</strong></p>
+<p id="details">{{ d.details }}</p></div>
 <h2>Arms</h2>
 <table id="arms"><caption>Each arm on the {{ r.data.n_test }} test items: accuracy, relevance and costs</caption>
-<thead><tr><th scope="col">arm</th><th scope="col">accuracy % [95% CI]</th><th scope="col">lenient accuracy % [95% CI]</th>
+<thead><tr><th scope="col">arm</th><th scope="col">accuracy % [95% CI]</th><th scope="col">against the target</th><th scope="col">lenient accuracy % [95% CI]</th>
 <th scope="col">relevance [95% CI]</th><th scope="col">prompt tokens</th>
 <th scope="col">generated tokens</th><th scope="col">ms / query</th><th scope="col">GFLOPs / query</th><th scope="col">training s</th><th scope="col">training PFLOPs</th><th scope="col">peak RSS MiB</th></tr></thead>
 <tbody>{% for a in r.arms %}<tr><th scope="row">{{ a.name }}{% if show_backends %}<br><small>({{ a.backend }})</small>{% endif %}</th>
 <td>{{ a.accuracy.shown() }}</td>
+<td>{{ target_state(d, a.name) }}</td>
 <td>{{ a.accuracy_lenient.shown() }}</td>
 <td>{{ a.relevance.shown() }}</td>
 <td>{{ "%.0f" | format(a.prompt_tokens) }}</td><td>{{ "%.1f" | format(a.generated_tokens) }}</td>
@@ -103,14 +105,29 @@ right when a reference answer appears in it, not counting text copied from the q
 {% for b in r.break_even %}<tr><td>{{ b.arm }}</td><td>{{ b.against }}</td>
 <td>{{ "{:,.0f}".format(b.queries) if b.queries is not none else "never (its queries are not cheaper)" }}</td></tr>{% endfor %}
 </table>{% endif %}
+{% if d.differences %}<h2>{{ d.arm or d.best }} against each other arm</h2>
+<table id="differences"><caption>Accuracy of {{ d.arm or d.best }} minus each arm: paired bootstrap over test items{% if has_seeds %} and seeds{% endif %}</caption>
+<tr><th scope="col">arm</th><th scope="col">difference, points [{{ "%.0f" | format(100 * d.level) }}% CI]</th><th scope="col">between-seed spread (sd, points)</th></tr>
+{% for name, diff in d.differences.items() %}<tr><td>{{ name }}</td>
+<td>{{ "%+.1f [%+.1f, %+.1f]" | format(100 * diff.value, 100 * diff.low, 100 * diff.high) }}</td>
+<td>{{ "%.1f" | format(100 * diff.seed_spread) if diff.seed_spread is not none else "-" }}</td></tr>{% endfor %}</table>
+{% if d.noninferiority %}{% set ni = d.noninferiority %}<p id="noninferiority">Non-inferiority of {{ d.arm }} against {{ d.best }}
+(margin {{ "%.1f" | format(100 * d.margin) }} points): difference {{ "%+.1f" | format(100 * ni.difference) }} points, one-sided lower bound
+{{ "%+.1f" | format(100 * ni.lower) }}, p = {{ "%.3g" | format(ni.p_value) }} ({{ ni.test }}):
+{{ "passes" if ni.passes else "does not pass" }}; power {{ "%.0f" | format(100 * ni.power) }}% were the arms equal.</p>{% endif %}{% endif %}
+{% if forecast_notes %}<h2>Label forecast</h2><ul id="forecast">{% for line in forecast_notes %}<li>{{ line }}</li>{% endfor %}</ul>
+<p><small>{{ forecast_method }}</small></p>{% endif %}
 <h2>Paired tests (same test items)</h2>
-<table><tr><th scope="col">arm</th><th scope="col">against</th><th scope="col">accuracy difference [95% CI]</th><th scope="col">test</th><th scope="col">p</th>
-<th scope="col">relevance difference [95% CI]</th><th scope="col">paired bootstrap p</th></tr>
+<table id="paired-tests"><caption>Each arm against the baseline and against the recommended arm; p-values Holm-adjusted within each reference's comparisons</caption>
+<tr><th scope="col">arm</th><th scope="col">against</th><th scope="col">accuracy difference [95% CI]</th><th scope="col">test</th><th scope="col">p</th><th scope="col">Holm p</th>
+<th scope="col">smallest detectable difference (80% power)</th>
+<th scope="col">relevance difference [95% CI]</th><th scope="col">paired bootstrap p</th><th scope="col">Holm p</th></tr>
 {% for t in r.paired_tests %}<tr><td>{{ t.arm }}</td><td>{{ t.against }}</td>
 <td>{{ ACCURACY.show_difference(t.accuracy) }}</td>
-<td>{{ t.accuracy.test }}</td><td>{{ "%.3g" | format(t.accuracy.p_value) }}</td>
+<td>{{ t.accuracy.test }}</td><td>{{ "%.3g" | format(t.accuracy.p_value) }}</td><td>{{ "%.3g" | format(t.accuracy.p_adjusted) }}</td>
+<td>{{ "%.1f points" | format(100 * t.accuracy.detectable) if t.accuracy.detectable is not none else "none (too few items differ)" }}</td>
 <td>{{ RELEVANCE.show_difference(t.relevance) }}</td>
-<td>{{ "%.3g" | format(t.relevance.p_value) }}</td></tr>{% endfor %}</table>
+<td>{{ "%.3g" | format(t.relevance.p_value) }}</td><td>{{ "%.3g" | format(t.relevance.p_adjusted) }}</td></tr>{% endfor %}</table>
 {% if examples %}<h2 id="examples-heading">Examples</h2>
 <p>{% if examples | length < n_examples %}{{ examples | length }} of the {{ n_examples }} test items (first those where
 the arms disagree){% else %}All {{ n_examples }} test items{% endif %}, first seed of each arm: the answer each arm
@@ -255,6 +272,45 @@ def _frontier(report: Report) -> tuple[str, str] | None:
     return f"Scatter plot of accuracy against {label}, one point per arm. {points}.", _png(figure)
 
 
+_FORECAST_CURVES = (("finetune", "training examples", "#c33"), ("few_shot", "demos", "#5b8def"))
+
+
+def _forecast(curve: dict, target: float) -> str:
+    """Each curve's measured points and its forecast with the band, out to 4x the labels used."""
+    figure, axis = _axes(6, 3.5)
+    for key, unit, color in _FORECAST_CURVES:
+        forecast = curve["forecast"].get(key)
+        if not forecast or not forecast["band"]:
+            continue
+        name = curve["finetune_kind"] if key == "finetune" else "few-shot"
+        band = forecast["band"]
+        xs = [p["labels"] for p in band]
+        axis.fill_between(xs, [ACCURACY.to_shown(p["low"]) for p in band], [ACCURACY.to_shown(p["high"]) for p in band],
+                          color=color, alpha=0.15, linewidth=0)
+        axis.plot(xs, [ACCURACY.to_shown(p["value"]) for p in band], color=color, label=f"{name} ({unit}): forecast")
+        observed = forecast["observed"]
+        axis.scatter([x for x, _ in observed], [ACCURACY.to_shown(y) for _, y in observed], color=color, zorder=3)
+    axis.axhline(ACCURACY.to_shown(target), color="#888", linestyle="--", label="target")
+    axis.set_xscale("log")
+    axis.set_xlabel("labelled examples (log scale); shaded: the forecast's band")
+    axis.set_ylabel("accuracy %")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def _forecast_alt(curve: dict, target: float) -> str:
+    parts = []
+    for key, unit, _ in _FORECAST_CURVES:
+        forecast = curve["forecast"].get(key)
+        if forecast and forecast["predictions"]:
+            name = curve["finetune_kind"] if key == "finetune" else "few-shot"
+            parts.append(f"{name}: " + ", ".join(
+                f"{ACCURACY.with_unit(p['value'])} [{ACCURACY.show(p['low'])}, {ACCURACY.show(p['high'])}] at {p['labels']:,.0f} {unit}"
+                for p in forecast["predictions"]))
+    return (f"Line chart of accuracy against labelled examples, measured points and the forecast with its band; dashed "
+            f"line: the target, {ACCURACY.with_unit(target, 0)}. " + "; ".join(parts) + ".")
+
+
 _PAGE_KEY = re.compile(r'<meta name="tuneorprompt-page" content="([0-9a-f]{64})">')
 
 
@@ -280,6 +336,9 @@ def render_html(report: Report, page_key: str) -> str:
                       f"and {curve['finetune_kind']} with n training examples, with 95% confidence intervals"
                       + (f"; fine-tuning overtakes at {curve['crossover']}." if curve.get("crossover") else "."),
                       _learning_curve(curve)))
+    forecasts = (report.learning_curve or {}).get("forecast") or {}
+    if any(forecast["band"] for forecast in forecasts.values()):
+        plots.append(("Label forecast", _forecast_alt(report.learning_curve, target), _forecast(report.learning_curve, target)))
     frontier = _frontier(report)
     if frontier:
         plots.append(("Accuracy against cost per query", *frontier))
@@ -288,4 +347,7 @@ def render_html(report: Report, page_key: str) -> str:
         # Which backend answered each arm, once they differ: a served model's fine-tuned arms run on transformers.
         show_backends=any(a.backend != "hf" for a in report.arms),
         example_arms=report.examples.arms, examples=report.examples.rows, n_examples=report.examples.n_items,
+        target_state=target_state, has_seeds=any(len(a.seeds) > 1 for a in report.arms),
+        forecast_notes=forecast_lines(report),
+        forecast_method=next((f["method"] for f in forecasts.values() if f.get("method")), ""),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tuneorprompt.decide import Recommendation
     from tuneorprompt.report.build import Report
 
 
@@ -26,3 +27,45 @@ def _per_seed(counts: tuple[int, ...], seeds: tuple[int, ...]) -> str:
     if len(set(counts)) == 1:
         return str(counts[0])
     return ", ".join(f"{count} (seed {seed})" for count, seed in zip(counts, seeds))
+
+
+def forecast_lines(report: Report) -> list[str]:
+    """One line per learning curve with a label forecast (`forecast.forecast_labels`): accuracy at 2x
+    and 4x the labels used, the labels that reach the target, the backtest, and the curve's warnings."""
+    forecasts = (report.learning_curve or {}).get("forecast") or {}
+    lines = []
+    for curve, unit in (("finetune", "training examples"), ("few_shot", "demos")):
+        forecast = forecasts.get(curve)
+        if not forecast:
+            continue
+        name = report.learning_curve["finetune_kind"] if curve == "finetune" else "few_shot"
+        if forecast["predictions"]:
+            lines.append(_forecast_line(name, unit, forecast))
+        lines += [f"{name}: {warning}" for warning in forecast["warnings"]]
+    return lines
+
+
+def _forecast_line(name: str, unit: str, forecast: dict) -> str:
+    parts = [f"{p['value']:.1%} [{p['low']:.1%}, {p['high']:.1%}] at {p['labels']:,.0f} {unit}"
+             for p in forecast["predictions"]]
+    line = f"{name}: {'; '.join(parts)} ({forecast['level']:.0%} band)"
+    needed = forecast.get("labels_to_target")
+    if needed:
+        line += (f"; the {needed['target']:.1%} target at {_count(needed['value'])} {unit} "
+                 f"[{_count(needed['low'])}, {_count(needed['high'])}]")
+    backtest = forecast.get("backtest")
+    if backtest:
+        line += (f"; backtest: the last point ({backtest['labels']:,.0f}) predicted {backtest['predicted']:.1%} from "
+                 f"the others, observed {backtest['observed']:.1%} (error {100 * backtest['error']:.1f} points)")
+    return line + "."
+
+
+def _count(value: int | str) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def target_state(decision: Recommendation, name: str) -> str:
+    """An arm against the target: "meets", "falls short", or "undecided" with the test items that would decide it."""
+    state = decision.states.get(name, "-")  # an arm skipped by the ladder has no state
+    items = decision.items_to_decide.get(name)
+    return f"{state} (~{items:,} items)" if items is not None else state

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from tuneorprompt.report.notes import shortened_prompts
+from tuneorprompt.report.notes import forecast_lines, shortened_prompts, target_state
 from tuneorprompt.safe_text import for_terminal
 from tuneorprompt.summary import ACCURACY
 
@@ -35,16 +35,18 @@ def print_summary(report: Report, console: Console) -> None:
     print_warnings(report, console)
     target = ACCURACY.with_unit(report.target.accuracy, 0)
     table = Table(title=f"{for_terminal(report.name)}: {report.data.n_test} test items, target accuracy {target}")
-    columns = ("arm", "accuracy % [95% CI]", "lenient % [95% CI]", "relevance [95% CI]", "prompt tok", "gen tok",
-               "ms/query", "train s", "peak MiB")
+    columns = ("arm", "accuracy % [95% CI]", "vs target", "lenient % [95% CI]", "relevance [95% CI]", "prompt tok",
+               "gen tok", "ms/query", "train s", "peak MiB")
     for column in columns:
         table.add_column(column, justify="left" if column == "arm" else "right", no_wrap=True)
-    recommended = report.recommendation.arm
+    decision = report.recommendation
+    recommended = decision.arm
     for arm in report.arms:
         name = for_terminal(arm.name)
         table.add_row(
             f"[bold green]{name} *[/]" if arm.name == recommended else name,
             arm.accuracy.shown(),
+            target_state(decision, arm.name),
             arm.accuracy_lenient.shown(),
             arm.relevance.shown(),
             f"{arm.prompt_tokens:.0f}",
@@ -56,5 +58,8 @@ def print_summary(report: Report, console: Console) -> None:
     console.print(table)
     for note in shortened_prompts(report):
         console.print(f"[yellow]Note:[/] {for_terminal(note)}")
-    style = "bold green" if report.recommendation.arm else "bold yellow"
-    console.print(f"[{style}]Recommendation:[/] {for_terminal(report.recommendation.reason)}")
+    for line in forecast_lines(report):
+        console.print(f"[cyan]Label forecast:[/] {for_terminal(line)}")
+    style = "bold green" if recommended else "bold yellow"
+    console.print(f"[{style}]Recommendation:[/] [bold]{for_terminal(decision.headline)}[/]")
+    console.print(for_terminal(decision.details))
