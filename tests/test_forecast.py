@@ -131,6 +131,13 @@ def test_predictions_at_2x_and_4x_follow_a_known_curve():
     assert forecast.warnings == ()
 
 
+def test_a_target_met_at_the_first_point_is_an_upper_bound():
+    forecast = forecast_labels([(n, nested(pow3(n))) for n in LABELS], 0.25)
+    assert forecast.labels_to_target.value == 25
+    (met,) = [w for w in forecast.warnings if "already at the smallest point" in w]
+    assert "at most 25" in met
+
+
 # ---- warnings -------------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -53,7 +53,10 @@ MULTIPLES = (2, 4)
 # Fewer points than this: forecast flagged unreliable, and no backtest (it needs 3 points to fit).
 MIN_RELIABLE_POINTS = 4
 # The warnings' paired tests (drops, flat curve) at the project's usual 95%, whatever the band level.
+# Only their p-values are read (exact or F-referred, no resampling); the few resamples go to the
+# difference's interval, which is not.
 TEST_LEVEL = stats.DEFAULT_LEVEL
+TEST_RESAMPLES = 200
 # A law is dropped when its chi-square misfit has p below this while another law's does not.
 DROP_P = 0.001
 BAND_POINTS = 40
@@ -125,29 +128,47 @@ class LabelForecast:
 # in a sane range), linear in (alpha, beta) given theta, with linear constraints A @ (alpha, beta) <= b.
 
 
+def _pow_shape(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """pow3/pow4: theta = (c, d), v = -(x + d)^(-c), so that beta = b >= 0 rises to alpha = a (d = 0: pow3)."""
+    return -((x + grid[:, 1:]) ** -grid[:, :1])
+
+
+def _pow_parameters(alpha: float, beta: float, theta: np.ndarray, scale: float) -> dict[str, float]:
+    c, d = (float(value) for value in theta)  # a - b (x + d)^-c in x = n / scale is a - b scale^c (n + d scale)^-c
+    return {"a": alpha, "b": beta * scale**c, "c": c, "d": d * scale}
+
+
+def _pow3_parameters(alpha: float, beta: float, theta: np.ndarray, scale: float) -> dict[str, float]:
+    return {name: value for name, value in _pow_parameters(alpha, beta, theta, scale).items() if name != "d"}
+
+
+def _mmf_shape(x: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """mmf4: theta = (x_half, d), v = x^d / (x_half^d + x^d), the share of the way from a (alpha) to c (alpha + beta)."""
+    return 1 / (1 + (grid[:, :1] / x) ** grid[:, 1:])
+
+
+def _mmf_parameters(alpha: float, beta: float, theta: np.ndarray, scale: float) -> dict[str, float]:
+    x_half, d = (float(value) for value in theta)
+    return {"a": alpha, "b": (x_half * scale) ** d, "c": alpha + beta, "d": d}
+
+
 @dataclass(frozen=True)
 class _Law:
     name: str
     formula: str
     n_parameters: int
-    grid: np.ndarray  # [G, 2] values of the nonlinear parameters searched
+    grid: np.ndarray  # [G, 2] values of the nonlinear parameters theta searched
     constraints: np.ndarray  # [m, 3]: rows (A_alpha, A_beta, b) of A @ (alpha, beta) <= b
+    shape_of: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x [P], grid) -> v [G, P]
+    parameters_of: Callable[[float, float, np.ndarray, float], dict[str, float]]  # (alpha, beta, theta, scale)
 
     def shape(self, x: np.ndarray) -> np.ndarray:
         """v(x; theta) for every grid theta: [G, len(x)]."""
-        first, second = self.grid[:, :1], self.grid[:, 1:]
-        if self.name == "mmf4":  # theta = (x_half, d): the saturating share n^d / (b + n^d), b = x_half^d
-            return 1 / (1 + (first / x) ** second)
-        return -((x + second) ** -first)  # pow: theta = (c, d), d = 0 for pow3
+        return self.shape_of(x, self.grid)
 
-    def parameters(self, alpha: float, beta: float, theta: np.ndarray, scale: float) -> dict[str, float]:
-        """The fitted law in its textbook form, in labels n = scale * x."""
-        if self.name == "mmf4":
-            x_half, d = theta
-            return {"a": alpha, "b": float((x_half * scale) ** d), "c": alpha + beta, "d": float(d)}
-        c, d = theta
-        named = {"a": alpha, "b": beta * float(scale**c), "c": float(c)}
-        return named if self.name == "pow3" else {**named, "d": float(d * scale)}
+    def parameters(self, alpha: float, beta: float, index: int, scale: float) -> dict[str, float]:
+        """The fit (alpha, beta, grid theta `index`) in the law's textbook form, in labels n = scale * x."""
+        return self.parameters_of(alpha, beta, self.grid[index], scale)
 
 
 def _grid(*axes: np.ndarray) -> np.ndarray:
@@ -164,12 +185,12 @@ _POW_EXPONENTS = np.geomspace(0.02, 4.0, 120)
 # pow: 0 <= a <= 1 (asymptote), b >= 0 (rising). mmf4: a >= 0, c = a + beta <= 1, beta >= 0 (rising).
 _POW_CONSTRAINTS = np.array([[-1.0, 0, 0], [1, 0, 1], [0, -1, 0]])
 LAWS = (
-    _Law("pow3", "a - b * n^(-c)", 3, _grid(_POW_EXPONENTS, np.zeros(1)), _POW_CONSTRAINTS),
-    _Law("pow4", "a - b * (n + d)^(-c)", 4,
-         _grid(np.geomspace(0.02, 4.0, 36), np.r_[0, np.geomspace(0.05, 30, 13)]), _POW_CONSTRAINTS),
-    _Law("mmf4", "(a*b + c*n^d) / (b + n^d)", 4,
-         _grid(np.geomspace(0.03, 1000, 34), np.geomspace(0.15, 4, 26)),
-         np.array([[-1.0, 0, 0], [0, -1, 0], [1, 1, 1]])),
+    _Law("pow3", "a - b * n^(-c)", 3, _grid(_POW_EXPONENTS, np.zeros(1)), _POW_CONSTRAINTS,
+         _pow_shape, _pow3_parameters),
+    _Law("pow4", "a - b * (n + d)^(-c)", 4, _grid(np.geomspace(0.02, 4.0, 36), np.r_[0, np.geomspace(0.05, 30, 13)]),
+         _POW_CONSTRAINTS, _pow_shape, _pow_parameters),
+    _Law("mmf4", "(a*b + c*n^d) / (b + n^d)", 4, _grid(np.geomspace(0.03, 1000, 34), np.geomspace(0.15, 4, 26)),
+         np.array([[-1.0, 0, 0], [0, -1, 0], [1, 1, 1]]), _mmf_shape, _mmf_parameters),
 )
 
 
@@ -195,52 +216,47 @@ def _edges(constraints: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float,
     return edges
 
 
-def _fit(law: _Law, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _fit(law: _Law, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least-squares fit of `law` to each row of `y` [R, P] at scaled labels `x` [P].
-    Returns alpha [R], beta [R], the grid index of theta [R], and the residual sum of squares [R].
+    Returns alpha [R], beta [R] and the grid index of theta [R].
 
-    For every row and grid theta the sum of squares of (alpha, beta) is the quadratic
-    q - 2 (alpha, beta) . c + (alpha, beta) H (alpha, beta)^T, with H = [[P, sum v], [sum v, sum v^2]]
-    and c = (sum y, sum v y): from these sums alone (one matrix product) every candidate is scored."""
-    v = law.shape(x)  # [G, P]
+    For every row and grid theta the sum of squares of (alpha, beta) is, up to the constant sum y^2,
+    the quadratic f = (alpha, beta) H (alpha, beta)^T - 2 (alpha, beta) . c, with H = [[P, sum v],
+    [sum v, sum v^2]] and c = (sum y, sum v y): from these sums alone (one matrix product) every
+    candidate is scored."""
     # A theta under which v is (nearly) constant over the points — mmf4 saturated before the first
-    # point or not started by the last — is a constant law, which every theta's beta = 0 edge already
-    # offers; left out, H is positive definite everywhere below and no division is by zero.
-    varies = np.ptp(v, axis=1) > 1e-6
-    v = np.where(varies[:, None], v, v.mean(axis=1, keepdims=True) + np.linspace(0, 1e-6, v.shape[1]))
+    # point or not started by the last — is a constant law, which every other theta's beta = 0 edge
+    # offers too; without it H is positive definite and no division below is by zero.
+    usable = np.flatnonzero(np.ptp(law.shape(x), axis=1) > 1e-6)
+    v = law.shape(x)[usable]  # [G, P]
     h_11, h_12, h_22 = float(len(x)), v.sum(axis=1), np.sum(v**2, axis=1)  # H, per grid theta: [G]
     c_1, c_2 = y.sum(axis=1, keepdims=True), y @ v.T  # c: [R, 1], [R, G]
-    q = np.sum(y**2, axis=1, keepdims=True)
 
-    def sse(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-        return q - 2 * (alpha * c_1 + beta * c_2) + h_11 * alpha**2 + 2 * h_12 * alpha * beta + h_22 * beta**2
-
-    # Unconstrained: the normal equations H (alpha, beta) = c, kept only where the solution is feasible.
+    # Unconstrained: the normal equations H (alpha, beta) = c, where f = -(alpha, beta) . c; kept only
+    # where the solution is feasible.
     determinant = h_11 * h_22 - h_12**2
-    alpha = (h_22 * c_1 - h_12 * c_2) / determinant
-    beta = (h_11 * c_2 - h_12 * c_1) / determinant
-    feasible = np.all(law.constraints[:, :1, None] * alpha + law.constraints[:, 1:2, None] * beta
+    best_alpha = (h_22 * c_1 - h_12 * c_2) / determinant
+    best_beta = (h_11 * c_2 - h_12 * c_1) / determinant
+    feasible = np.all(law.constraints[:, :1, None] * best_alpha + law.constraints[:, 1:2, None] * best_beta
                       <= law.constraints[:, 2:, None] + 1e-12, axis=0)
-    best_alpha, best_beta = alpha, beta
-    best_sse = np.where(feasible & varies, sse(alpha, beta), np.inf)
+    best = np.where(feasible, -(best_alpha * c_1 + best_beta * c_2), np.inf)
 
-    # Otherwise the optimum lies on an edge of the feasible polygon: (alpha, beta) = point + t * direction,
-    # a one-dimensional quadratic in t, minimised and clipped to the edge.
-    for (point_alpha, point_beta), (step_alpha, step_beta), low, high in _edges(law.constraints):
-        curvature = h_11 * step_alpha**2 + 2 * h_12 * step_alpha * step_beta + h_22 * step_beta**2
-        slope = (step_alpha * (c_1 - h_11 * point_alpha - h_12 * point_beta)
-                 + step_beta * (c_2 - h_12 * point_alpha - h_22 * point_beta))
+    # Otherwise the optimum lies on an edge of the feasible polygon: (alpha, beta) = p + t * d, where
+    # f = f(p) - 2 t d . (c - H p) + t^2 d H d, minimised in t and clipped to the edge.
+    for (p_alpha, p_beta), (d_alpha, d_beta), low, high in _edges(law.constraints):
+        at_p = h_11 * p_alpha**2 + 2 * h_12 * p_alpha * p_beta + h_22 * p_beta**2 - 2 * (p_alpha * c_1 + p_beta * c_2)
+        slope = d_alpha * (c_1 - h_11 * p_alpha - h_12 * p_beta) + d_beta * (c_2 - h_12 * p_alpha - h_22 * p_beta)
+        curvature = h_11 * d_alpha**2 + 2 * h_12 * d_alpha * d_beta + h_22 * d_beta**2
         t = np.clip(slope / curvature, low, high)
-        edge_alpha, edge_beta = point_alpha + t * step_alpha, point_beta + t * step_beta
-        edge_sse = np.where(varies, sse(edge_alpha, edge_beta), np.inf)
-        better = edge_sse < best_sse
-        best_sse = np.where(better, edge_sse, best_sse)
-        best_alpha = np.where(better, edge_alpha, best_alpha)
-        best_beta = np.where(better, edge_beta, best_beta)
+        on_edge = at_p + t * (t * curvature - 2 * slope)
+        better = on_edge < best
+        best = np.where(better, on_edge, best)
+        best_alpha = np.where(better, p_alpha + t * d_alpha, best_alpha)
+        best_beta = np.where(better, p_beta + t * d_beta, best_beta)
 
-    index = np.argmin(best_sse, axis=1)
+    index = np.argmin(best, axis=1)
     rows = np.arange(y.shape[0])
-    return best_alpha[rows, index], best_beta[rows, index], index, best_sse[rows, index]
+    return best_alpha[rows, index], best_beta[rows, index], usable[index]
 
 
 def _predict(law: _Law, alpha: np.ndarray, beta: np.ndarray, index: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -317,46 +333,48 @@ class _Ensemble:
     def curves(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The ensemble's point curve [len(labels)] and the pooled bootstrap curves [R * laws, len(labels)]."""
         x = labels / self.scale
-        predictions = [_predict(law, *fit[:3], x) for law, fit in self.kept]
+        predictions = [_predict(law, *fit, x) for law, fit in self.kept]
         point = np.mean([p[0] for p in predictions], axis=0)
         return point, np.concatenate([p[1:] for p in predictions])
 
 
 def _ensemble(labels: np.ndarray, curves: np.ndarray, noise: np.ndarray) -> tuple[_Ensemble, list[str]]:
-    """Fit every law with fewer parameters than points to every row of `curves` [R, P]; keep those
-    consistent with the points' `noise` (standard errors [P])."""
+    """Fit every law with no more parameters than points to every row of `curves` [R, P] (row 0 the
+    observed curve); keep those consistent with the points' `noise` (standard errors [P]). Also
+    returns a warning per dropped law."""
     scale = labels[0]
     x = labels / scale
-    fits, notes = {}, {}
-    for law in LAWS:
-        if len(labels) < law.n_parameters:
-            notes[law.name] = f"not fitted: its {law.n_parameters} parameters need at least {law.n_parameters} points"
-        else:
-            fits[law.name] = _fit(law, x, curves)
+    fits = {law.name: _fit(law, x, curves) for law in LAWS if len(labels) >= law.n_parameters}
+    # The misfit of each law's fit to the observed curve, against the points' noise: chi-square on
+    # P - k degrees of freedom (at least 1: a law as flexible as the points can still miss them
+    # under its constraints).
     misfit = {}
     for law in LAWS:
         if law.name in fits:
-            alpha, beta, index, _ = fits[law.name]
+            alpha, beta, index = fits[law.name]
             residuals = (curves[0] - _predict(law, alpha[:1], beta[:1], index[:1], x)[0]) / noise
             chi_square = float(np.sum(residuals**2))
-            misfit[law.name] = (chi_square, scipy_stats.chi2.sf(chi_square, max(len(labels) - law.n_parameters, 1)))
-    fitting_well = [name for name, (_, p) in misfit.items() if p >= DROP_P]
-    for name, (chi_square, p) in misfit.items():
-        if fitting_well and p < DROP_P:
-            notes[name] = (f"dropped: it misses the points by far more than their noise (chi-square {chi_square:.1f}, "
-                           f"p = {p:.1g}) where {', '.join(fitting_well)} does not")
-    kept = [(law, fits[law.name]) for law in LAWS if law.name in fits and law.name not in notes]
+            misfit[law.name] = (chi_square, float(scipy_stats.chi2.sf(chi_square, max(len(labels) - law.n_parameters, 1))))
+    fitting = [name for name, (_, p) in misfit.items() if p >= DROP_P]
+    notes = {law.name: f"not fitted: its {law.n_parameters} parameters need at least {law.n_parameters} points"
+             for law in LAWS if law.name not in fits}
+    if fitting:  # when every law misses, none is better founded than another: all stay
+        notes |= {name: f"dropped: it misses the points far beyond their noise (chi-square {chi_square:.1f}, "
+                        f"p = {p:.1g}) while {' and '.join(fitting)} fit{'s' if len(fitting) == 1 else ''} within it"
+                  for name, (chi_square, p) in misfit.items() if p < DROP_P}
+    kept = [(law, fits[law.name]) for law in LAWS if law.name not in notes]
     laws = tuple(
         FittedLaw(
-            law.name, law.formula,
-            law.parameters(float(fits[law.name][0][0]), float(fits[law.name][1][0]),
-                           law.grid[fits[law.name][2][0]], scale) if law.name in fits else {},
-            1 / len(kept) if law.name not in notes else 0.0,
-            notes.get(law.name),
+            name=law.name,
+            formula=law.formula,
+            parameters=law.parameters(float(fits[law.name][0][0]), float(fits[law.name][1][0]),
+                                      int(fits[law.name][2][0]), float(scale)) if law.name in fits else {},
+            weight=0.0 if law.name in notes else 1 / len(kept),
+            note=notes.get(law.name),
         )
         for law in LAWS
     )
-    return _Ensemble(laws, kept, scale), [f"Law {law.name} {law.note}." for law in laws if law.note and law.name in fits]
+    return _Ensemble(laws, kept, float(scale)), [f"Law {name} {notes[name]}." for name in misfit if name in notes]
 
 
 def _curve_warnings(labels: np.ndarray, matrices: list[np.ndarray]) -> list[str]:
@@ -372,14 +390,14 @@ def _curve_warnings(labels: np.ndarray, matrices: list[np.ndarray]) -> list[str]
     for j in range(1, len(labels)):
         i = int(np.argmax(accuracy[:j]))
         if accuracy[j] < accuracy[i]:
-            test = stats.paired_accuracy_test(matrices[j], matrices[i], level=TEST_LEVEL)
+            test = stats.paired_accuracy_test(matrices[j], matrices[i], level=TEST_LEVEL, resamples=TEST_RESAMPLES)
             if test.significant:
                 warnings.append(
                     f"Not monotone: accuracy falls from {accuracy[i]:.1%} at n = {labels[i]:g} to {accuracy[j]:.1%} at "
                     f"n = {labels[j]:g}, beyond noise (paired test p = {test.p_value:.2g}); a saturating law cannot "
                     "follow a drop, so the forecast is doubtful.")
     if len(labels) >= 2:
-        test = stats.paired_accuracy_test(matrices[-1], matrices[0], level=TEST_LEVEL)
+        test = stats.paired_accuracy_test(matrices[-1], matrices[0], level=TEST_LEVEL, resamples=TEST_RESAMPLES)
         if not (test.significant and test.difference > 0):
             warnings.append(
                 f"Flat: accuracy goes from {accuracy[0]:.1%} at n = {labels[0]:g} to {accuracy[-1]:.1%} at "
@@ -419,9 +437,9 @@ def forecast_labels(
     warnings = _curve_warnings(labels, matrices)
     method = (f"Equal-weight ensemble of saturating laws in labels n ({'; '.join(f'{law.name} {law.formula}' for law in LAWS)}), "
               "each a constrained least-squares fit (non-decreasing, asymptote in [0, 1]); a law missing the points "
-              f"far beyond their noise is dropped; {level:.0%} band: percentiles of {resamples} bootstrap refits "
+              f"far beyond their noise is dropped; {100 * level:g}% band: percentiles of {resamples} bootstrap refits "
               "(test items resampled jointly for every point, seed rows within each point) pooled over the laws, "
-              "so that their disagreement widens it.")
+              "so that their disagreement widens it; points at n = 0 (zero-shot) are not fitted.")
     if len(labels) < 3:
         warnings.append(f"No forecast: {len(labels)} learning-curve point(s) with n > 0; the laws need at least 3.")
         return LabelForecast(observed, (), (), None, None, (), tuple(warnings), level, method)
@@ -448,6 +466,10 @@ def forecast_labels(
         # Percentiles of the labels needed; inf (not reached) sorts last, so a bound past it reads NOT_WITHIN.
         low, high = np.percentile(_labels_reaching(pooled, grid, target), [tail, 100 - tail], method="inverted_cdf")
         needed = LabelsToTarget(float(target), _count(value), _count(low), _count(high))
+        if point[0] >= target:
+            warnings.append(f"The fitted curve meets the target {target:.1%} already at the smallest point, n = "
+                            f"{labels[0]:g}: the labels needed are at most {labels[0]:g}; how many fewer would do is "
+                            "not measured.")
 
     backtest = None
     if len(labels) >= MIN_RELIABLE_POINTS:
