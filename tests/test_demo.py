@@ -78,6 +78,14 @@ def test_capitals_prompting_helps_but_fine_tuning_wins(demo_runs):
     assert [p["x"] for p in curve["finetune"]][-1] == report["data"]["n_train"]
     assert [p["x"] for p in curve["few_shot"]][0] == 0
     assert report["break_even"] and report["costs"]
+    # The verdict leads with what to do, and the forecast says where more labels would lead.
+    decision = report["recommendation"]
+    assert decision["status"] == "recommended" and decision["headline"].startswith(f"Use {decision['arm']}:")
+    assert decision["states"][decision["arm"]] == "meets"
+    forecast = curve["forecast"]["finetune"]
+    assert [x for x, _ in forecast["observed"]] == [p["x"] for p in curve["finetune"]]
+    assert forecast["backtest"] is not None and forecast["backtest"]["error"] < 0.10
+    assert [p["labels"] for p in forecast["predictions"]] == [2 * curve["finetune"][-1]["x"], 4 * curve["finetune"][-1]["x"]]
 
 
 def test_newfacts_only_context_reaches_the_facts(demo_runs):

@@ -277,10 +277,10 @@ def recommend(
     expected_queries: order arms by total cost at that query volume (see `cost_key`). order: the
     arms' names cheapest first, as the run estimated them before running (the ladder's order);
     without it, arms are ordered by the costs in `outcomes`. resamples, seed: for the bootstrap
-    intervals of paired differences. learning_curve_hint: what the learning curve suggests
-    (`curves.curve_hint`); with the other evidence hints, added to the details when no arm meets
-    the target. labels_forecast: the labels the learning curve forecasts to reach the target, stated
-    in the headline when every arm falls short.
+    intervals of paired differences. learning_curve_hint: what the learning curve's last points
+    suggest (`curves.curve_hint`); with the other evidence hints, added to the details when no arm
+    meets the target. labels_forecast: the labels the fitted learning curve forecasts to reach the
+    target; it replaces the hint, and is stated in the headline when every arm falls short.
     """
     _check_target(target)
     if not 0 <= margin < 1:
@@ -336,7 +336,13 @@ def recommend(
             headline = wording.short_headline(best, labels_forecast)
         details = [wording.none_details(best, shortfall)]
         hints = evidence_hints(ordered, versus, retrieval, target, lenient=lenient, level=level)
-        hint = " ".join(hints + ([learning_curve_hint] if learning_curve_hint else [])) or None
+        # What more labels would do: the fitted forecast when there is one (stated in the headline
+        # when every arm falls short), else the curve's own last steps.
+        if labels_forecast is not None:
+            hints += [labels_forecast.sentence()] if status == UNDECIDED else []
+        elif learning_curve_hint:
+            hints.append(learning_curve_hint)
+        hint = " ".join(hints) or None
     if versus is not None:
         # Stated whatever the decision: a reader weighing prompt against fine-tuning needs both views.
         stated = {chosen.name, runner_up.name} if comparison is not None else set()
