@@ -297,25 +297,25 @@ def test_a_run_where_every_arm_falls_short_states_the_label_forecast_in_its_head
         [BASELINE, INSTRUCTION], 0.9, labels_forecast=unreachable).headline
 
 
-def test_the_verdicts_tests_are_holm_adjusted_as_one_family_and_the_wording_follows_the_adjusted_p():
+def test_the_verdicts_tests_are_holm_adjusted_over_all_pairs_and_the_wording_follows_the_adjusted_p():
     result = decide.recommend(CHAT, 0.4)  # lora recommended; runner-up baseline; versus: instruction and lora
     versus = result.prompt_vs_finetune
-    tests = [result.comparison, versus.strict, versus.lenient]
     assert result.runner_up == "baseline" and (versus.prompt_arm, versus.finetuned_arm) == ("instruction", "lora")
-    assert stats.holm([test.p_value for test in tests]) == [test.p_adjusted for test in tests]
+    pairs = [("baseline", "instruction"), ("baseline", "lora"), ("instruction", "lora")]
+    arms = {arm.name: arm for arm in CHAT}
+    for view, tests in (("correct", {("baseline", "lora"): result.comparison, ("instruction", "lora"): versus.strict}),
+                        ("correct_lenient", {("instruction", "lora"): versus.lenient})):
+        raw = [stats.paired_accuracy_test(getattr(arms[a], view), getattr(arms[b], view)).p_value for a, b in pairs]
+        adjusted = dict(zip(pairs, stats.holm(raw)))
+        for pair, test in tests.items():
+            assert test.p_adjusted == adjusted[pair] >= test.p_value
     assert f"Holm-adjusted {versus.lenient.p_adjusted:.3g}" in result.reason
-    # When the runner-up is the best prompt arm, that pair is tested once: one member, one adjusted p-value.
-    result = decide.recommend(CHAT[1:], 0.4)
-    versus = result.prompt_vs_finetune
-    assert result.runner_up == "instruction"
-    assert result.comparison.p_adjusted == versus.strict.p_adjusted
-    assert stats.holm([result.comparison.p_value, versus.lenient.p_value]) == [
-        result.comparison.p_adjusted, versus.lenient.p_adjusted]
     # A test that is significant raw but not after adjustment is worded as not significant.
-    borderline = replace(result.comparison, p_value=0.03)
-    adjusted, _, _ = decide._holm_family(CHAT[2], CHAT[1], borderline, replace(versus, lenient=replace(
-        versus.lenient, p_value=0.04)), None)
-    assert adjusted.p_adjusted == pytest.approx(0.06) and not adjusted.significant
+    borderline = replace(versus.lenient, p_value=0.03)
+    adjusted = decide._adjusted(borderline, ("instruction", "lora"), {frozenset(("instruction", "lora")): 0.06})
+    assert not adjusted.significant
+    assert "No significant difference" in decide._Wording(0.4, False, 0.95, 0.02, None, result.accuracy) \
+        .comparison_sentence("lora", "instruction", adjusted)
 
 
 def test_not_significant_is_said_with_the_smallest_difference_the_test_could_detect():

@@ -286,27 +286,24 @@ def cost_basis_warnings(outcomes: Sequence[decide.ArmOutcome]) -> list[dict]:
 def paired_tests(
     records: dict[str, list[list[ExampleRecord]]], names: list[str], recommended: str | None
 ) -> list[PairedComparison]:
-    """Every arm against `baseline` and against the recommended arm, on the same test items. The
-    comparisons against one reference are one family: each p-value is shown with its Holm
-    adjustment within that family (accuracy and relevance adjusted separately)."""
+    """Every arm against `baseline` and against the recommended arm, on the same test items, each
+    p-value shown with its Holm adjustment over every pair of arms (`decide.pairwise_holm`; accuracy
+    and relevance are separate families)."""
+    correct = {name: outcome_matrix(records[name], "correct") for name in names}
+    relevance = {name: relevance_matrix(records[name]) for name in names}
+    accuracy_family = decide.pairwise_holm(correct, stats.paired_accuracy_test)
+    relevance_family = decide.pairwise_holm(relevance, stats.paired_bootstrap_test)
     references = [r for r in ("baseline", recommended) if r is not None and r in records]
     tests = []
     for reference in dict.fromkeys(references):
-        family = []
         for name in names:
             if name == reference:
                 continue
-            accuracy = stats.paired_accuracy_test(
-                outcome_matrix(records[name], "correct"), outcome_matrix(records[reference], "correct")
-            )
-            relevance = stats.paired_bootstrap_test(relevance_matrix(records[name]), relevance_matrix(records[reference]))
-            family.append(PairedComparison(name, reference, accuracy, relevance))
-        accuracy_p = stats.holm([t.accuracy.p_value for t in family])
-        relevance_p = stats.holm([t.relevance.p_value for t in family])
-        tests += [
-            replace(t, accuracy=replace(t.accuracy, p_adjusted=a), relevance=replace(t.relevance, p_adjusted=r))
-            for t, a, r in zip(family, accuracy_p, relevance_p)
-        ]
+            pair = frozenset((name, reference))
+            accuracy = stats.paired_accuracy_test(correct[name], correct[reference])
+            relevance_test = stats.paired_bootstrap_test(relevance[name], relevance[reference])
+            tests.append(PairedComparison(name, reference, replace(accuracy, p_adjusted=accuracy_family[pair]),
+                                          replace(relevance_test, p_adjusted=relevance_family[pair])))
     return tests
 
 

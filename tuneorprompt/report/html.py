@@ -118,7 +118,7 @@ right when a reference answer appears in it, not counting text copied from the q
 {% if forecast_notes %}<h2>Label forecast</h2><ul id="forecast">{% for line in forecast_notes %}<li>{{ line }}</li>{% endfor %}</ul>
 <p><small>{{ forecast_method }}</small></p>{% endif %}
 <h2>Paired tests (same test items)</h2>
-<table id="paired-tests"><caption>Each arm against the baseline and against the recommended arm; p-values Holm-adjusted within each reference's comparisons</caption>
+<table id="paired-tests"><caption>Each arm against the baseline and against the recommended arm; Holm p: adjusted over every pair of arms</caption>
 <tr><th scope="col">arm</th><th scope="col">against</th><th scope="col">accuracy difference [95% CI]</th><th scope="col">test</th><th scope="col">p</th><th scope="col">Holm p</th>
 <th scope="col">smallest detectable difference (80% power)</th>
 <th scope="col">relevance difference [95% CI]</th><th scope="col">paired bootstrap p</th><th scope="col">Holm p</th></tr>
