@@ -203,8 +203,12 @@ def plan_run(
     then loads no model at all)."""
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
-    PromptFormat(config.prompt)  # compiles the templates: a syntax error is found before the model loads
+    # The templates compiled and rendered on every example: a syntax error, a failing render, or a
+    # template that loops without end is found before the model loads.
+    unloaded_format = PromptFormat(config.prompt)
     arms = expand_arms(config)
+    unloaded_format.check_renders([*splits.train, *splits.dev, *splits.test],
+                                  instructions=any(arm.uses_instruction for arm in arms))
     model = resolve_model(config.model) if backend is None else _answered_by(backend, config, arms)
     arms, skipped = _without_local_weights(arms, model)
     learning_curve = config.learning_curve.enabled and model.trainable
