@@ -22,6 +22,7 @@ SMOKE = {
     "bench_threads": ["--model", "testbed", "--smoke"],
     "bench_lm_eval": ["--model", "testbed", "--smoke"],
     "bench_demo": ["--smoke"],
+    "bench_stats": ["--smoke"],
 }
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +75,41 @@ def test_an_error_quoting_escape_sequences_prints_them_escaped(monkeypatch):
     with pytest.raises(typer.Exit):
         cli._fail(ValueError("the server said \x1b]0;pwned\x07\x1b[2J"))
     assert cli.console.file.getvalue() == "error: the server said \\x1b]0;pwned\\x07\\x1b[2J\n"
+
+
+
+def template_config(tmp_path: Path, key: str, template: str) -> Path:
+    """An experiment whose `key` template is `template`; model "m" does not exist, so an error about
+    the template shows it came before any model was looked for."""
+    return write_config(tmp_path, {"prompt": {key.split(".")[1]: template}, "arms": ["instruction"]})
+
+
+@pytest.mark.parametrize(
+    "key, template",
+    [
+        ("prompt.template", "{% for x in range(10**9) %}{% endfor %}Q: {{ input }}"),
+        ("prompt.instruction_template", "{% for x in range(100000) %}{{ instruction }}{% endfor %}{{ prompt }}"),
+    ],
+    ids=["range-overflow", "instruction-template"],
+)
+def test_a_template_past_the_render_limits_is_refused_before_the_model_loads(tmp_path, key, template):
+    code, output = invoke("check-data", str(template_config(tmp_path, key, template)))
+    assert code == 2, output
+    assert f"error: {key}: rendering exceeded " in output
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{% for x in range(100000) %}{% for y in range(100000) %}{% endfor %}{% endfor %}", "Q: {{ input * 10**9 }}"],
+    ids=["nested-loops", "huge-value"],
+)
+def test_a_template_that_would_hang_or_fill_memory_is_refused_in_seconds(tmp_path, template):
+    # In a process of its own, with a deadline: unbounded, the nested loops run for hours and the
+    # repeated input takes 17 GB.
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "400"}
+    done = subprocess.run(
+        [sys.executable, "-m", "tuneorprompt.cli", "check-data", str(template_config(tmp_path, "prompt.template", template))],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1].startswith("error: prompt.template: rendering exceeded ")

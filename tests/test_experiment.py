@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -415,3 +416,26 @@ def test_a_model_that_cannot_be_trained_is_refused_before_any_arm_runs(tmp_path,
     with pytest.raises(ValueError, match=r"is quantized \(gptq\); its weights cannot be trained"):
         run_experiment(raw, tmp_path / "run", backend=backend)
     assert backend.prompts_seen == [] and not (tmp_path / "run").exists()
+
+
+class FirstAnswerAsked(Exception):
+    """Raised by a backend at its first generation: the run got that far."""
+
+
+def refuse_to_answer(prompt: str) -> str:
+    raise FirstAnswerAsked
+
+
+@pytest.mark.parametrize(("max_test", "warned"), [(None, True), (10_001, False)])
+def test_a_large_test_split_without_max_test_is_said_before_any_answer(tmp_path, max_test, warned):
+    raw = config(tmp_path, arms=["baseline"], seeds=[0])
+    raw["data"]["max_test"] = max_test
+    Path(raw["data"]["test"]).write_text("".join(
+        json.dumps({"id": f"te{i}", "input": f"Where is item te{i}?", "target": f"Place te{i}"}) + "\n"
+        for i in range(10_001)
+    ))
+    output = Console(file=io.StringIO(), width=400)
+    with pytest.raises(FirstAnswerAsked):
+        run_experiment(raw, tmp_path / "run", backend=ScriptedBackend(refuse_to_answer), console=output)
+    said = "Warning: the test split has 10,001 items and data.max_test is unset" in output.file.getvalue()
+    assert said == warned

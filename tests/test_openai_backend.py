@@ -6,11 +6,13 @@ answers 429/503 before 200 (retries). Also the config seam (`kind`), the API key
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import re
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -271,6 +273,30 @@ def test_a_password_in_base_url_is_masked_wherever_the_url_is_written_or_shown(t
     spec = OpenAIModelConfig(**config["model"])
     changed = spec.model_copy(update={"base_url": secret_url.replace("hunter2", "hunter3")})
     assert served_model_key(spec) == served_model_key(changed)
+
+
+
+def test_a_huge_reply_is_cut_to_its_cap_before_it_is_stored_scored_or_reported(tmp_path):
+    # 6 MB of text for max_tokens 16, as a broken or hostile server sent (issue 19: a 472 MB store).
+    huge = " Paris" * 1_000_000
+    reply = json.dumps({"choices": [{"index": 0, "text": huge}], "usage": {"prompt_tokens": 7, "completion_tokens": 16}})
+    with FlakyServer([], reply.encode()) as server:
+        config = {
+            "name": "huge", "model": {"kind": "openai", "base_url": server.url, "model": "m", "context_length": 2048},
+            "data": {k: str(CAPITALS / f"{k}.jsonl") for k in ("train", "dev", "test")} | {"max_test": 5},
+            "generation": {"max_new_tokens": 16}, "arms": ["baseline"],
+        }
+        result = run_experiment(config, tmp_path / "run", console=Console(file=io.StringIO()))
+    cap = 32 * 16 + 1024  # characters: backends.text.reply_cap(16)
+    assert [r.completion for r in result.records["baseline"][0]] == [huge[:cap]] * 5
+    audit = json.loads((tmp_path / "run" / "report.json").read_text())["arms"][0]["scoring_audit"]
+    assert (audit["replies_cut"], audit["replies"]) == (5, 5)
+    assert [w["code"] for w in result.report.warnings if w["code"] == "replies_cut"] == ["replies_cut"]
+    with sqlite3.connect(tmp_path / "run" / "store.sqlite") as db:
+        assert db.execute("SELECT max(length(text)) FROM generations").fetchone() == (cap,)
+    # What reaches the disk is the capped text, not the 30 MB the server sent.
+    assert (tmp_path / "run" / "store.sqlite").stat().st_size < 2_000_000
+    assert (tmp_path / "run" / "report.html").stat().st_size < 2_000_000
 
 
 def test_a_model_the_server_does_not_list_is_an_error_before_any_arm():

@@ -1,7 +1,10 @@
 import re
+import time
 
 import numpy as np
 import pytest
+from jinja2 import StrictUndefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tuneorprompt.config import PromptConfig
 from tuneorprompt.prompts import (
@@ -134,3 +137,42 @@ def test_bm25_is_not_led_by_rare_function_words():
     passages.append("Chaozhou is a city in China.")
     retriever = PassageRetriever(passages, top_k=1, method="bm25")
     assert retriever(Example("q", "Which country is the city of Chaozhou in?", ("China",))) == [passages[-1]]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # A value that doubles each time round: 2^60 characters, through `~` or `+`.
+        "{% set ns = namespace(s=input) %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% set ns = namespace(s=[input]) %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "{{ 7 ** (10 ** 9) }}",  # a billion-bit integer: minutes of arithmetic before it prints
+        # A recursive loop, each level 1,000 wide, four levels deep: 10^12 iterations.
+        "{% for x in range(1000) recursive %}{% if loop.depth < 4 %}{{ loop(range(1000)) }}{% endif %}{% endfor %}",
+        "{% for c in input %}{% for d in input %}{% for e in input %}{% for f in input %}{% endfor %}{% endfor %}"
+        "{% endfor %}{% endfor %}",
+    ],
+    ids=["concat-doubling", "list-doubling", "power", "recursive-loop", "loops-over-the-input"],
+)
+def test_a_render_past_its_budget_is_one_error_naming_the_template(template):
+    with pytest.raises(TemplateError, match=r"^prompt\.template: rendering exceeded .* for example 'q'$"):
+        PromptFormat(PromptConfig(template=template)).plain(QUERY)
+
+
+@pytest.mark.parametrize("template", ["{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+                                      "{% for x in [1] recursive %}{{ loop([x]) }}{% endfor %}"])
+def test_a_template_calling_itself_without_end_is_one_error(template):
+    with pytest.raises(TemplateError, match=r"^prompt\.template: cannot be rendered for example 'q': RecursionError"):
+        PromptFormat(PromptConfig(template=template)).plain(QUERY)
+
+
+def test_bounded_rendering_keeps_what_templates_render_and_their_speed():
+    template = ("{% for word in input.split() if word|length > 2 %}{{ loop.index }}/{{ loop.length }} {{ word ~ '!' }} "
+                "{% endfor %}{{ range(3)|sum * 2 ** 3 }} {{ [1] + [2] }} {{ 'ab' * 2 }}")
+    plain_jinja = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+    expected = plain_jinja.from_string(template).render(input=QUERY.input)
+    assert PromptFormat(PromptConfig(template=template)).plain(QUERY) == expected
+    # The default template on 20,000 examples: ~0.5 s (25 microseconds a render) when the machine is idle.
+    examples = [Example(f"e{i}", f"What is the capital of country {i}?", ("x",)) for i in range(20_000)]
+    started = time.perf_counter()
+    PromptFormat(PromptConfig()).check_renders(examples, instructions=True)
+    assert time.perf_counter() - started < 5

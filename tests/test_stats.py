@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 from dataclasses import asdict
 
 import numpy as np
@@ -121,6 +122,34 @@ def test_mean_interval_matches_normal_theory_for_a_large_sample():
 def test_mean_interval_of_constant_scores_is_the_value():
     assert stats.mean_interval(np.full((2, 10), 42.0)) == stats.Interval(42.0, 42.0, 42.0, 0.95, "none")
 
+
+@pytest.mark.parametrize("level", [0.9, 0.95])
+def test_mean_interval_is_scipys_bca_interval(level):
+    # Skewed scores, so that both of BCa's corrections (bias, acceleration) move the bounds.
+    relevance = np.random.default_rng(4).exponential(20, size=300)
+    scipy_bca = scipy_stats.bootstrap((relevance,), np.mean, n_resamples=2000, confidence_level=level, method="BCa",
+                                      rng=np.random.default_rng(stats.DEFAULT_SEED)).confidence_interval
+    interval = stats.mean_interval(relevance, level=level)
+    assert interval.method == "bootstrap_bca"
+    assert (interval.low, interval.high) == (pytest.approx(scipy_bca.low, rel=1e-12), pytest.approx(scipy_bca.high, rel=1e-12))
+
+
+def test_bootstrap_memory_grows_linearly_with_the_test_size():
+    # scipy's BCa built an n x (n - 1) jackknife array: about 7 GB at 20,000 items. Resampling in
+    # batches with the closed-form acceleration of the mean needs one batch (~64 MB) at any size.
+    # numpy reports its array allocations to tracemalloc.
+    a, b = np.random.default_rng(5).normal(60, 15, size=(2, 20_000))
+    tracemalloc.start()
+    try:
+        interval = stats.mean_interval(a)
+        comparison = stats.paired_bootstrap_test(a, b)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 150 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    half_width = 1.96 * a.std(ddof=1) / math.sqrt(a.size)  # the bootstrap still does its job at this size
+    assert interval.high - interval.low == pytest.approx(2 * half_width, rel=0.1)
+    assert comparison.diff_low < comparison.difference < comparison.diff_high
 
 @pytest.mark.parametrize(
     ("correct", "message"),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 import numpy as np
 
 from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend
+from tuneorprompt.backends.text import reply_cap
 from tuneorprompt.metrics import MetricError
 from tuneorprompt.prompts import PromptRecipe
 from tuneorprompt.records import Completion, Example, ExampleRecord, GenerationSettings, Prompt
@@ -26,6 +27,8 @@ CHUNK = 64
 # The key under which a System's info records how many of its prompts on a split lost demos to fit
 # the context; `summary.summarize_arm` reads it back from the arm's stored info.
 PROMPTS_SHORTENED = {"test": "prompts_shortened_test", "dev": "prompts_shortened_dev"}
+# Replies cut to `text.reply_cap` characters (by `CachedBackend`), counted per split in an arm's info.
+REPLIES_CUT = {"test": "replies_cut_test", "dev": "replies_cut_dev"}
 
 
 class Progress(Protocol):
@@ -155,6 +158,9 @@ def evaluate(
     if progress is not None:
         progress.remove_task(task)
 
+    cut = sum(len(c.text) >= reply_cap(settings.max_new_tokens) for c in completions)
+    if cut:
+        system.info[REPLIES_CUT[split]] = cut
     rendered = [system.backend.render(p) for p in prompts]  # the exact text the model saw
     answers = [scorer.extract(c.text) for c in completions]
     correct = [_score(scorer, a, e) for a, e in zip(answers, examples)]

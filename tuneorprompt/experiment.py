@@ -172,6 +172,22 @@ class RunPlan:
     # Arms the config asks for that cannot run here, each {"arm", "reason"}: listed in the report's
     # warnings and in the terminal, never silently left out.
     skipped: list[dict[str, str]] = field(default_factory=list)
+    # What the user should know before the run starts (a very large test split), one line each,
+    # printed before any arm runs. Unlike `skipped`, they do not bear on the report's numbers.
+    warnings: list[str] = field(default_factory=list)
+
+
+# Test items beyond which a run without `data.max_test` is said up front: every arm and seed answers
+# every item, and at ~10 answers/s on a CPU (README, benchmarks) 10,000 items are ~17 minutes each.
+LARGE_TEST = 10_000
+
+
+def large_test_warnings(config: ExperimentConfig, splits: Splits) -> list[str]:
+    """A test split over LARGE_TEST items run whole (no `data.max_test`): said before it takes hours."""
+    if config.data.max_test is not None or len(splits.test) <= LARGE_TEST:
+        return []
+    return [f"the test split has {len(splits.test):,} items and data.max_test is unset: every arm and seed answers "
+            "all of them; set data.max_test to try the experiment on fewer first"]
 
 
 def plan_run(
@@ -187,8 +203,12 @@ def plan_run(
     then loads no model at all)."""
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
-    PromptFormat(config.prompt)  # compiles the templates: a syntax error is found before the model loads
+    # The templates compiled and rendered on every example: a syntax error, a failing render, or a
+    # template that loops without end is found before the model loads.
+    unloaded_format = PromptFormat(config.prompt)
     arms = expand_arms(config)
+    unloaded_format.check_renders([*splits.train, *splits.dev, *splits.test],
+                                  instructions=any(arm.uses_instruction for arm in arms))
     model = resolve_model(config.model) if backend is None else _answered_by(backend, config, arms)
     arms, skipped = _without_local_weights(arms, model)
     learning_curve = config.learning_curve.enabled and model.trainable
@@ -246,7 +266,8 @@ def plan_run(
         estimates = decide.ladder_order(estimates, config.costs.expected_queries)
     by_name = {arm.name: arm for arm in arms}
     return RunPlan(config, model, run_dir, key, splits, overlap, task, base, settings, scorer,
-                   [by_name[e.name] for e in estimates], estimates, protocol, learning_curve, skipped)
+                   [by_name[e.name] for e in estimates], estimates, protocol, learning_curve, skipped,
+                   large_test_warnings(config, splits))
 
 
 def _answered_by(backend: Backend, config: ExperimentConfig, arms: list[Arm]) -> ResolvedModel:
@@ -308,6 +329,8 @@ def _run(
     stopped_early_at: str | None = None
     for skipped in plan.skipped:
         console.print(f"[yellow]Skipping {for_terminal(skipped['arm'])}[/]: {for_terminal(skipped['reason'])}")
+    for warning in plan.warnings:
+        console.print(f"[yellow]Warning[/]: {for_terminal(warning)}")
     with make_progress(console) as progress:
         dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, counts, plan.protocol["key"], progress)
 

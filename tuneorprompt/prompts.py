@@ -2,7 +2,8 @@
 
 Every arm builds its prompts here, so all arms share one template and one demo format; only what
 the arm adds differs. Templates are jinja2 in an immutable sandbox with StrictUndefined: a config
-cannot run code, and a misspelt variable is an error instead of silently rendering as "".
+cannot run code, and a misspelt variable is an error instead of silently rendering as "". Each render
+has a budget of loop steps and of value sizes, so a template cannot hang a run or fill its memory.
 
 Two shapes, decided by whether the model is used with its chat template:
 - plain (base models): one text, instruction, then demos each followed by its answer, then the query;
@@ -15,10 +16,12 @@ Two shapes, decided by whether the model is used with its chat template:
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Sequence
 
 import jinja2
+from jinja2 import nodes, pass_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from tuneorprompt.config import PromptConfig
@@ -33,26 +36,136 @@ BUILTIN_INSTRUCTIONS: tuple[str, ...] = (
     "You are a helpful assistant. Answer the question.",
 )
 
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-)
+# A template runs once per prompt, and a real one does little (`{{ input }}`, a loop over a few
+# items). The sandbox stops one range() past 100,000 items, but not nested loops (range(100000)
+# inside range(100000): 10^10 steps) nor values that double in size, which would hang the run or
+# exhaust memory. Each render therefore has a budget, counted rather than timed so that a template
+# is refused alike on any machine: a limit hit is a TemplateError naming the template's key.
+# Loop iterations plus range() items, every loop of one render together: `for x in range(100000)`,
+# the sandbox's largest range, takes 200,000; the budget spent takes 0.1-1 s, by what the loops do.
+MAX_RENDER_STEPS = 250_000
+MAX_RENDERED_CHARS = 1_000_000  # a prompt, or any string or list built on the way (~250,000 tokens: past any context)
+
+
+class RenderLimitError(Exception):
+    """A render that went past `MAX_RENDER_STEPS` or `MAX_RENDERED_CHARS`; the message says which."""
+
+
+class _Steps:
+    """The steps one render has left."""
+
+    def __init__(self) -> None:
+        self.left = MAX_RENDER_STEPS
+
+    def take(self, count: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise RenderLimitError(f"{MAX_RENDER_STEPS:,} steps (loop iterations and range items)")
+
+
+_STEPS: ContextVar[_Steps] = ContextVar("template_render_steps")
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_RENDERED_CHARS:
+        raise RenderLimitError(f"{MAX_RENDERED_CHARS:,} characters or items in one value")
+
+
+def _size(value: object) -> int | None:
+    return len(value) if isinstance(value, (str, list, tuple)) else None
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with every operator that can make a value vastly larger than its operands checked
+    before it runs: repetition (`*`), concatenation (`+`) and powers of integers (`**`)."""
+
+    intercepted_binops = frozenset({"*", "+", "**"})
+
+    def call_binop(self, context, operator: str, left, right):
+        sizes = (_size(left), _size(right))
+        if operator == "*" and None in sizes and sizes != (None, None):
+            count = right if sizes[0] is not None else left
+            if isinstance(count, int):
+                _check_size((sizes[0] or sizes[1]) * count)
+        elif operator == "+" and None not in sizes:
+            _check_size(sizes[0] + sizes[1])
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+            _check_size(right * abs(left).bit_length() // 3)  # decimal digits: ~0.3 per bit
+        return super().call_binop(context, operator, left, right)
+
+
+@pass_context  # a context filter is never constant-folded at compile time, when no render budget exists
+def _counted(context, iterable):
+    """Each item drawn from `iterable` (a loop's) takes one render step."""
+    steps = _STEPS.get()
+    for item in iterable:
+        steps.take(1)
+        yield item
+
+
+@pass_context
+def _bounded_text(context, text: str) -> str:
+    _check_size(len(text))
+    return text
+
+
+def _bounded_range(*args: int) -> range:
+    """range(), its items taking render steps when it is made (a `|sum` of it costs as a loop does)."""
+    items = range(*args)
+    steps = _STEPS.get()
+    steps.take(len(items[: steps.left + 1]))  # sliced: len() of range(10**30) itself overflows
+    return items
+
+
+_ENV = _BoundedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+_ENV.globals["range"] = _bounded_range
+_ENV.filters |= {"_counted": _counted, "_bounded_text": _bounded_text}
 
 
 class TemplateError(ValueError):
     """A prompt template that does not compile or render; the message names the template's config key."""
 
 
+def _bounded(tree: nodes.Template) -> nodes.Template:
+    """`tree` with every loop's items counted (`for` loops, and a recursive loop's `loop(...)` calls)
+    and every `~` concatenation's size checked."""
+    def wrap(node: nodes.Expr, name: str) -> nodes.Filter:
+        return nodes.Filter(node, name, [], [], None, None, lineno=node.lineno)
+
+    for loop in list(tree.find_all(nodes.For)):
+        loop.iter = wrap(loop.iter, "_counted")
+    for call in list(tree.find_all(nodes.Call)):
+        if isinstance(call.node, nodes.Name) and call.node.name == "loop" and call.args:
+            call.args[0] = wrap(call.args[0], "_counted")
+    for parent in list(tree.find_all(nodes.Node)):
+        for field in parent.fields:
+            child = getattr(parent, field)
+            if isinstance(child, nodes.Concat):
+                setattr(parent, field, wrap(child, "_bounded_text"))
+            elif isinstance(child, list):
+                child[:] = [wrap(c, "_bounded_text") if isinstance(c, nodes.Concat) else c for c in child]
+    return tree
+
+
 def compile_template(source: str, key: str) -> jinja2.Template:
     """`key`: the template's config key, as errors name it."""
     try:
-        return _ENV.from_string(source)
+        return _ENV.from_string(_bounded(_ENV.parse(source)))
     except jinja2.TemplateSyntaxError as error:
         raise TemplateError(f"{key}: template syntax error on line {error.lineno}: {error.message}") from None
 
 
 def _render(template: jinja2.Template, key: str, example_id: str, **variables: str) -> str:
+    token = _STEPS.set(_Steps())
     try:
-        return template.render(**variables)
+        rendered, size = [], 0
+        for chunk in template.generate(**variables):
+            size += len(chunk)
+            _check_size(size)
+            rendered.append(chunk)
+        return "".join(rendered)
+    except RenderLimitError as error:
+        raise TemplateError(f"{key}: rendering exceeded {error} for example {example_id!r}") from None
     except jinja2.UndefinedError as error:
         names = ", ".join(sorted(variables))
         raise TemplateError(f"{key}: {error.message} (available: {names})") from None
@@ -60,10 +173,13 @@ def _render(template: jinja2.Template, key: str, example_id: str, **variables: s
         raise TemplateError(f"{key}: not allowed in a template: {error}") from None
     # A filter or operator misused on this example's text: `input|format(1)` raises TypeError, `|int` of a
     # word then `/ 0` ZeroDivisionError. Only rendering shows it, and perhaps only for some examples.
-    except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as error:
+    # RecursionError: a macro or recursive loop that calls itself without end.
+    except (jinja2.TemplateError, ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as error:
         raise TemplateError(
             f"{key}: cannot be rendered for example {example_id!r}: {type(error).__name__}: {error}"
         ) from None
+    finally:
+        _STEPS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -115,15 +231,29 @@ class PromptFormat:
     def with_demonstrations(self, prompt: str, demos: Sequence[Example]) -> str:
         return self.config.demo_separator.join([self.demonstration(d) for d in demos] + [prompt])
 
-    def instruction_candidates(self) -> list[PlacedInstruction]:
-        """The user's candidates first, then the built-in ones, without repeats; with a chat template
-        each both before the question and in the system message (the dev split chooses)."""
+    def instruction_texts(self) -> list[str]:
+        """The user's candidate instructions first, then the built-in ones, without repeats."""
         builtin = list(BUILTIN_INSTRUCTIONS) if self.config.builtin_instructions else []
-        texts = list(dict.fromkeys(self.config.instructions + builtin))
+        return list(dict.fromkeys(self.config.instructions + builtin))
+
+    def instruction_candidates(self) -> list[PlacedInstruction]:
+        """`instruction_texts`, with a chat template each both before the question and in the system
+        message (the dev split chooses)."""
+        texts = self.instruction_texts()
         if not texts:
             raise TemplateError("prompt.instructions is empty and builtin_instructions is false: nothing to try")
         placements = ("prompt", "system") if self.chat else ("prompt",)
         return [PlacedInstruction(text, placement) for text in texts for placement in placements]
+
+    def check_renders(self, examples: Sequence[Example], instructions: bool) -> None:
+        """Render `prompt.template` for every example and, with `instructions`, the instruction
+        template with every candidate on the first: a template that fails on some example, loops
+        without end or grows without bound is refused (TemplateError naming its key) before a model
+        loads. A real template costs ~25 microseconds a render: one second per 40,000 examples."""
+        questions = [self.plain(example) for example in examples]
+        if instructions and examples:
+            for text in self.instruction_texts():
+                self.with_instruction(questions[0], text, examples[0].id)
 
     def conversation(self, question: str, demos: Sequence[Example], system: str | None) -> tuple[Message, ...]:
         turns = [Message("system", system)] if system else []

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tuneorprompt import stats
-from tuneorprompt.evaluate import PROMPTS_SHORTENED
+from tuneorprompt.evaluate import PROMPTS_SHORTENED, REPLIES_CUT
 from tuneorprompt.records import ExampleRecord, TrainingCost
 
 
@@ -144,6 +144,7 @@ class ScoringAudit:
     reference_words: float
     replies: int
     empty_replies: int
+    replies_cut: int  # replies longer than the size cap (`backends.text.reply_cap`), cut to it before scoring
     strict_only: int
     lenient_only: int
     examples: tuple[ScoredExample, ...]
@@ -246,7 +247,9 @@ def summarize_arm(
         peak_rss_mb=max(peaks) if peaks else None,
         details=[{k: v for k, v in info.items() if k != "training"} for info in info_by_seed],
         example_prompt=records_by_seed[0][0].prompt if records_by_seed and records_by_seed[0] else None,
-        scoring_audit=scoring_audit(records_by_seed),
+        scoring_audit=scoring_audit(
+            records_by_seed, replies_cut=sum(info.get(REPLIES_CUT["test"], 0) for info in info_by_seed)
+        ),
         notes=ArmNotes(
             prompts_shortened_test=tuple(info.get(PROMPTS_SHORTENED["test"], 0) for info in info_by_seed),
             prompts_shortened_dev=tuple(info.get(PROMPTS_SHORTENED["dev"], 0) for info in info_by_seed),
@@ -275,8 +278,11 @@ AUDIT_EXAMPLES = 3
 MAX_REPLY_CHARS = 300  # an example shows the start of a long reply; report.json stays small
 
 
-def scoring_audit(records_by_seed: Sequence[Sequence[ExampleRecord]], limit: int = AUDIT_EXAMPLES) -> ScoringAudit:
+def scoring_audit(
+    records_by_seed: Sequence[Sequence[ExampleRecord]], limit: int = AUDIT_EXAMPLES, *, replies_cut: int = 0
+) -> ScoringAudit:
     """How an arm's replies meet the two scoring views, to tell a format problem from a content one.
+    `replies_cut`: how many of the replies were cut to the size cap (the evaluator counts them).
 
     Lengths are mean words over every seed's records: a reply many times longer than its reference
     is a sentence that an exact matcher cannot accept. `strict_only` / `lenient_only` count records
@@ -294,6 +300,7 @@ def scoring_audit(records_by_seed: Sequence[Sequence[ExampleRecord]], limit: int
         reference_words=_mean_words(r.targets[0] if r.targets else "" for r in all_records),
         replies=len(all_records),
         empty_replies=sum(not r.completion.strip() for r in all_records),
+        replies_cut=replies_cut,
         strict_only=len(strict_only),
         lenient_only=len(lenient_only),
         examples=tuple(scored_example(r) for r in interleave(kinds)[:limit]),

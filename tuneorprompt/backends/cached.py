@@ -1,6 +1,7 @@
 """A backend whose generations go through the run's store: only prompts never seen for this
 serving identity and these decoding settings reach the wrapped backend. Composition, so any
-backend (local weights, a fine-tuned model, a served endpoint) gets the same cache."""
+backend (local weights, a fine-tuned model, a served endpoint) gets the same cache, and the same
+cap on a reply's size (`text.cap_reply`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from tuneorprompt.backends.base import Backend, ScoringBackend
+from tuneorprompt.backends.text import cap_reply
 from tuneorprompt.keys import generation_key
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 from tuneorprompt.store import Store
@@ -46,7 +48,10 @@ class CachedBackend:
         self.counts.hits += len(prompts) - len(missing)
         self.counts.misses += len(missing)
         if missing:
-            fresh = self.inner.generate([prompt for prompt, _ in missing.values()], settings)
+            # Every reply of every backend, served or local, enters the run here: capped once, before
+            # it is stored or scored (the evaluator counts the cut ones for the scoring audit).
+            fresh = [cap_reply(completion, settings.max_new_tokens)
+                     for completion in self.inner.generate([prompt for prompt, _ in missing.values()], settings)]
             self.store.put_generations(self.fingerprint, settings, [text for _, text in missing.values()], fresh)
             found.update(zip(missing, fresh))
         return [found[k] for k in keys]

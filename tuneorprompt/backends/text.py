@@ -1,12 +1,22 @@
 """The protocol's text rules that every backend shares, free of torch so that a served backend
-(`kind: openai`) never imports it: where a completion is cut (`cut_at_stop`), and how a prompt is
+(`kind: openai`) never imports it: where a completion is cut (`cut_at_stop`, `cap_reply`), and how a prompt is
 rendered and encoded by a tokenizer (`render_prompt`, `encode_prompt`). The tokenizer is passed in:
 this module never loads one, so it imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
-from tuneorprompt.records import Message, Prompt
+from dataclasses import replace
+
+from tuneorprompt.records import Completion, Message, Prompt
+
+# The most characters a reply may keep, per token asked for (`max_new_tokens`) plus a floor. Text
+# averages ~4 characters a token, and the longest entries of a BPE vocabulary are runs of spaces or
+# punctuation of a few dozen (SmolLM2's longest: 81 spaces), so no reply a model could give in
+# `max_new_tokens` tokens of real text comes near the cap, while a server that sends megabytes for
+# 16 tokens (issue 19) is cut to 1,536 characters instead of filling the store and the report.
+REPLY_CHARS_PER_TOKEN = 32
+REPLY_CHARS_FLOOR = 1024  # a short budget still fits a few of the longest tokens
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
@@ -15,6 +25,18 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     not, and a server takes only a few stop strings."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
     return text[: min(cuts)] if cuts else text
+
+
+def reply_cap(max_new_tokens: int) -> int:
+    """Characters a reply keeps at most (see REPLY_CHARS_PER_TOKEN). A cut reply has exactly this many,
+    so a reply of this length counts as cut."""
+    return REPLY_CHARS_PER_TOKEN * max_new_tokens + REPLY_CHARS_FLOOR
+
+
+def cap_reply(completion: Completion, max_new_tokens: int) -> Completion:
+    """`completion` with its text cut to `reply_cap(max_new_tokens)` characters."""
+    cap = reply_cap(max_new_tokens)
+    return completion if len(completion.text) <= cap else replace(completion, text=completion.text[:cap])
 
 
 def render_prompt(tokenizer, prompt: Prompt, chat_template: bool) -> str:

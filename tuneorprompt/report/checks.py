@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from tuneorprompt import stats
+from tuneorprompt.backends.text import REPLY_CHARS_FLOOR, REPLY_CHARS_PER_TOKEN
 from tuneorprompt.decide import VIEW_GAP
 from tuneorprompt.records import ExampleRecord
 from tuneorprompt.summary import ArmSummary, interleave, outcome_matrix
@@ -35,7 +36,20 @@ def report_warnings(
 ) -> list[dict]:
     """Every warning, the scoring views first (they decide whether any number below can be trusted)."""
     disagreement = scoring_disagreement(summaries, records, metric)
-    return ([disagreement] if disagreement else []) + dev_ties(summaries)
+    return ([disagreement] if disagreement else []) + replies_cut(summaries) + dev_ties(summaries)
+
+
+def replies_cut(summaries: Sequence[ArmSummary]) -> list[dict]:
+    """A `replies_cut` warning when replies were longer than a model can write in max_new_tokens
+    tokens (`backends.text.reply_cap`): a server or model out of protocol, whose scores are suspect."""
+    cut = [f"{s.name} {s.scoring_audit.replies_cut} of {s.scoring_audit.replies}"
+           for s in summaries if s.scoring_audit.replies_cut]
+    if not cut:
+        return []
+    return [{"code": "replies_cut", "message": (
+        f"Replies longer than generation.max_new_tokens allows ({REPLY_CHARS_PER_TOKEN} characters a token, plus {REPLY_CHARS_FLOOR:,}) were cut to that "
+        f"size before they were stored and scored: {'; '.join(cut)}. The model or server sent far more than it was "
+        "asked for; check what it serves before trusting these arms' scores.")}]
 
 
 # ---- the two scoring views ---------------------------------------------------------------------------

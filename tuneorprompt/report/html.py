@@ -4,7 +4,7 @@ Warnings come first, under the title (scoring views that disagree, with example 
 that were ties): they say which numbers below not to trust. Plots: accuracy and relevance per arm
 with 95% CIs and the target line; the learning curves on shared axes; accuracy against per-query
 cost (the frontier). Under the arms table, notes on arms whose prompts were shortened to fit the
-context, and the scoring audit (reply against reference length, empty replies, right in one view
+context, and the scoring audit (reply against reference length, empty and cut replies, right in one view
 only). Then the paired tests and the examples table (each arm's answer per test item), which a small
 inline script filters by arm and by right/wrong; with scripts off, and in print, every row shows.
 """
@@ -96,10 +96,10 @@ right when a reference answer appears in it, not counting text copied from the q
 {% for title, alt, png in plots %}<h3>{{ title }}</h3><img class="plot" alt="{{ alt }}" src="data:image/png;base64,{{ png }}">{% endfor %}
 <h2>Scoring audit</h2>
 <table><tr><th scope="col">arm</th><th scope="col">reply words</th><th scope="col">answer words</th><th scope="col">reference words</th><th scope="col">empty replies</th>
-<th scope="col">right strict only</th><th scope="col">right lenient only</th></tr>
+<th scope="col">replies cut at the size cap</th><th scope="col">right strict only</th><th scope="col">right lenient only</th></tr>
 {% for a in r.arms %}{% set s = a.scoring_audit %}<tr><td>{{ a.name }}</td>
 <td>{{ "%.1f" | format(s.reply_words) }}</td><td>{{ "%.1f" | format(s.answer_words) }}</td>
-<td>{{ "%.1f" | format(s.reference_words) }}</td><td>{{ s.empty_replies }} of {{ s.replies }}</td>
+<td>{{ "%.1f" | format(s.reference_words) }}</td><td>{{ s.empty_replies }} of {{ s.replies }}</td><td>{{ s.replies_cut }}</td>
 <td>{{ s.strict_only }}</td><td>{{ s.lenient_only }}</td></tr>{% endfor %}</table>
 {% if r.break_even %}<h2>Break-even</h2><table><tr><th scope="col">fine-tuned arm</th><th scope="col">against</th><th scope="col">queries to repay training</th></tr>
 {% for b in r.break_even %}<tr><td>{{ b.arm }}</td><td>{{ b.against }}</td>
