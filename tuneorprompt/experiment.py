@@ -39,6 +39,7 @@ from tuneorprompt.arms import (
 from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend
 from tuneorprompt.backends import load_backend
 from tuneorprompt.backends.cached import CacheCounts
+from tuneorprompt.backends.gguf import is_gguf
 from tuneorprompt.config import (
     ExperimentConfig,
     apply_overrides,
@@ -47,7 +48,7 @@ from tuneorprompt.config import (
 )
 from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
-from tuneorprompt.evaluate import LabelChoice, Scorer, overlong_prompts
+from tuneorprompt.evaluate import LabelChoice, Progress, Scorer, overlong_prompts
 from tuneorprompt.keys import (
     PROTOCOL_VERSION,
     config_key,
@@ -61,7 +62,7 @@ from tuneorprompt.metrics import (
     RelevanceScorer, extract_answer, lenient_match, make_matcher, user_metric_code,
 )
 from tuneorprompt.model import ResolvedModel, resolve_model
-from tuneorprompt.progress import make_progress
+from tuneorprompt.progress import long_step, make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
@@ -113,8 +114,17 @@ def run_experiment(
     check_no_links_inside(run_dir)
     check_tracking(config.tracking)  # a missing MLflow client is found before any work
 
+    # One progress display for the whole run: loading the model (planning counts its tokens), training
+    # and evaluating are each shown while they run.
+    with make_progress(console) as progress:
+        return _plan_and_run(config, run_dir, backend, console, progress, rank)
+
+
+def _plan_and_run(
+    config: ExperimentConfig, run_dir: Path, backend: Backend | None, console: Console, progress: Progress, rank: int
+) -> Result:
     # ---- check everything that can be checked before the run directory exists --------------------
-    plan = plan_run(config, run_dir, backend, reuse=True)
+    plan = plan_run(config, run_dir, backend, reuse=True, progress=progress)
 
     # ---- run: every arm on the same test split, cheapest first -----------------------------------
     # Under `accelerate launch` every process runs this function: they fine-tune together (Trainer
@@ -136,7 +146,7 @@ def run_experiment(
                 # after the report is on disk, and its failures only warn (tracking.py).
                 counts = CacheCounts()  # every generation the run asks for: read back, or generated
                 with track_run(config, run_dir, console, enabled=rank == 0) as tracker:
-                    report, records = _run(plan, store, counts, console, rank)
+                    report, records = _run(plan, store, counts, console, rank, progress)
                     tracker.log_results(report)
             except KeyboardInterrupt as error:
                 store.end_run(run_id, "interrupted", str(error) or "interrupted (Ctrl-C)")
@@ -175,7 +185,8 @@ class RunPlan:
 
 
 def plan_run(
-    config: ExperimentConfig, run_dir: Path, backend: Backend | None = None, *, reuse: bool = False
+    config: ExperimentConfig, run_dir: Path, backend: Backend | None = None, *, reuse: bool = False,
+    progress: Progress | None = None,
 ) -> RunPlan:
     """Every check that needs no generation or training, in the order that finds a user's mistake
     soonest: data, templates and arms, the model, then each arm's prompts against its context.
@@ -184,12 +195,19 @@ def plan_run(
     reuse: a plan of the same content (`keys.plan_key`) that `run_dir`'s store holds passed these
     checks and made these cost estimates already: its estimates are read back, and the checks that
     need the model's tokenizer or weights are not made again (a re-run that reads every result back
-    then loads no model at all)."""
+    then loads no model at all). `progress` shows the model being read and loaded."""
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
     PromptFormat(config.prompt)  # compiles the templates: a syntax error is found before the model loads
     arms = expand_arms(config)
-    model = resolve_model(config.model) if backend is None else _answered_by(backend, config, arms)
+    if backend is None:  # hashing a large model's files, and converting a .gguf the first time, take a while
+        described = f"reading model {config.model.label}"
+        if is_gguf(getattr(config.model, "path", "")):
+            described += " (converted to a model directory the first time)"
+        with long_step(progress, described):
+            model = resolve_model(config.model)
+    else:
+        model = _answered_by(backend, config, arms)
     arms, skipped = _without_local_weights(arms, model)
     learning_curve = config.learning_curve.enabled and model.trainable
     if config.learning_curve.enabled and not model.trainable:
@@ -197,7 +215,7 @@ def plan_run(
     if config.prompt.system is not None and not model.chat_template:
         raise ValueError("prompt.system needs a chat template, and this model is used without one (model.chat_template)")
     if backend is None:
-        backend = load_backend(model)
+        backend = load_backend(model, progress)
     if config.metric.choice_by_loglikelihood and not isinstance(backend, ScoringBackend):
         raise ValueError(
             f"metric.choice_by_loglikelihood: model.kind {model.kind} ({type(backend).__name__}) cannot score "
@@ -300,7 +318,7 @@ MAX_LISTED = 10
 
 
 def _run(
-    plan: RunPlan, store: Store, counts: CacheCounts, console: Console, rank: int
+    plan: RunPlan, store: Store, counts: CacheCounts, console: Console, rank: int, progress: Progress
 ) -> tuple[Report, dict[str, list[list[ExampleRecord]]]]:
     config, splits = plan.config, plan.splits
     test = TestSplit(splits.test, plan.scorer)
@@ -308,25 +326,24 @@ def _run(
     stopped_early_at: str | None = None
     for skipped in plan.skipped:
         console.print(f"[yellow]Skipping {for_terminal(skipped['arm'])}[/]: {for_terminal(skipped['reason'])}")
-    with make_progress(console) as progress:
-        dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, counts, plan.protocol["key"], progress)
+    dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, counts, plan.protocol["key"], progress)
 
-        def run(arm: Arm) -> list[ArmRun]:
-            return [run_arm(arm, seed, plan.task, dev, plan.base, test) for seed in seeds_of(arm, config.seeds)]
+    def run(arm: Arm) -> list[ArmRun]:
+        return [run_arm(arm, seed, plan.task, dev, plan.base, test) for seed in seeds_of(arm, config.seeds)]
 
-        for arm in plan.arms:
-            runs[arm.name] = run(arm)
-            if config.strategy == "ladder" and decide.meets_target(
-                outcome_matrix([r.records for r in runs[arm.name]], "correct"), config.target.accuracy,
-                lenient=config.target.lenient,
-            ):
-                stopped_early_at = arm.name
-                break
+    for arm in plan.arms:
+        runs[arm.name] = run(arm)
+        if config.strategy == "ladder" and decide.meets_target(
+            outcome_matrix([r.records for r in runs[arm.name]], "correct"), config.target.accuracy,
+            lenient=config.target.lenient,
+        ):
+            stopped_early_at = arm.name
+            break
 
-        learning_curve = None
-        if plan.learning_curve and stopped_early_at is None:
-            learning_curve, curve_runs = run_learning_curve(config, plan.task, plan.arms, runs, run)
-            runs |= curve_runs
+    learning_curve = None
+    if plan.learning_curve and stopped_early_at is None:
+        learning_curve, curve_runs = run_learning_curve(config, plan.task, plan.arms, runs, run)
+        runs |= curve_runs
     records = {name: [r.records for r in arm_runs] for name, arm_runs in runs.items()}
 
     # ---- aggregate, decide, report ---------------------------------------------------------------

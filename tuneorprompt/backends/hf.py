@@ -31,7 +31,7 @@ import traceback
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -49,7 +49,11 @@ from tuneorprompt.model import (
     has_chat_template,
     pickle_refused,
 )
+from tuneorprompt.progress import long_step
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
+
+if TYPE_CHECKING:
+    from tuneorprompt.evaluate import Progress
 
 
 # Tokenizers without a configured maximum report transformers' VERY_LARGE_INTEGER (1e30).
@@ -406,9 +410,12 @@ def _raised_in_torch_load(error: BaseException) -> bool:
     return any(frame.f_code is torch.serialization.load.__code__ for frame, _ in frames)
 
 
-def load_hf_backend(weights: LocalWeights | ModelConfig, adapter: Path | None = None) -> HFBackend:
+def load_hf_backend(
+    weights: LocalWeights | ModelConfig, adapter: Path | None = None, *, progress: Progress | None = None
+) -> HFBackend:
     """Serve local weights (resolved once per run by `model.resolve_model`; a `ModelConfig` is resolved
-    here, for notebooks and tests) and, optionally, a PEFT adapter on top."""
+    here, for notebooks and tests) and, optionally, a PEFT adapter on top. `progress` shows each load of
+    the weights (this one, and those after a `release`) while it runs."""
     weights = as_local_weights(weights)
     config = weights.spec
     torch.set_num_threads(config.num_threads)
@@ -426,8 +433,10 @@ def load_hf_backend(weights: LocalWeights | ModelConfig, adapter: Path | None = 
     if adapter is not None:
         fingerprint = adapter_fingerprint(fingerprint, Path(adapter))
 
+    described = f"loading model {config.path}" + (f" with adapter {adapter}" if adapter is not None else "")
+
     def load_model():
-        with _load_errors(config, tried):
+        with long_step(progress, described), _load_errors(config, tried):
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=getattr(torch, weights.dtype), device_map=weights.device, **model_load_options(config)
             )
