@@ -7,7 +7,6 @@ import re
 import time
 
 import pytest
-
 from rich.console import Console
 from rich.progress import Progress
 
