@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import yaml
 from rich.console import Console
@@ -61,6 +61,7 @@ from tuneorprompt.keys import (
 from tuneorprompt.metrics import (
     RelevanceScorer, extract_answer, lenient_match, make_matcher, user_metric_code,
 )
+from tuneorprompt.machine import ThreadsFollowLoad, threads_follow_load
 from tuneorprompt.model import ResolvedModel, resolve_model
 from tuneorprompt.progress import long_step, make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
@@ -131,7 +132,7 @@ def _plan_and_run(
     # shards the batches) and each evaluates; only the main process locks the directory and writes
     # the run's store and report.
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir) if rank == 0 else nullcontext(), terminate_as_interrupt():
+    with RunLock(run_dir) if rank == 0 else nullcontext(), terminate_as_interrupt(), _follow_load(plan) as follower:
         if rank == 0:  # locked: what a killed run left half-written is no one's now
             remove_stale_temporaries(run_dir)
         store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))
@@ -142,11 +143,12 @@ def _plan_and_run(
             store.put_plan(plan.key, [estimate.to_dict() for estimate in plan.estimates])
             try:
                 save_resolved_config(config, run_dir)
+                save_environment(run_dir, follower)
                 # The tracked run ends FINISHED, FAILED or KILLED with this block; it is logged to
                 # after the report is on disk, and its failures only warn (tracking.py).
                 counts = CacheCounts()  # every generation the run asks for: read back, or generated
                 with track_run(config, run_dir, console, enabled=rank == 0) as tracker:
-                    report, records = _run(plan, store, counts, console, rank, progress)
+                    report, records = _run(plan, store, counts, console, rank, progress, follower)
                     tracker.log_results(report)
             except KeyboardInterrupt as error:
                 store.end_run(run_id, "interrupted", str(error) or "interrupted (Ctrl-C)")
@@ -154,6 +156,9 @@ def _plan_and_run(
             except BaseException as error:
                 store.end_run(run_id, "failed", f"{type(error).__name__}: {error}")
                 raise
+            finally:
+                if follower is not None and follower.changes:  # the thread changes, however the run ended
+                    save_environment(run_dir, follower)
             store.end_run(run_id, "finished")
             return Result(run_dir, report, records, counts.hits, counts.misses)
         finally:
@@ -318,7 +323,8 @@ MAX_LISTED = 10
 
 
 def _run(
-    plan: RunPlan, store: Store, counts: CacheCounts, console: Console, rank: int, progress: Progress
+    plan: RunPlan, store: Store, counts: CacheCounts, console: Console, rank: int, progress: Progress,
+    follower: ThreadsFollowLoad | None,
 ) -> tuple[Report, dict[str, list[list[ExampleRecord]]]]:
     config, splits = plan.config, plan.splits
     test = TestSplit(splits.test, plan.scorer)
@@ -362,7 +368,7 @@ def _run(
         records=records,
         overlap=plan.overlap,
         split_sizes={"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
-        environment=environment(),
+        environment=environment(follower.changes if follower is not None else None),
         stopped_early_at=stopped_early_at,
         learning_curve=learning_curve,
         cost_order=plan.estimates,
@@ -423,7 +429,21 @@ def _as_config(config: ExperimentConfig | dict | str | Path, overrides: list[str
 
 
 def save_resolved_config(config: ExperimentConfig, run_dir: Path) -> None:
-    """config.yaml: every key with its resolved value (defaults included), plus versions and commit."""
+    """config.yaml: every key with its resolved value (defaults included)."""
     resolved = mask_credentials(config.model_dump(mode="json"))
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    write_text_atomic(run_dir / "environment.json", json.dumps(environment(), indent=2))
+
+
+def save_environment(run_dir: Path, follower: ThreadsFollowLoad | None) -> None:
+    """environment.json: versions, commit, CPU threads and the changes of their count so far."""
+    changes = follower.changes if follower is not None else None
+    write_text_atomic(run_dir / "environment.json", json.dumps(environment(changes), indent=2))
+
+
+def _follow_load(plan: RunPlan) -> ContextManager[ThreadsFollowLoad | None]:
+    """Torch's threads follow the machine's load (`machine.ThreadsFollowLoad`) when this process computes
+    with local weights and `model.num_threads` was left to the default; a count the user gave is kept."""
+    weights = plan.model.weights
+    if weights is None or getattr(plan.config.model, "num_threads", None) is not None:
+        return nullcontext()
+    return threads_follow_load(weights.spec.num_threads)

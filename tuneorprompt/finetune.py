@@ -67,7 +67,7 @@ from tuneorprompt.backends.hf import HFBackend, ModelLoadError, forward_paramete
 from tuneorprompt.config import FineTuneArm, ModelConfig
 from tuneorprompt.evaluate import Progress
 from tuneorprompt.keys import grid_key, trained_weights_fingerprint, training_data_key
-from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
+from tuneorprompt.machine import check_load, peak_rss_mb, reset_peak_rss, use_threads
 from tuneorprompt.model import LocalWeights, as_local_weights
 from tuneorprompt.progress import long_step
 from tuneorprompt.records import TrainingCost
@@ -126,7 +126,7 @@ def finetune(
         raise TrainingDataError("no training examples")
     grid = tuple(arm.learning_rates) or DEFAULT_LEARNING_RATES[arm.kind]
     _claim(base, out_dir, describe_job(base, arm, examples, seed, dev_key))
-    torch.set_num_threads(base.spec.num_threads)
+    use_threads(base.spec.num_threads)
     grid_dir = out_dir / f"grid-{grid_key(grid)[:12]}"
     if not (grid_dir / "result.json").exists():
         _train_and_select(base, arm, examples, grid, dev_score, out_dir, grid_dir, seed, progress)
@@ -286,7 +286,7 @@ def build_trainer(
         train_dataset=dataset,
         data_collator=DataCollatorForLanguageModeling(pad_token_id=pad),
         processing_class=tokenizer,  # saved beside a full model
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, _FollowLoad()],
     )
     trainer.remove_callback(PrinterCallback)  # with tqdm off, Trainer would print every log dict
     # A model whose forward takes no `logits_to_keep` (older remote code) trains with the stock loss.
@@ -413,6 +413,13 @@ class _EpochSelection(TrainerCallback):
         }
         self.run.commit(record, write=args.should_save)
         self.clock, self.pending = now, {}
+
+
+class _FollowLoad(TrainerCallback):
+    """A look at the machine's load after every optimizer step (`machine.check_load`)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        check_load()
 
 
 class _TrainingProgress(TrainerCallback):

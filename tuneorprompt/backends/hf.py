@@ -49,6 +49,7 @@ from tuneorprompt.model import (
     has_chat_template,
     pickle_refused,
 )
+from tuneorprompt.machine import check_load, use_threads
 from tuneorprompt.progress import long_step
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
@@ -179,6 +180,7 @@ class HFBackend:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         completions: list[Completion | None] = [None] * len(encoded)
         for start in range(0, len(order), self.batch_size):
+            check_load()  # a neighbour that started since the last batch takes a thread
             batch = order[start : start + self.batch_size]
             suffixes = [encoded[i][len(prefix) :] for i in batch]
             for index, completion in zip(batch, self._generate_batch(prefix, prefix_cache, suffixes, settings)):
@@ -321,6 +323,7 @@ class HFBackend:
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         scores: list[float] = [0.0] * len(pairs)
         for start in range(0, len(order), self.batch_size):
+            check_load()
             batch = order[start : start + self.batch_size]
             for index, score in zip(batch, self._score_batch([pairs[i] for i in batch])):
                 scores[index] = score
@@ -418,7 +421,7 @@ def load_hf_backend(
     the weights (this one, and those after a `release`) while it runs."""
     weights = as_local_weights(weights)
     config = weights.spec
-    torch.set_num_threads(config.num_threads)
+    use_threads(config.num_threads)
     source = str(weights.directory)
     tried = f"directory {source}" + (f" (hub id {config.path!r})" if source != config.path else "")
     with _load_errors(config, tried):
