@@ -97,7 +97,7 @@ def others_busy(first: CpuReading, second: CpuReading) -> float:
 
 class ThreadsFollowLoad:
     """Torch's thread count kept to the cores other processes leave free (`threads_for_load`), looked at
-    whenever `check` is called (between batches and training steps) and at least `SAMPLE_SECONDS` apart;
+    whenever `check` is called (during generation and training) and at least `SAMPLE_SECONDS` apart;
     `changes` lists each change: its time, from, to, and why."""
 
     def __init__(self, initial: int, ceiling: int, read: Callable[[], CpuReading | None] | None = None,
@@ -153,7 +153,8 @@ def threads_follow_load(initial: int) -> Iterator[ThreadsFollowLoad]:
 
 
 def check_load() -> None:
-    """Between batches and training steps: a look at the load, when a run follows it."""
+    """Between generated tokens (at most once a second), batches and training steps: a look at the
+    load, when a run follows it."""
     if _following is not None:
         _following.check()
 

@@ -180,7 +180,6 @@ class HFBackend:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         completions: list[Completion | None] = [None] * len(encoded)
         for start in range(0, len(order), self.batch_size):
-            check_load()  # a neighbour that started since the last batch takes a thread
             batch = order[start : start + self.batch_size]
             suffixes = [encoded[i][len(prefix) :] for i in batch]
             for index, completion in zip(batch, self._generate_batch(prefix, prefix_cache, suffixes, settings)):
@@ -228,6 +227,9 @@ class HFBackend:
         with torch.inference_mode():
             logits = self._last_logits(input_ids, mask, positions, cache)
             for _ in range(settings.max_new_tokens):
+                # A batch on a large model can take minutes: the load is looked at (at most once a
+                # second, a read of /proc/stat) between its tokens too, not only between batches.
+                check_load()
                 tokens = logits.argmax(-1)  # [rows]; greedy, ties to the lowest id as in `generate`
                 finished = []
                 for row, token in zip(rows.tolist(), tokens.tolist()):
