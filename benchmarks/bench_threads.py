@@ -110,18 +110,20 @@ def main() -> None:
 
 
 def late_neighbour(args) -> None:
-    """The three cells of --late, and each one's time as a ratio of the 1-thread cell's."""
-    results = {name: cell(args.model, threads, args.n, False, args.late, args.rounds, follow)
-               for name, threads, follow in (("1 thread", 1, False), ("2 threads", 2, False),
-                                             ("2 threads following the load", 2, True))}
+    """The three cells of --late, each printed as it ends with its time as a ratio of the 1-thread
+    cell's; 2 fixed threads last, as the slowest by far on a shared machine."""
     print(f"a neighbour starts {args.late:g} s in; {args.rounds} rounds of {args.n} questions in batches of 8")
-    one = results["1 thread"]["seconds"]
-    for name, result in results.items():
+    figures, one = {}, None
+    for name, threads, follow in (("1 thread", 1, False), ("2 threads following the load", 2, True),
+                                  ("2 threads", 2, False)):
+        result = cell(args.model, threads, args.n, False, args.late, args.rounds, follow)
+        one = one or result["seconds"]
         changes = ", ".join(f"{c['from']}->{c['to']}" for c in result["changes"])
-        print(f"{name:<32} {result['seconds']:8.1f} s   ({result['seconds'] / one:.2f}x)" + (f"   changes {changes}" if changes else ""))
+        print(f"{name:<32} {result['seconds']:8.1f} s   ({result['seconds'] / one:.2f}x)"
+              + (f"   changes {changes}" if changes else ""), flush=True)
+        figures[f"late_neighbour_{name.replace(' ', '_')}_seconds"] = round(result["seconds"], 1)
     if not args.smoke:
-        update_results({f"late_neighbour_{name.replace(' ', '_')}_seconds": round(r["seconds"], 1)
-                        for name, r in results.items()})
+        update_results(figures)
 
 
 if __name__ == "__main__":
