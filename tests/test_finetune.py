@@ -3,7 +3,9 @@ handful of examples and stops, dev-only selection, and resuming after kill -9.""
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import build_tiny_gpt2, build_tiny_llama
@@ -20,6 +23,7 @@ from tuneorprompt.backends.hf import encode_prompt, load_hf_backend
 from tuneorprompt.model import fingerprint_directory
 from tuneorprompt.config import FineTuneArm, ModelConfig
 from tuneorprompt.finetune import build_trainer, finetune
+from tuneorprompt.progress import make_progress
 from tuneorprompt.training_data import TrainingDataError, TrainingExample, tokenize_example, training_dataset
 from tuneorprompt.training_state import FineTuneStateError
 from tuneorprompt.records import GenerationSettings
@@ -344,6 +348,31 @@ def test_selection_keeps_the_best_dev_epoch_ties_to_the_cheaper(tiny_gpt2_dir, t
     assert again.cost == tuned.cost and again.backend.fingerprint == tuned.backend.fingerprint
     with pytest.raises(FineTuneStateError, match="another fine-tuning job"):
         finetune(base, arm, capitals(), never, tmp_path / "run", seed=1)
+
+
+# ---- progress while training --------------------------------------------------------------------------
+
+
+def test_training_without_a_terminal_logs_its_steps_epoch_loss_and_model_loads(tiny_gpt2_dir, tmp_path):
+    """Minutes of training are not silent in a log: a line per tenth of the optimizer steps (here each
+    of 4 is a quarter) with the epoch and the epoch's mean loss so far, and each model load announced."""
+    console = Console(file=io.StringIO(), width=200)  # a file, as under nohup or in CI
+    arm = FineTuneArm(kind="lora", learning_rates=[1e-3], epochs=2, batch_size=2)
+    with make_progress(console) as progress:
+        tuned = finetune(cpu(tiny_gpt2_dir), arm, capitals(), exact_match(capitals()), tmp_path / "run", seed=0,
+                         progress=progress)
+    lines = [line[11:] for line in console.file.getvalue().splitlines()]  # without the [HH:MM:SS] stamp
+    training = "lora [seed 0] training, lr 0.001, 4 examples"
+    assert f"{training}: loading {tiny_gpt2_dir}: started" in lines
+    assert any(re.fullmatch(rf"{re.escape(training)}: loading .*: \d+ s elapsed, done", line) for line in lines)
+    steps = [re.fullmatch(rf"{re.escape(training)}: (\d)/4 \(\d+%\), .*; epoch ([\d.]+)/2, loss ([\d.]+), lr \S+", line)
+             for line in lines]
+    steps = [(int(m[1]), float(m[2]), float(m[3])) for m in steps if m]
+    assert [(step, epoch) for step, epoch, _ in steps] == [(1, 0.5), (2, 1.0), (3, 1.5), (4, 2.0)]
+    # At an epoch's last step the loss shown is the epoch's mean, which the training records as its loss.
+    recorded = tuned.cost.extra["train_loss"]["0.001"]
+    assert [loss for step, _, loss in steps if step in (2, 4)] == pytest.approx(recorded, abs=1e-4)
+    assert any(line.startswith(f"loading model {tiny_gpt2_dir} with adapter ") and line.endswith("done") for line in lines)
 
 
 # ---- kill -9 and resume ---------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ for bit.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import re
 import sys
 import threading
 import time
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from rich.console import Console
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -331,18 +334,24 @@ def test_smollm2_q4_converts_and_answers(tmp_path):
 
 
 def test_an_experiment_on_a_gguf_file_runs_and_its_report_names_the_file(tiny, monkeypatch, tmp_path):
-    import json
-
     from tuneorprompt.experiment import run_experiment
 
-    _, path, directory = tiny
-    monkeypatch.setenv("TUNEORPROMPT_CACHE", str(directory.parent.parent))
+    _, path, _ = tiny
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TUNEORPROMPT_CACHE", str(cache))  # converted in the run, as a new user's first one is
     rows = [{"id": f"q{i}", "input": f"word {i}?", "target": f"w{i}"} for i in range(12)]
     data = tmp_path / "task.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = {"name": "gguf", "model": {"path": str(path), "num_threads": 1, "chat_template": False},
               "data": {"file": str(data)}, "generation": {"max_new_tokens": 3}, "arms": ["baseline"]}
-    report = run_experiment(config, tmp_path / "run").report
+    console = Console(file=io.StringIO(), width=200)  # a log file: progress comes as lines
+    report = run_experiment(config, tmp_path / "run", console=console).report
     assert report.model == str(path)  # the file the user gave, not the conversion cache
+    # The conversion and the model load each say when they start and how long they took.
+    log = console.file.getvalue()
+    converting = re.escape(f"reading model {path} (converted to a model directory the first time)")
+    assert re.search(rf"\] {converting}: started\n.*\] {converting}: \d+ s elapsed, done\n", log, re.S)
+    loading = re.escape(f"loading model {cache / 'gguf' / file_sha256(path)}")
+    assert re.search(rf"\] {loading}: started\n.*\] {loading}: \d+ s elapsed, done\n", log, re.S)
     assert report.protocol["model_fingerprint"]
     assert "gguf" in (tmp_path / "run" / "config.yaml").read_text()

@@ -6,10 +6,11 @@ import io
 import re
 import time
 
+import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-from tuneorprompt.progress import LogProgress, make_progress
+from tuneorprompt.progress import LogProgress, long_step, make_progress
 
 START = 1_800_000_000.0  # seconds since the epoch
 
@@ -104,3 +105,50 @@ def test_a_dumb_terminal_gets_log_lines():
     """TERM=dumb: rich cannot redraw a bar there, and a transient one would print nothing."""
     console = Console(file=io.StringIO(), force_terminal=True, force_interactive=False, width=120)
     assert isinstance(make_progress(console, Clock()), LogProgress)
+
+
+def test_a_step_of_unknown_length_logs_its_start_a_line_every_period_while_it_runs_and_its_end():
+    """Loading or converting a model advances nothing: a timer keeps the log saying it is still at work."""
+    console, clock = log_console(), Clock()
+    progress = LogProgress(console, clock, timer_seconds=0.01)
+    with long_step(progress, "loading model m"):
+        clock.now = START + 25
+        deadline = time.monotonic() + 5
+        while console.file.getvalue().count("\n") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        clock.now = START + 90
+    shown = lines(console)
+    assert shown[0] == "loading model m: started"
+    assert shown[1:3] == ["loading model m: 25 s elapsed"] * 2
+    assert shown[-1] == "loading model m: 1 min 30 s elapsed, done"
+    time.sleep(0.05)
+    assert console.file.getvalue().count("\n") == len(shown)  # the timer stopped with the step
+
+
+def test_a_failed_step_stops_its_timer_without_saying_done():
+    console = log_console()
+    progress = LogProgress(console, Clock(), timer_seconds=0.01)
+    with pytest.raises(OSError):
+        with long_step(progress, "converting m.gguf"):
+            raise OSError("disk full")
+    time.sleep(0.05)
+    assert lines(console) == ["converting m.gguf: started"]
+
+
+def test_training_status_and_a_resumed_tasks_pace_in_lines_and_bars():
+    console, clock = log_console(), Clock()
+    progress = make_progress(console, clock)
+    task = progress.add_task("lora [seed 0] training", total=100, completed=60, status="epoch 1.80/3")
+    clock.now = START + 10
+    progress.update(task, advance=10, status="epoch 2.10/3, loss 1.2345, lr 5.00e-04")
+    # 10 steps in 10 s since this process resumed at step 60: 30 left take ~30 s, not the 4 s the
+    # 70 steps done would suggest.
+    assert lines(console) == [
+        "lora [seed 0] training: 60/100 (60%), started; epoch 1.80/3",
+        "lora [seed 0] training: 70/100 (70%), 10 s elapsed, ~30 s left; epoch 2.10/3, loss 1.2345, lr 5.00e-04",
+    ]
+    bars = Console(file=io.StringIO(), force_terminal=True, force_interactive=True, width=160)
+    with make_progress(bars, Clock()) as progress:
+        progress.add_task("lora [seed 0] training", total=100, status="epoch 2.10/3, loss 1.2345")
+        progress.refresh()
+    assert "epoch 2.10/3, loss 1.2345" in bars.file.getvalue()

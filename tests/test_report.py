@@ -4,6 +4,7 @@ files are written whole; and from a real run whose dev prompts must drop demos t
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from tuneorprompt.decide import CostEstimate
 from tuneorprompt.experiment import run_experiment
 from tuneorprompt.records import ExampleRecord
 from tuneorprompt.report import build_report, write_report
+from tuneorprompt.report.html import frontier_figure
 from tuneorprompt.report.notes import shortened_prompts
 from tuneorprompt.rundir import RunDirError
 from tuneorprompt.summary import summarize_arm
@@ -184,3 +186,25 @@ def test_the_report_package_leaves_matplotlib_alone():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("costs", [
+    [1e8, 4e9, 2e11, 1e14],  # the real demo's range: prompt arms to fine-tuned ones, in FLOPs
+    [3e10, 7e10, 6e11],  # a decade and a bit: matplotlib labelled 3e10 and 4e10 on top of each other
+    [2.0e8, 2.1e8],  # all arms at about one cost
+    [180.0, 2400.0],  # tokens per query, when the model's size is unknown
+])
+def test_the_cost_axis_tick_labels_never_overlap_and_at_least_two_show(costs):
+    figure = frontier_figure([(f"arm{i}", cost, 40.0 + i, i % 2 == 1) for i, cost in enumerate(costs)], "cost")
+    axis = figure.axes[0]
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    low, high = axis.get_xlim()
+    shown = [label for label in axis.get_xticklabels(which="both")
+             if label.get_visible() and label.get_text() and low <= label.get_position()[0] <= high]
+    assert len(shown) >= 2
+    boxes = [label.get_window_extent(renderer) for label in shown]
+    overlapping = [(a.get_text(), b.get_text()) for (a, box_a), (b, box_b) in itertools.combinations(zip(shown, boxes), 2)
+                   if box_a.overlaps(box_b)]
+    assert overlapping == []
+    assert low <= min(costs) and max(costs) <= high  # every arm is on the plot

@@ -394,7 +394,7 @@ class FineTune:
         # Training loads its own copy of the base model: the run's copy is freed meanwhile (and loaded
         # again by the next arm that asks it for a generation), so no arm holds two.
         base.backend.release()
-        tuned = finetune(weights, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key)
+        tuned = finetune(weights, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key, progress=dev.progress)
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
                 "model_dir": str(tuned.model_dir), "training": tuned.cost}
         info |= {PROMPTS_SHORTENED["dev"]: dev_shortened} if dev_shortened else {}

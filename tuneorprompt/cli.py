@@ -122,10 +122,12 @@ def check_data(
         return
 
     from tuneorprompt.experiment import plan_run
+    from tuneorprompt.progress import make_progress
 
     _quiet_loading()
     try:
-        plan = plan_run(cfg, Path("runs") / cfg.name)
+        with make_progress(console) as progress:
+            plan = plan_run(cfg, Path("runs") / cfg.name, progress=progress)
     except USER_ERRORS as error:
         _fail(error)
     console.print(f"model {for_terminal(cfg.model.label)}: loads; every arm's prompts fit its context of {plan.base.backend.context_length} tokens")

@@ -34,9 +34,14 @@ REPLIES_CUT = {"test": "replies_cut_test", "dev": "replies_cut_dev"}
 class Progress(Protocol):
     """What the evaluator reports progress to (`progress.make_progress`: a bar on a terminal, log lines elsewhere)."""
 
-    def add_task(self, description: str, total: float | None = ...) -> int: ...
+    def add_task(self, description: str, total: float | None = ..., completed: float = ..., status: str = ...) -> int:
+        """total None: work of unknown length (`progress.long_step`)."""
 
     def advance(self, task: int, advance: float = ...) -> None: ...
+
+    def update(self, task: int, *, total: float | None = ..., completed: float | None = ..., advance: float = ...,
+               status: str = ...) -> None:
+        """`status`: what the task says beside its counts (fine-tuning's epoch, loss and learning rate)."""
 
     def remove_task(self, task: int) -> None: ...
 

@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import yaml
 from rich.console import Console
@@ -39,6 +39,7 @@ from tuneorprompt.arms import (
 from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend
 from tuneorprompt.backends import load_backend
 from tuneorprompt.backends.cached import CacheCounts
+from tuneorprompt.backends.gguf import is_gguf
 from tuneorprompt.config import (
     ExperimentConfig,
     apply_overrides,
@@ -47,7 +48,7 @@ from tuneorprompt.config import (
 )
 from tuneorprompt.curves import run_learning_curve
 from tuneorprompt.data import OverlapReport, load_corpus, load_splits
-from tuneorprompt.evaluate import LabelChoice, Scorer, overlong_prompts
+from tuneorprompt.evaluate import LabelChoice, Progress, Scorer, overlong_prompts
 from tuneorprompt.keys import (
     PROTOCOL_VERSION,
     config_key,
@@ -60,8 +61,9 @@ from tuneorprompt.keys import (
 from tuneorprompt.metrics import (
     RelevanceScorer, extract_answer, lenient_match, make_matcher, user_metric_code,
 )
+from tuneorprompt.machine import ThreadsFollowLoad, threads_follow_load
 from tuneorprompt.model import ResolvedModel, resolve_model
-from tuneorprompt.progress import make_progress
+from tuneorprompt.progress import long_step, make_progress
 from tuneorprompt.prompts import PromptFormat, PromptRecipe
 from tuneorprompt.provenance import environment
 from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, Splits
@@ -113,15 +115,24 @@ def run_experiment(
     check_no_links_inside(run_dir)
     check_tracking(config.tracking)  # a missing MLflow client is found before any work
 
+    # One progress display for the whole run: loading the model (planning counts its tokens), training
+    # and evaluating are each shown while they run.
+    with make_progress(console) as progress:
+        return _plan_and_run(config, run_dir, backend, console, progress, rank)
+
+
+def _plan_and_run(
+    config: ExperimentConfig, run_dir: Path, backend: Backend | None, console: Console, progress: Progress, rank: int
+) -> Result:
     # ---- check everything that can be checked before the run directory exists --------------------
-    plan = plan_run(config, run_dir, backend, reuse=True)
+    plan = plan_run(config, run_dir, backend, reuse=True, progress=progress)
 
     # ---- run: every arm on the same test split, cheapest first -----------------------------------
     # Under `accelerate launch` every process runs this function: they fine-tune together (Trainer
     # shards the batches) and each evaluates; only the main process locks the directory and writes
     # the run's store and report.
     run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir) if rank == 0 else nullcontext(), terminate_as_interrupt():
+    with RunLock(run_dir) if rank == 0 else nullcontext(), terminate_as_interrupt(), _follow_load(plan) as follower:
         if rank == 0:  # locked: what a killed run left half-written is no one's now
             remove_stale_temporaries(run_dir)
         store = Store(run_dir / ("store.sqlite" if rank == 0 else f"store.rank{rank}.sqlite"))
@@ -132,11 +143,12 @@ def run_experiment(
             store.put_plan(plan.key, [estimate.to_dict() for estimate in plan.estimates])
             try:
                 save_resolved_config(config, run_dir)
+                save_environment(run_dir, follower)
                 # The tracked run ends FINISHED, FAILED or KILLED with this block; it is logged to
                 # after the report is on disk, and its failures only warn (tracking.py).
                 counts = CacheCounts()  # every generation the run asks for: read back, or generated
                 with track_run(config, run_dir, console, enabled=rank == 0) as tracker:
-                    report, records = _run(plan, store, counts, console, rank)
+                    report, records = _run(plan, store, counts, console, rank, progress, follower)
                     tracker.log_results(report)
             except KeyboardInterrupt as error:
                 store.end_run(run_id, "interrupted", str(error) or "interrupted (Ctrl-C)")
@@ -144,6 +156,9 @@ def run_experiment(
             except BaseException as error:
                 store.end_run(run_id, "failed", f"{type(error).__name__}: {error}")
                 raise
+            finally:
+                if follower is not None and follower.changes:  # the thread changes, however the run ended
+                    save_environment(run_dir, follower)
             store.end_run(run_id, "finished")
             return Result(run_dir, report, records, counts.hits, counts.misses)
         finally:
@@ -191,7 +206,8 @@ def large_test_warnings(config: ExperimentConfig, splits: Splits) -> list[str]:
 
 
 def plan_run(
-    config: ExperimentConfig, run_dir: Path, backend: Backend | None = None, *, reuse: bool = False
+    config: ExperimentConfig, run_dir: Path, backend: Backend | None = None, *, reuse: bool = False,
+    progress: Progress | None = None,
 ) -> RunPlan:
     """Every check that needs no generation or training, in the order that finds a user's mistake
     soonest: data, templates and arms, the model, then each arm's prompts against its context.
@@ -200,7 +216,7 @@ def plan_run(
     reuse: a plan of the same content (`keys.plan_key`) that `run_dir`'s store holds passed these
     checks and made these cost estimates already: its estimates are read back, and the checks that
     need the model's tokenizer or weights are not made again (a re-run that reads every result back
-    then loads no model at all)."""
+    then loads no model at all). `progress` shows the model being read and loaded."""
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
     # The templates compiled and rendered on every example: a syntax error, a failing render, or a
@@ -209,7 +225,14 @@ def plan_run(
     arms = expand_arms(config)
     unloaded_format.check_renders([*splits.train, *splits.dev, *splits.test],
                                   instructions=any(arm.uses_instruction for arm in arms))
-    model = resolve_model(config.model) if backend is None else _answered_by(backend, config, arms)
+    if backend is None:  # hashing a large model's files, and converting a .gguf the first time, take a while
+        described = f"reading model {config.model.label}"
+        if is_gguf(getattr(config.model, "path", "")):
+            described += " (converted to a model directory the first time)"
+        with long_step(progress, described):
+            model = resolve_model(config.model)
+    else:
+        model = _answered_by(backend, config, arms)
     arms, skipped = _without_local_weights(arms, model)
     learning_curve = config.learning_curve.enabled and model.trainable
     if config.learning_curve.enabled and not model.trainable:
@@ -217,7 +240,7 @@ def plan_run(
     if config.prompt.system is not None and not model.chat_template:
         raise ValueError("prompt.system needs a chat template, and this model is used without one (model.chat_template)")
     if backend is None:
-        backend = load_backend(model)
+        backend = load_backend(model, progress)
     if config.metric.choice_by_loglikelihood and not isinstance(backend, ScoringBackend):
         raise ValueError(
             f"metric.choice_by_loglikelihood: model.kind {model.kind} ({type(backend).__name__}) cannot score "
@@ -321,7 +344,8 @@ MAX_LISTED = 10
 
 
 def _run(
-    plan: RunPlan, store: Store, counts: CacheCounts, console: Console, rank: int
+    plan: RunPlan, store: Store, counts: CacheCounts, console: Console, rank: int, progress: Progress,
+    follower: ThreadsFollowLoad | None,
 ) -> tuple[Report, dict[str, list[list[ExampleRecord]]]]:
     config, splits = plan.config, plan.splits
     test = TestSplit(splits.test, plan.scorer)
@@ -331,25 +355,24 @@ def _run(
         console.print(f"[yellow]Skipping {for_terminal(skipped['arm'])}[/]: {for_terminal(skipped['reason'])}")
     for warning in plan.warnings:
         console.print(f"[yellow]Warning[/]: {for_terminal(warning)}")
-    with make_progress(console) as progress:
-        dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, counts, plan.protocol["key"], progress)
+    dev = DevJudge(plan.task, config, plan.settings, plan.scorer, store, counts, plan.protocol["key"], progress)
 
-        def run(arm: Arm) -> list[ArmRun]:
-            return [run_arm(arm, seed, plan.task, dev, plan.base, test) for seed in seeds_of(arm, config.seeds)]
+    def run(arm: Arm) -> list[ArmRun]:
+        return [run_arm(arm, seed, plan.task, dev, plan.base, test) for seed in seeds_of(arm, config.seeds)]
 
-        for arm in plan.arms:
-            runs[arm.name] = run(arm)
-            if config.strategy == "ladder" and decide.meets_target(
-                outcome_matrix([r.records for r in runs[arm.name]], "correct"), config.target.accuracy,
-                lenient=config.target.lenient,
-            ):
-                stopped_early_at = arm.name
-                break
+    for arm in plan.arms:
+        runs[arm.name] = run(arm)
+        if config.strategy == "ladder" and decide.meets_target(
+            outcome_matrix([r.records for r in runs[arm.name]], "correct"), config.target.accuracy,
+            lenient=config.target.lenient,
+        ):
+            stopped_early_at = arm.name
+            break
 
-        learning_curve = None
-        if plan.learning_curve and stopped_early_at is None:
-            learning_curve, curve_runs = run_learning_curve(config, plan.task, plan.arms, runs, run)
-            runs |= curve_runs
+    learning_curve = None
+    if plan.learning_curve and stopped_early_at is None:
+        learning_curve, curve_runs = run_learning_curve(config, plan.task, plan.arms, runs, run)
+        runs |= curve_runs
     records = {name: [r.records for r in arm_runs] for name, arm_runs in runs.items()}
 
     # ---- aggregate, decide, report ---------------------------------------------------------------
@@ -368,7 +391,7 @@ def _run(
         records=records,
         overlap=plan.overlap,
         split_sizes={"train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
-        environment=environment(),
+        environment=environment(follower.changes if follower is not None else None),
         stopped_early_at=stopped_early_at,
         learning_curve=learning_curve,
         cost_order=plan.estimates,
@@ -429,7 +452,21 @@ def _as_config(config: ExperimentConfig | dict | str | Path, overrides: list[str
 
 
 def save_resolved_config(config: ExperimentConfig, run_dir: Path) -> None:
-    """config.yaml: every key with its resolved value (defaults included), plus versions and commit."""
+    """config.yaml: every key with its resolved value (defaults included)."""
     resolved = mask_credentials(config.model_dump(mode="json"))
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    write_text_atomic(run_dir / "environment.json", json.dumps(environment(), indent=2))
+
+
+def save_environment(run_dir: Path, follower: ThreadsFollowLoad | None) -> None:
+    """environment.json: versions, commit, CPU threads and the changes of their count so far."""
+    changes = follower.changes if follower is not None else None
+    write_text_atomic(run_dir / "environment.json", json.dumps(environment(changes), indent=2))
+
+
+def _follow_load(plan: RunPlan) -> ContextManager[ThreadsFollowLoad | None]:
+    """Torch's threads follow the machine's load (`machine.ThreadsFollowLoad`) when this process computes
+    with local weights and `model.num_threads` was left to the default; a count the user gave is kept."""
+    weights = plan.model.weights
+    if weights is None or getattr(plan.config.model, "num_threads", None) is not None:
+        return nullcontext()
+    return threads_follow_load(weights.spec.num_threads)

@@ -65,9 +65,11 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tuneorprompt.backends.hf import HFBackend, ModelLoadError, forward_parameters, load_hf_backend, model_load_options
 from tuneorprompt.config import FineTuneArm, ModelConfig
+from tuneorprompt.evaluate import Progress
 from tuneorprompt.keys import grid_key, trained_weights_fingerprint, training_data_key
-from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
+from tuneorprompt.machine import check_load, peak_rss_mb, reset_peak_rss, use_threads
 from tuneorprompt.model import LocalWeights, as_local_weights
+from tuneorprompt.progress import long_step
 from tuneorprompt.records import TrainingCost
 from tuneorprompt.stats import training_flops
 from tuneorprompt.training_data import (
@@ -107,13 +109,16 @@ def finetune(
     out_dir: Path,
     seed: int,
     dev_key: str = "",
+    progress: Progress | None = None,
 ) -> FineTuned:
     """Fine-tune `base` (the run's resolved local weights; a `ModelConfig` is resolved here) on `train`
     (LoRA or full, as `arm` says), choosing the learning rate and epoch by `dev_score` (an accuracy in
     [0, 1] of a backend on the dev split). `dev_key` is a content key of everything that decides that
     score (dev prompts and targets, decoding, extraction, metric). Resumes whatever `out_dir` holds of
     the same job, and re-uses its finished learning rates. The selected model is served by
-    transformers for the test split; dev scoring during training uses the in-memory model (`_served`)."""
+    transformers for the test split; dev scoring during training uses the in-memory model (`_served`).
+    `progress` shows each learning rate's optimizer steps (with epoch, loss and learning rate) and the
+    model loads."""
     base = as_local_weights(base)
     out_dir = Path(out_dir)
     examples = list(train[: arm.max_train_examples]) if arm.max_train_examples else list(train)
@@ -121,11 +126,11 @@ def finetune(
         raise TrainingDataError("no training examples")
     grid = tuple(arm.learning_rates) or DEFAULT_LEARNING_RATES[arm.kind]
     _claim(base, out_dir, describe_job(base, arm, examples, seed, dev_key))
-    torch.set_num_threads(base.spec.num_threads)
+    use_threads(base.spec.num_threads)
     grid_dir = out_dir / f"grid-{grid_key(grid)[:12]}"
     if not (grid_dir / "result.json").exists():
-        _train_and_select(base, arm, examples, grid, dev_score, out_dir, grid_dir, seed)
-    return _load_result(base, arm.kind, [out_dir / f"lr-{lr:g}" for lr in grid], grid_dir)
+        _train_and_select(base, arm, examples, grid, dev_score, out_dir, grid_dir, seed, progress)
+    return _load_result(base, arm.kind, [out_dir / f"lr-{lr:g}" for lr in grid], grid_dir, progress)
 
 
 def check_trainable(base: LocalWeights) -> None:
@@ -188,6 +193,7 @@ def _train_and_select(
     out_dir: Path,
     grid_dir: Path,
     seed: int,
+    progress: Progress | None,
 ) -> None:
     # Two instances: the dev-scoring backend sets a pad token and left padding on its own; the trainer
     # saves its, untouched, beside a full model.
@@ -200,7 +206,7 @@ def _train_and_select(
     runs = [TrainingRun.open(out_dir / f"lr-{lr:g}", lr) for lr in grid]
     for run in runs:
         if not run.finished(arm.epochs):
-            _train_run(run, base, arm, examples, dataset, tokenizers, dev_score, seed)
+            _train_run(run, base, arm, examples, dataset, tokenizers, dev_score, seed, progress)
     processes = _processes(base)
     if processes.is_main_process:
         chosen, record = _select(runs)
@@ -221,6 +227,7 @@ def _train_run(
     tokenizers: tuple,
     dev_score: Callable[[HFBackend], float],
     seed: int,
+    progress: Progress | None,
 ) -> None:
     processes = _processes(base)
     if processes.is_main_process:
@@ -229,8 +236,14 @@ def _train_run(
     processes.wait_for_everyone()
     train_tokenizer, eval_tokenizer = tokenizers
     selection = _EpochSelection(run, dev_score, eval_tokenizer, base)
-    trainer = build_trainer(base, arm, run.learning_rate, dataset, train_tokenizer, run.directory, seed, [selection])
+    description = f"{arm.name} [seed {seed}] training, lr {run.learning_rate:g}, {len(examples)} examples"
+    shown = _TrainingProgress(progress, description) if progress is not None else None
+    with long_step(progress, f"{description}: loading {base.spec.path}"):
+        trainer = build_trainer(base, arm, run.learning_rate, dataset, train_tokenizer, run.directory, seed,
+                                [selection] + ([shown] if shown else []))
     selection.trainer = trainer
+    if shown is not None:
+        shown.trainer = trainer
     with _served(trainer.model, eval_tokenizer, base, base.files_fingerprint) as probe:
         check_fits(dataset, examples, probe)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -241,6 +254,8 @@ def _train_run(
         # The callback and the trainer reference each other: free this run's model and optimizer now,
         # before the next learning rate loads its own.
         selection.trainer = None
+        if shown is not None:
+            shown.close()
         del trainer
         gc.collect()
         if torch.cuda.is_available():
@@ -271,7 +286,7 @@ def build_trainer(
         train_dataset=dataset,
         data_collator=DataCollatorForLanguageModeling(pad_token_id=pad),
         processing_class=tokenizer,  # saved beside a full model
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, _FollowLoad()],
     )
     trainer.remove_callback(PrinterCallback)  # with tqdm off, Trainer would print every log dict
     # A model whose forward takes no `logits_to_keep` (older remote code) trains with the stock loss.
@@ -400,6 +415,53 @@ class _EpochSelection(TrainerCallback):
         self.clock, self.pending = now, {}
 
 
+class _FollowLoad(TrainerCallback):
+    """A look at the machine's load after every optimizer step (`machine.check_load`)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        check_load()
+
+
+class _TrainingProgress(TrainerCallback):
+    """One learning rate's optimizer steps as a task of the run's progress (`progress.make_progress`:
+    a bar in a terminal, a line every 10 s or tenth of the steps in a log), with the epoch, the mean
+    loss of the epoch's steps so far (what `_EpochSelection` records as the epoch's train_loss once it
+    ends) and the learning rate the scheduler set for the next step."""
+
+    def __init__(self, progress: Progress, description: str):
+        self.progress = progress
+        self.description = description
+        self.trainer: Trainer | None = None  # set once the trainer exists (it takes this callback)
+        self.task: int | None = None
+        self.epoch_loss = 0.0  # summed over the current epoch's steps
+        self.epoch_steps = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run starts at its checkpoint's step: what is left is what the bar and ETA count.
+        self.task = self.progress.add_task(self.description, total=state.max_steps, completed=state.global_step,
+                                           status=f"epoch {state.epoch or 0:.2f}/{args.num_train_epochs:g}")
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch_loss, self.epoch_steps = 0.0, 0
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        status = f"epoch {state.epoch:.2f}/{args.num_train_epochs:g}"
+        step_loss = getattr(self.trainer, "step_loss", None)  # SupervisedLogitsTrainer keeps it
+        if step_loss is not None:
+            self.epoch_loss += float(step_loss)
+            self.epoch_steps += 1
+            status += f", loss {self.epoch_loss / self.epoch_steps:.4f}"
+        if lr_scheduler is not None:
+            status += f", lr {lr_scheduler.get_last_lr()[0]:.2e}"
+        self.progress.update(self.task, advance=1, status=status)
+
+    def close(self) -> None:
+        self.trainer = None
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+
+
 @contextmanager
 def _served(model, tokenizer, base: LocalWeights, fingerprint: str) -> Iterator[HFBackend]:
     """`model` behind the HF backend for a while: eval mode and greedy decoding inside; back in train
@@ -487,7 +549,9 @@ def _weights_mb(directory: Path) -> float:
     return sum(path.stat().st_size for path in weights) / 2**20
 
 
-def _load_result(base: LocalWeights, kind: str, grid_runs: list[Path], grid_dir: Path) -> FineTuned:
+def _load_result(
+    base: LocalWeights, kind: str, grid_runs: list[Path], grid_dir: Path, progress: Progress | None
+) -> FineTuned:
     if _processes(base).is_main_process:
         # The grid's runs are finished: their Trainer checkpoints (optimizer state, the bulk of the disk)
         # are never resumed. Each run's state.json and best epoch stay for other grids.
@@ -496,5 +560,8 @@ def _load_result(base: LocalWeights, kind: str, grid_runs: list[Path], grid_dir:
                 shutil.rmtree(checkpoint)
     cost = TrainingCost(**read_json(grid_dir / "result.json")["cost"])
     model_dir = grid_dir / "model"
-    backend = load_hf_backend(base, adapter=model_dir) if kind == "lora" else load_hf_backend(base.with_files(model_dir))
+    if kind == "lora":
+        backend = load_hf_backend(base, adapter=model_dir, progress=progress)
+    else:
+        backend = load_hf_backend(base.with_files(model_dir), progress=progress)
     return FineTuned(backend, model_dir, cost)

@@ -14,7 +14,9 @@ from typing import Any
 PACKAGES = ("tuneorprompt", "torch", "transformers", "peft", "trl", "accelerate", "sentence-transformers")
 
 
-def environment() -> dict[str, Any]:
+def environment(thread_changes: list[dict] | None = None) -> dict[str, Any]:
+    """`thread_changes`: torch's thread count as it followed the machine's load (`machine.ThreadsFollowLoad`),
+    None when the run did not follow it (`model.num_threads` given, or no model computed here)."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -22,12 +24,13 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-            "git_commit": git_commit(), "cpu_cores": os.cpu_count(), "torch_threads": torch_threads()}
+            "git_commit": git_commit(), "cpu_cores": os.cpu_count(), "torch_threads": torch_threads(),
+            "threads_follow_load": thread_changes is not None, "thread_changes": thread_changes or []}
 
 
 def torch_threads() -> int | None:
-    """The CPU threads torch computed with in this process (model.num_threads, set when a local model
-    loads); None when the process never imported torch: it computed nothing with it (answers served by
+    """The CPU threads torch computes with in this process now (model.num_threads, set when a local model
+    loads, and changed as the run followed the load); None when the process never imported torch: it computed nothing with it (answers served by
     an endpoint, or every result read back from the store)."""
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else None

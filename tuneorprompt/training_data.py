@@ -142,10 +142,16 @@ class SupervisedLogitsTrainer(Trainer):
     """
 
     supervised_logits_only = True  # False: the stock loss over every position (benchmark ablation)
+    step_loss: torch.Tensor | None = None  # the last optimizer step's loss
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         return LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], self.args.train_batch_size)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.step_loss = loss  # detached; fine-tuning's progress shows it (`finetune._TrainingProgress`)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.supervised_logits_only:

@@ -3,21 +3,25 @@ serves the run's resolved model (`model.resolve_model`) with the engine its `kin
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from tuneorprompt.backends.base import Backend
 from tuneorprompt.model import ResolvedModel
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
+if TYPE_CHECKING:
+    from tuneorprompt.evaluate import Progress
+
 __all__ = ["Backend", "load_backend"]
 
 
-def load_backend(model: ResolvedModel) -> Backend:
+def load_backend(model: ResolvedModel, progress: Progress | None = None) -> Backend:
     """The backend that serves `model`. Heavy or optional packages are imported only for their kind.
 
     Weights in this process (`hf`, `vllm`) load on first use: a run that reads every answer from its
     store never loads them, nor imports torch. A served model (`openai`) is reached at once, so that a
-    server that is down or does not serve the model is found before anything runs."""
+    server that is down or does not serve the model is found before anything runs. `progress` shows
+    the `hf` weights loading."""
     if model.kind == "openai":
         from tuneorprompt.backends.openai import load_openai_backend
 
@@ -27,13 +31,13 @@ def load_backend(model: ResolvedModel) -> Backend:
 
         check_installed()
         return LazyBackend(model, lambda: load_vllm_backend(model))
-    return LazyScoringBackend(model, lambda: _load_hf(model))
+    return LazyScoringBackend(model, lambda: _load_hf(model, progress))
 
 
-def _load_hf(model: ResolvedModel) -> Backend:
+def _load_hf(model: ResolvedModel, progress: Progress | None) -> Backend:
     from tuneorprompt.backends.hf import load_hf_backend  # torch and transformers: only when the weights load
 
-    return load_hf_backend(model.weights)
+    return load_hf_backend(model.weights, progress=progress)
 
 
 class LazyBackend:

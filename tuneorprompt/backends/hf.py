@@ -31,7 +31,7 @@ import traceback
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -49,7 +49,12 @@ from tuneorprompt.model import (
     has_chat_template,
     pickle_refused,
 )
+from tuneorprompt.machine import check_load, use_threads
+from tuneorprompt.progress import long_step
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
+
+if TYPE_CHECKING:
+    from tuneorprompt.evaluate import Progress
 
 
 # Tokenizers without a configured maximum report transformers' VERY_LARGE_INTEGER (1e30).
@@ -222,6 +227,9 @@ class HFBackend:
         with torch.inference_mode():
             logits = self._last_logits(input_ids, mask, positions, cache)
             for _ in range(settings.max_new_tokens):
+                # A batch on a large model can take minutes: the load is looked at (at most once a
+                # second, a read of /proc/stat) between its tokens too, not only between batches.
+                check_load()
                 tokens = logits.argmax(-1)  # [rows]; greedy, ties to the lowest id as in `generate`
                 finished = []
                 for row, token in zip(rows.tolist(), tokens.tolist()):
@@ -317,6 +325,7 @@ class HFBackend:
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         scores: list[float] = [0.0] * len(pairs)
         for start in range(0, len(order), self.batch_size):
+            check_load()
             batch = order[start : start + self.batch_size]
             for index, score in zip(batch, self._score_batch([pairs[i] for i in batch])):
                 scores[index] = score
@@ -406,12 +415,15 @@ def _raised_in_torch_load(error: BaseException) -> bool:
     return any(frame.f_code is torch.serialization.load.__code__ for frame, _ in frames)
 
 
-def load_hf_backend(weights: LocalWeights | ModelConfig, adapter: Path | None = None) -> HFBackend:
+def load_hf_backend(
+    weights: LocalWeights | ModelConfig, adapter: Path | None = None, *, progress: Progress | None = None
+) -> HFBackend:
     """Serve local weights (resolved once per run by `model.resolve_model`; a `ModelConfig` is resolved
-    here, for notebooks and tests) and, optionally, a PEFT adapter on top."""
+    here, for notebooks and tests) and, optionally, a PEFT adapter on top. `progress` shows each load of
+    the weights (this one, and those after a `release`) while it runs."""
     weights = as_local_weights(weights)
     config = weights.spec
-    torch.set_num_threads(config.num_threads)
+    use_threads(config.num_threads)
     source = str(weights.directory)
     tried = f"directory {source}" + (f" (hub id {config.path!r})" if source != config.path else "")
     with _load_errors(config, tried):
@@ -426,8 +438,10 @@ def load_hf_backend(weights: LocalWeights | ModelConfig, adapter: Path | None = 
     if adapter is not None:
         fingerprint = adapter_fingerprint(fingerprint, Path(adapter))
 
+    described = f"loading model {config.path}" + (f" with adapter {adapter}" if adapter is not None else "")
+
     def load_model():
-        with _load_errors(config, tried):
+        with long_step(progress, described), _load_errors(config, tried):
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=getattr(torch, weights.dtype), device_map=weights.device, **model_load_options(config)
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -259,17 +260,51 @@ def _frontier(report: Report) -> tuple[str, str] | None:
     else:
         cost = {a.name: a.prompt_tokens + a.generated_tokens for a in report.arms}
         label, unit, scale = "tokens per query (prompt + generated; the model's size is unknown)", "tokens", 1.0
-    figure, axis = _axes(6, 3.5)
-    for a in report.arms:
-        y = ACCURACY.to_shown(a.accuracy.value)
-        axis.scatter(cost[a.name], y, color="#c33" if a.training else "#5b8def")
-        axis.annotate(a.name, (cost[a.name], y), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    axis.set_xscale("log")
-    axis.set_xlabel(f"{label} (red: fine-tuned, plus one-time training)")
-    axis.set_ylabel("accuracy %")
-    points = "; ".join(f"{a.name} {ACCURACY.with_unit(a.accuracy.value)} at {cost[a.name] / scale:.3g} {unit}"
+    points = [(a.name, cost[a.name], ACCURACY.to_shown(a.accuracy.value), bool(a.training)) for a in report.arms]
+    figure = frontier_figure(points, f"{label} (red: fine-tuned, plus one-time training)")
+    listed = "; ".join(f"{a.name} {ACCURACY.with_unit(a.accuracy.value)} at {cost[a.name] / scale:.3g} {unit}"
                        for a in report.arms)
-    return f"Scatter plot of accuracy against {label}, one point per arm. {points}.", _png(figure)
+    return f"Scatter plot of accuracy against {label}, one point per arm. {listed}.", _png(figure)
+
+
+def frontier_figure(points: list[tuple[str, float, float, bool]], x_label: str):
+    """The accuracy-vs-cost scatter of (arm, cost, accuracy %, fine-tuned) points, on a log cost axis
+    whose tick labels never overlap (`log_ticks`) and read compactly: 200M, 5G, 10T."""
+    from matplotlib.ticker import EngFormatter, FixedLocator, NullLocator
+
+    figure, axis = _axes(6, 3.5)
+    for name, x, y, trained in points:
+        axis.scatter(x, y, color="#c33" if trained else "#5b8def")
+        axis.annotate(name, (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    axis.set_xscale("log")
+    low, high = log_view([x for _, x, _, _ in points])
+    axis.set_xlim(low, high)
+    axis.xaxis.set_major_locator(FixedLocator(log_ticks(low, high)))
+    axis.xaxis.set_major_formatter(EngFormatter(sep=""))  # SI prefixes: 1e9 is 1G, 2e13 is 20T
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.set_xlabel(x_label)
+    axis.set_ylabel("accuracy %")
+    return figure
+
+
+def log_view(values: list[float]) -> tuple[float, float]:
+    """Log-axis limits around positive `values`: a margin of a tenth of their span each side, and at
+    least a decade in all, so that at least two ticks of 1, 2, 5 x 10^k fall inside."""
+    low, high = (math.log10(v) for v in (min(values), max(values)))
+    middle, half = (low + high) / 2, max(0.6 * (high - low), 0.5)
+    return 10 ** (middle - half), 10 ** (middle + half)
+
+
+def log_ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """At most `most` ticks in [low, high]: 1, 2 and 5 x 10^k where that few fit, else 1 and 3, else the
+    powers of ten, every second or third one over a wide range (matplotlib's own log ticks label the
+    2-9 x 10^k minor ticks over a decade or two, and those labels run into each other)."""
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for multiples in ((1, 2, 5), (1, 3), (1,)):
+        ticks = [m * 10.0**k for k in decades for m in multiples if low <= m * 10.0**k <= high]
+        if len(ticks) <= most:
+            return ticks
+    return ticks[:: math.ceil(len(ticks) / most)]
 
 
 _FORECAST_CURVES = (("finetune", "training examples", "#c33"), ("few_shot", "demos", "#5b8def"))
