@@ -71,8 +71,8 @@ def main() -> None:
     if figures["peak_mb"] > args.limit_mb:
         sys.exit(f"peak RSS {figures['peak_mb']:.0f} MiB is over the {args.limit_mb:.0f} MiB limit")
     if not args.smoke and items == 50_000:
-        update_results({"stats_50k_peak_rss_mb": round(figures["peak_mb"]), "stats_50k_seconds": round(figures["seconds"], 1),
-                        "stats_50k_threads": 1})
+        update_results({"stats_50k_peak_rss_mb": round(figures["peak_mb"]),
+                        "stats_50k_seconds": round(figures["seconds"], 1), "stats_50k_threads": 1})
 
 
 if __name__ == "__main__":

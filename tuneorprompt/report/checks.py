@@ -47,9 +47,10 @@ def replies_cut(summaries: Sequence[ArmSummary]) -> list[dict]:
     if not cut:
         return []
     return [{"code": "replies_cut", "message": (
-        f"Replies longer than generation.max_new_tokens allows ({REPLY_CHARS_PER_TOKEN} characters a token, plus {REPLY_CHARS_FLOOR:,}) were cut to that "
-        f"size before they were stored and scored: {'; '.join(cut)}. The model or server sent far more than it was "
-        "asked for; check what it serves before trusting these arms' scores.")}]
+        f"Replies longer than generation.max_new_tokens allows ({REPLY_CHARS_PER_TOKEN} characters a token, plus "
+        f"{REPLY_CHARS_FLOOR:,}) were cut to that size before they were stored and scored: {'; '.join(cut)}. "
+        "The model or server sent far more than it was asked for; check what it serves before trusting these "
+        "arms' scores.")}]
 
 
 # ---- the two scoring views ---------------------------------------------------------------------------
