@@ -3,25 +3,29 @@ serves the run's resolved model (`model.resolve_model`) with the engine its `kin
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from tuneorprompt.backends.base import Backend
 from tuneorprompt.model import ResolvedModel
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 __all__ = ["Backend", "load_backend"]
 
 
-def load_backend(model: ResolvedModel) -> Backend:
+def load_backend(model: ResolvedModel, console: Console | None = None) -> Backend:
     """The backend that serves `model`. Heavy or optional packages are imported only for their kind.
 
     Weights in this process (`hf`, `vllm`) load on first use: a run that reads every answer from its
     store never loads them, nor imports torch. A served model (`openai`) is reached at once, so that a
-    server that is down or does not serve the model is found before anything runs."""
+    server that is down or does not serve the model is found before anything runs; it warns on `console`
+    (default: stderr) when a reply names another model."""
     if model.kind == "openai":
         from tuneorprompt.backends.openai import load_openai_backend
 
-        return load_openai_backend(model.spec)
+        return load_openai_backend(model.spec, console)
     if model.kind == "vllm":
         from tuneorprompt.backends.vllm import check_installed, load_vllm_backend
 

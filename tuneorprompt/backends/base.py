@@ -57,3 +57,13 @@ class ScoringBackend(Backend, Protocol):
     def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
         """Sum of log-probabilities (nats) of each continuation given its context."""
         ...
+
+
+@runtime_checkable
+class ServedBackend(Backend, Protocol):
+    """A backend whose answers come from a server (`openai.py`), which names the model behind each reply."""
+
+    # The model ids the server's replies named in this process, first seen first: what the report says
+    # answered. A server can answer under another id than the one asked for (an alias resolved to a
+    # snapshot, a proxy that routes elsewhere); empty until a reply names one.
+    served_models: list[str]
