@@ -6,6 +6,7 @@ fine-tuned model (the same class over other weights), a served endpoint (`openai
 (`vllm.py`), or a scripted fake in tests. Scoring by log-likelihood is optional (`ScoringBackend`):
 an OpenAI-compatible chat endpoint cannot score a given continuation. It is checked once, where a
 run needs it (`metric.choice_by_loglikelihood`, refused at plan time for a backend that cannot).
+A served backend (`ServedBackend`) also says which models its server's replies named, for the report.
 """
 
 from __future__ import annotations
