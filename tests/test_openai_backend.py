@@ -11,6 +11,7 @@ import json
 import re
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -42,6 +43,8 @@ from tuneorprompt.experiment import plan_run, run_experiment
 from tuneorprompt.keys import served_model_key
 from tuneorprompt.model import resolve_model
 from tuneorprompt.records import GenerationSettings, Message
+from tuneorprompt.rundir import RunLock
+from tuneorprompt.store import Store
 
 TESTBED = Path(__file__).resolve().parents[1] / "tuneorprompt" / "testbed"
 CAPITALS = TESTBED / "tasks" / "capitals"
@@ -125,11 +128,17 @@ def test_chat_render_is_a_stable_unambiguous_key():
 class FlakyServer:
     """Answers each POST with the next status of `script` (then 200 with a completion, or with the raw body
     `reply`); lists model "m". echo: its error messages and completions quote the Authorization header, as a
-    careless server might."""
+    careless server might. answers_as: the model its completions name. hang: each POST is read and never
+    answered (until the server stops); `first_post` is set when the first arrives."""
 
-    def __init__(self, script: list[int], reply: bytes | None = None, echo: bool = False):
+    def __init__(self, script: list[int], reply: bytes | None = None, echo: bool = False, answers_as: str = "m",
+                 hang: bool = False):
         self.script = list(script)
         self.reply = reply
+        self.answers_as = answers_as
+        self.hang = hang
+        self.first_post = threading.Event()
+        self.stopping = threading.Event()
         self.posts = 0
         self.headers_seen: list[str] = []
         outer = self
@@ -155,18 +164,23 @@ class FlakyServer:
                 self.rfile.read(int(self.headers["content-length"]))
                 outer.posts += 1
                 outer.headers_seen.append(self.headers.get("authorization", ""))
+                outer.first_post.set()
+                if outer.hang:
+                    outer.stopping.wait()
+                    return
                 echoed = f" ({self.headers.get('authorization')})" if echo else ""
                 if outer.script:
                     # retry-after-ms keeps the test fast; the client's own backoff would wait ~0.5 s and more.
                     self._send(outer.script.pop(0), {"error": {"message": "busy" + echoed}}, {"retry-after-ms": "10"})
                     return
                 self._send(200, outer.reply or {
-                    "id": "c", "object": "text_completion", "created": 0, "model": "m",
+                    "id": "c", "object": "text_completion", "created": 0, "model": outer.answers_as,
                     "choices": [{"index": 0, "text": " Paris" + echoed + "\nmore", "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
                 })
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -175,6 +189,7 @@ class FlakyServer:
         return self
 
     def __exit__(self, *exc):
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -304,6 +319,81 @@ def test_a_model_the_server_does_not_list_is_an_error_before_any_arm():
         spec = OpenAIModelConfig(kind="openai", base_url=server.url, model="other", context_length=64)
         with pytest.raises(ServedModelError, match=r"model\.model: 'other' is not served at .*it serves 'm'"):
             load_openai_backend(spec)
+
+
+def served_config(url: str, **extra) -> dict:
+    return {
+        "name": "served", "model": {"kind": "openai", "base_url": url, "model": "m", "context_length": 2048},
+        "data": {k: str(CAPITALS / f"{k}.jsonl") for k in ("train", "dev", "test")} | {"max_test": 4},
+        "arms": ["baseline"], **extra,
+    }
+
+
+def test_replies_from_another_model_are_warned_once_and_the_report_names_the_served_model(tmp_path):
+    # An alias resolved to a snapshot, or a proxy routing elsewhere: the answers are not the configured model's.
+    other = "m-2026-01\x1b]0;owned\x07"  # server text: its escape sequence must reach the terminal inert
+    out = io.StringIO()
+    with FlakyServer([], answers_as=other) as server:
+        config = served_config(server.url, arms=["baseline", {"kind": "few_shot", "k": [2]}])
+        report = run_experiment(config, tmp_path / "run", console=Console(file=out, width=400)).report
+    assert server.posts > 2
+    terminal = out.getvalue()
+    warnings = [line for line in terminal.splitlines() if "answered as model" in line]
+    assert warnings == [f"warning: {server.url} answered as model 'm-2026-01\\x1b]0;owned\\x07', not the configured "
+                        "model.model 'm'; the answers are scored as they came, and the report lists the served ids "
+                        "(served_models)"]
+    assert "\x1b" not in terminal
+    assert report.served_models == [other]
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["served_models"] == [other]
+    assert "(the replies named <code>m-2026-01" in (tmp_path / "run" / "report.html").read_text()
+
+
+def run_command(*args: str, **popen) -> subprocess.Popen:
+    """`tuneorprompt ARGS` in a new process running this checkout, with Ctrl-C handled by Python (a process
+    started with SIGINT ignored, as a shell starts background jobs, would pass that on)."""
+    root = Path(tuneorprompt.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-m", "tuneorprompt.cli", *args], env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code, ended", [(signal.SIGINT, 130, "interrupted (Ctrl-C)"),
+                                                  (signal.SIGTERM, 143, "terminated by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_run_whose_server_never_answers_within_3_seconds(tmp_path, signum, code, ended):
+    """Ctrl-C, or the SIGTERM of a scheduler's timeout, while requests wait on a server that accepted them and
+    never answers: they are cancelled, and `tuneorprompt run` exits at once with 128 + the signal, not after
+    the client's timeout and retries; the run is recorded as interrupted and its directory is free again."""
+    pytest.importorskip("mlflow")
+    config, run_dir = tmp_path / "experiment.yaml", tmp_path / "run"
+    with FlakyServer([], hang=True) as server, open(tmp_path / "terminal.txt", "w") as terminal:
+        config.write_text(json.dumps(served_config(server.url, tracking={"backend": "mlflow"})))
+        process = run_command("run", str(config), "--out", str(run_dir), stdout=terminal, stderr=subprocess.STDOUT)
+        try:
+            assert server.first_post.wait(120), "no request reached the server"
+            signalled = time.monotonic()
+            process.send_signal(signum)
+            process.wait(timeout=20)
+            seconds = time.monotonic() - signalled
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    print(f"{signal.Signals(signum).name}: exit status {process.returncode} {seconds:.2f} s after the signal")
+    assert process.returncode == code, (tmp_path / "terminal.txt").read_text()
+    assert seconds < 3.0
+    with RunLock(run_dir):  # what the next run into the directory takes first
+        pass
+    store = Store(run_dir / "store.sqlite")
+    last, = store.runs()
+    store.close()
+    assert (last.status, last.error) == ("interrupted", ended)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    tracked, = client.search_runs([client.get_experiment_by_name("served").experiment_id])
+    assert tracked.info.status == "KILLED"
 
 
 def test_a_served_model_imports_neither_torch_nor_transformers():

@@ -7,7 +7,11 @@ import io
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -25,6 +29,7 @@ from tuneorprompt.report import build_report  # noqa: E402
 from tuneorprompt.summary import summarize_arm  # noqa: E402
 from tuneorprompt.tracking import (  # noqa: E402
     MAX_PARAM_VALUE,
+    PROBE_SECONDS,
     TrackingError,
     check_tracking,
     config_params,
@@ -143,6 +148,87 @@ def test_an_unreachable_tracker_leaves_the_run_untracked_with_a_warning(tmp_path
                             backend=ScriptedBackend(answer_by_instruction), console=Console(file=out, width=400))
     assert "cannot start an MLflow run at nosuchscheme://tracker" in out.getvalue()
     assert result.report.arms and (run_dir / "report.json").is_file()
+
+
+def unanswered_port(listening: bool) -> socket.socket:
+    """A local port that refuses connections, or (listening) one whose queue accepts them and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    if listening:
+        sock.listen(16)  # the kernel completes the connections; nothing ever reads the requests
+    return sock
+
+
+@pytest.mark.parametrize("listening", [False, True], ids=["closed port", "never answers"])
+def test_an_mlflow_server_that_is_down_or_silent_is_warned_about_at_plan_time_within_seconds(tmp_path, listening):
+    # MLflow's own client retries 7 times with backoff, 120 s each: minutes before any warning.
+    with unanswered_port(listening) as sock:
+        port = sock.getsockname()[1]
+        url = f"http://user:hunter2@127.0.0.1:{port}"
+        out = io.StringIO()
+        started = time.monotonic()
+        tracked = check_tracking(config_from_dict(tracked_config(tmp_path, uri=url)).tracking,
+                                 Console(file=out, width=1000))
+        seconds = time.monotonic() - started
+    print(f"{'silent' if listening else 'closed'}: warned after {seconds:.1f} s")
+    assert tracked is False
+    assert seconds < PROBE_SECONDS + 3
+    warning, = out.getvalue().splitlines()
+    assert warning.startswith(f"Tracking warning: the MLflow server at http://***@127.0.0.1:{port} "
+                              "did not answer (")
+    assert f"a first request waits {PROBE_SECONDS} s, without retries); this run is not tracked" in warning
+    assert ("timed out" if listening else "Connection refused") in warning and "hunter2" not in warning
+
+
+def test_a_run_with_an_mlflow_server_that_is_down_warns_once_and_runs_untracked(tmp_path):
+    out = io.StringIO()
+    with unanswered_port(listening=False) as sock:
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        run_experiment(tracked_config(tmp_path, uri=url), tmp_path / "run",
+                       backend=ScriptedBackend(answer_by_instruction), console=Console(file=out, width=400))
+    assert [line for line in out.getvalue().splitlines() if "Tracking warning" in line] == [
+        line for line in out.getvalue().splitlines() if "did not answer" in line] != []
+    assert (tmp_path / "run" / "report.json").is_file()
+
+
+STUCK_IN_AN_ARM = """
+import json, sys, time
+from pathlib import Path
+from tests.fakes import ScriptedBackend
+from tuneorprompt.experiment import run_experiment
+
+def stuck(prompt):
+    print("answering", flush=True)
+    time.sleep(600)
+
+run_experiment(json.loads(sys.argv[1]), Path(sys.argv[2]), backend=ScriptedBackend(stuck))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_left_running_by_kill_9_is_marked_killed_by_the_next_run_into_its_directory(tmp_path):
+    config, run_dir = tracked_config(tmp_path), tmp_path / "run"
+    root = Path(__file__).resolve().parents[1]
+    killed = subprocess.Popen([sys.executable, "-c", STUCK_IN_AN_ARM, json.dumps(config), str(run_dir)], cwd=root,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline() == "answering\n"
+    finally:
+        killed.kill()  # SIGKILL: no handler, no cleanup
+        killed.wait()
+    client, left = only_run(run_dir)
+    assert left.info.status == "RUNNING" and left.info.end_time is None  # what kill -9 leaves
+    other_dir = tmp_path / "other"  # another run directory's run, in the same store's experiment, is left alone
+    run_experiment(tracked_config(tmp_path, uri=f"sqlite:///{run_dir / 'mlflow.db'}"), other_dir,
+                   backend=ScriptedBackend(answer_by_instruction))
+    before = time.time() * 1000
+
+    run_experiment(config, run_dir, backend=ScriptedBackend(answer_by_instruction))
+    runs = {run.info.run_id: run for run in client.search_runs([left.info.experiment_id])}
+    assert len(runs) == 3
+    old = runs.pop(left.info.run_id)
+    assert old.info.status == "KILLED" and old.info.end_time >= before
+    assert sorted(run.info.status for run in runs.values()) == ["FINISHED", "FINISHED"]
 
 
 def test_an_experiment_name_and_uri_are_used_as_given(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ from tuneorprompt.arms import (
     run_arm,
     seeds_of,
 )
-from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend
+from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend, ServedBackend
 from tuneorprompt.backends import load_backend
 from tuneorprompt.backends.cached import CacheCounts
 from tuneorprompt.backends.gguf import is_gguf
@@ -113,19 +113,22 @@ def run_experiment(
         check_not_in_use(run_dir)
     check_run_dir_is_ours(run_dir)  # never write over a user's files (`--out .`)
     check_no_links_inside(run_dir)
-    check_tracking(config.tracking)  # a missing MLflow client is found before any work
+    # A missing MLflow client is found before any work, and a tracking server that does not answer is
+    # warned about now, within seconds, and not tried again.
+    tracked = check_tracking(config.tracking, console)
 
     # One progress display for the whole run: loading the model (planning counts its tokens), training
     # and evaluating are each shown while they run.
     with make_progress(console) as progress:
-        return _plan_and_run(config, run_dir, backend, console, progress, rank)
+        return _plan_and_run(config, run_dir, backend, console, progress, rank, tracked)
 
 
 def _plan_and_run(
-    config: ExperimentConfig, run_dir: Path, backend: Backend | None, console: Console, progress: Progress, rank: int
+    config: ExperimentConfig, run_dir: Path, backend: Backend | None, console: Console, progress: Progress, rank: int,
+    tracked: bool,
 ) -> Result:
     # ---- check everything that can be checked before the run directory exists --------------------
-    plan = plan_run(config, run_dir, backend, reuse=True, progress=progress)
+    plan = plan_run(config, run_dir, backend, reuse=True, progress=progress, console=console)
 
     # ---- run: every arm on the same test split, cheapest first -----------------------------------
     # Under `accelerate launch` every process runs this function: they fine-tune together (Trainer
@@ -147,7 +150,7 @@ def _plan_and_run(
                 # The tracked run ends FINISHED, FAILED or KILLED with this block; it is logged to
                 # after the report is on disk, and its failures only warn (tracking.py).
                 counts = CacheCounts()  # every generation the run asks for: read back, or generated
-                with track_run(config, run_dir, console, enabled=rank == 0) as tracker:
+                with track_run(config, run_dir, console, enabled=rank == 0 and tracked) as tracker:
                     report, records = _run(plan, store, counts, console, rank, progress, follower)
                     tracker.log_results(report)
             except KeyboardInterrupt as error:
@@ -207,7 +210,7 @@ def large_test_warnings(config: ExperimentConfig, splits: Splits) -> list[str]:
 
 def plan_run(
     config: ExperimentConfig, run_dir: Path, backend: Backend | None = None, *, reuse: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, console: Console | None = None,
 ) -> RunPlan:
     """Every check that needs no generation or training, in the order that finds a user's mistake
     soonest: data, templates and arms, the model, then each arm's prompts against its context.
@@ -216,7 +219,9 @@ def plan_run(
     reuse: a plan of the same content (`keys.plan_key`) that `run_dir`'s store holds passed these
     checks and made these cost estimates already: its estimates are read back, and the checks that
     need the model's tokenizer or weights are not made again (a re-run that reads every result back
-    then loads no model at all). `progress` shows the model being read and loaded."""
+    then loads no model at all). `progress` shows the model being read and loaded.
+
+    console: where a served model's backend warns during the run (a reply from another model)."""
     splits, overlap = load_splits(config.data)
     corpus = [p.text for p in load_corpus(config.data.corpus)] if config.data.corpus else None
     # The templates compiled and rendered on every example: a syntax error, a failing render, or a
@@ -240,7 +245,7 @@ def plan_run(
     if config.prompt.system is not None and not model.chat_template:
         raise ValueError("prompt.system needs a chat template, and this model is used without one (model.chat_template)")
     if backend is None:
-        backend = load_backend(model, progress)
+        backend = load_backend(model, progress, console)
     if config.metric.choice_by_loglikelihood and not isinstance(backend, ScoringBackend):
         raise ValueError(
             f"metric.choice_by_loglikelihood: model.kind {model.kind} ({type(backend).__name__}) cannot score "
@@ -397,6 +402,7 @@ def _run(
         cost_order=plan.estimates,
         protocol=plan.protocol,
         skipped_arms=plan.skipped,
+        served_models=plan.base.backend.served_models if isinstance(plan.base.backend, ServedBackend) else None,
     )
     if rank == 0:
         write_report(report, plan.run_dir, console)

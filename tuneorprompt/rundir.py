@@ -39,6 +39,10 @@ class RunDirError(ValueError):
 class RunInterrupted(KeyboardInterrupt):
     """SIGTERM, raised where the main thread is, so one `except KeyboardInterrupt` covers Ctrl-C and kill."""
 
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8) all at once: a reader, or a run that dies mid-write, sees
@@ -216,4 +220,4 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 def _raise_interrupted(signum: int, frame) -> None:
-    raise RunInterrupted(f"terminated by {signal.Signals(signum).name}")
+    raise RunInterrupted(signum)

@@ -3,10 +3,13 @@ compare runs in `mlflow ui`.
 
 The run directory stays the record; the tracker holds a copy. Two rules follow:
 - A tracker that cannot be reached, or fails while logging, only warns: the run goes on, and its
-  results are written to the run directory before anything is logged, so none is ever lost.
+  results are written to the run directory before anything is logged, so none is ever lost. An
+  MLflow server is asked once before any work (`check_tracking`), within PROBE_SECONDS and without
+  retries, so one that is down or never answers costs seconds, not the minutes of MLflow's retries.
 - The tracked run always ends with a final status: FINISHED, FAILED on an exception, KILLED on
   Ctrl-C or SIGTERM (`rundir.terminate_as_interrupt` makes SIGTERM a KeyboardInterrupt); never
-  left RUNNING, which MLflow would show forever as a run still in progress.
+  left RUNNING, which MLflow would show forever as a run still in progress. A process killed
+  outright (kill -9) cannot end its run: the next run into the same directory marks it KILLED.
 
 What is logged (see `log_results` for the names): the resolved config as params (`model.path`,
 `arms.0.kind`, ...), per arm the three headline figures with their 95% CI (`baseline/accuracy`,
@@ -20,6 +23,7 @@ the tracking URI and the active run in global state, which a notebook's own MLfl
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +55,13 @@ _NOT_ALLOWED_IN_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
 _SECRET_KEY = re.compile(r"(api_?key|secret|password|passwd|token|authorization|headers|credentials?)$", re.I)
 
 ARTIFACTS = ("report.json", "report.html", "config.yaml", "environment.json")
+RUN_DIR_TAG = "tuneorprompt.run_dir"  # each MLflow run's run directory, resolved
+
+# MLflow's client reads its HTTP limits from the environment on every request and takes them in no
+# other way; a variable the user set is left as it is. By default it waits 120 s for an answer and
+# retries 7 times with exponential backoff: about 4 minutes per call to a server that is down.
+PROBE_SECONDS = 5  # the plan-time check: one request, no retry
+RUN_RETRIES = 2  # each call during the run (backoff 2 s, 4 s); its timeout stays 120 s, for artifact uploads
 
 
 class TrackingError(ValueError):
@@ -58,11 +69,15 @@ class TrackingError(ValueError):
     so the CLI shows it as a set-up mistake with its message, not a traceback."""
 
 
-def check_tracking(tracking: TrackingConfig | None) -> None:
-    """Fail before any work when `tracking` names a tracker whose package is missing; a missing
-    package is a set-up mistake to fix now, not something to find out after an hour of training."""
+def check_tracking(tracking: TrackingConfig | None, console: Console | None = None) -> bool:
+    """Before any work: whether to track the run.
+
+    Fails (TrackingError) when `tracking` names a tracker whose package is missing, or a SQLite store in a
+    missing folder: set-up mistakes to fix now, not to find out after an hour of training. An MLflow
+    server (an http or https URI) that does not answer a first request within PROBE_SECONDS only warns,
+    one line on `console`, and the run goes on untracked, as it does after any tracker failure."""
     if tracking is None:
-        return
+        return False
     try:
         import mlflow  # noqa: F401
         import sqlalchemy  # noqa: F401  # mlflow-skinny reads SQLite stores only with these two
@@ -79,6 +94,44 @@ def check_tracking(tracking: TrackingConfig | None) -> None:
             f"tracking.uri: {for_terminal(mask_credentials(tracking.uri))}: the folder {for_terminal(str(store.parent))} "
             "does not exist; create it first or fix the path"
         )
+    if tracking.uri is None or tracking.uri.split(":", 1)[0].lower() not in ("http", "https"):
+        return True
+    from mlflow import MlflowClient
+
+    try:
+        with mlflow_http_limits(retries=0, timeout=PROBE_SECONDS):
+            MlflowClient(tracking_uri=tracking.uri).search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001  (refused, timed out, not an MLflow server, refused the token)
+        _warn(console, f"the MLflow server at {mask_credentials(tracking.uri)} did not answer ({_root_cause(error)}; "
+                       f"a first request waits {PROBE_SECONDS} s, without retries); this run is not tracked, its "
+                       "results are written to its run directory as always")
+        return False
+    return True
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first cause of `error`, in a few words: MLflow wraps the socket's error in three more, each
+    quoting the last."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return f"{type(error).__name__}: {mask_credentials(str(error))[:200]}"
+
+
+@contextmanager
+def mlflow_http_limits(retries: int, timeout: int | None = None) -> Iterator[None]:
+    """Within the block, MLflow's HTTP requests retry at most `retries` times and wait `timeout` seconds
+    (None: MLflow's own) for an answer, except where the user set MLFLOW_HTTP_REQUEST_MAX_RETRIES or
+    MLFLOW_HTTP_REQUEST_TIMEOUT; the environment is as it was after the block."""
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries)}
+    if timeout is not None:
+        wanted["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
+    added = {name: value for name, value in wanted.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def sqlite_store_path(uri: str) -> Path | None:
@@ -137,7 +190,9 @@ class Tracker:
 
     @classmethod
     def start(cls, config: ExperimentConfig, run_dir: Path, console: Console) -> Tracker:
-        """Open a run in the configured experiment (created when missing) and log the config as params."""
+        """Open a run in the configured experiment (created when missing) and log the config as params.
+        Call it holding the run directory's lock: the runs of this directory that a killed process left
+        RUNNING in the experiment are then marked KILLED (`_end_abandoned`)."""
         tracking = config.tracking
         uri = tracking_uri(tracking, run_dir)
         try:
@@ -145,18 +200,20 @@ class Tracker:
 
             client = MlflowClient(tracking_uri=uri)
             name = tracking.experiment or config.name
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                location = artifact_location(tracking.uri, run_dir)
-                experiment_id = client.create_experiment(name, artifact_location=location)
-            else:
-                experiment_id = experiment.experiment_id
-            run = client.create_run(experiment_id, run_name=config.name, tags=_start_tags(run_dir))
+            with mlflow_http_limits(RUN_RETRIES):
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    location = artifact_location(tracking.uri, run_dir)
+                    experiment_id = client.create_experiment(name, artifact_location=location)
+                else:
+                    experiment_id = experiment.experiment_id
+                run = client.create_run(experiment_id, run_name=config.name, tags=_start_tags(run_dir))
         except Exception as error:  # noqa: BLE001  (any tracker failure: warn, and run untracked)
-            _warn(console, f"cannot start an MLflow run at {uri} ({type(error).__name__}: {error}); "
+            _warn(console, f"cannot start an MLflow run at {mask_credentials(uri)} ({type(error).__name__}: {error}); "
                            f"this run is not tracked, its results are written to {run_dir} as always")
             return cls(None, None)
         tracker = cls(client, run.info.run_id, run_dir, console)
+        tracker._guarded("mark the runs a killed process left RUNNING as KILLED", tracker._end_abandoned, experiment_id)
         tracker._guarded("log the config as params", tracker._log_params, config)
         return tracker
 
@@ -168,13 +225,25 @@ class Tracker:
         if self.client is None:
             return
         try:
-            self.client.set_terminated(self.run_id, status=status)
+            with mlflow_http_limits(RUN_RETRIES):
+                self.client.set_terminated(self.run_id, status=status)
         except KeyboardInterrupt:
             # A second Ctrl-C while ending: still never leave the run RUNNING.
             self._guarded("mark the run KILLED", self.client.set_terminated, self.run_id, "KILLED")
             raise
         except Exception as error:  # noqa: BLE001
             self._warning(f"could not mark MLflow run {self.run_id} {status} ({type(error).__name__}: {error})")
+
+    def _end_abandoned(self, experiment_id: str) -> None:
+        """Mark KILLED, ended now, the runs of this run directory still RUNNING in the experiment: their
+        process was killed (kill -9, out of memory, a lost machine) before it could end them, and a run
+        that holds the directory's lock knows no other process is still writing them."""
+        ours = str(self.run_dir.resolve())
+        # The status is filtered by MLflow and the tag here: a path may hold quotes the filter syntax would misread.
+        running = self.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+        for run in running:
+            if run.info.run_id != self.run_id and run.data.tags.get(RUN_DIR_TAG) == ours:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
 
     # ---- what is logged -------------------------------------------------------------------------
 
@@ -207,7 +276,8 @@ class Tracker:
         if self.client is None:
             return
         try:
-            function(*args)
+            with mlflow_http_limits(RUN_RETRIES):
+                function(*args)
         except Exception as error:  # noqa: BLE001  (the run's own files are already safe on disk)
             self._warning(f"could not {what} to MLflow run {self.run_id} ({type(error).__name__}: {error})")
 
@@ -221,7 +291,7 @@ def _warn(console: Console | None, message: str) -> None:
 
 
 def _start_tags(run_dir: Path) -> dict[str, str]:
-    tags = {"tuneorprompt.run_dir": str(run_dir.resolve())}
+    tags = {RUN_DIR_TAG: str(run_dir.resolve())}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -10,22 +10,24 @@ from tuneorprompt.model import ResolvedModel
 from tuneorprompt.records import Completion, GenerationSettings, Prompt
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from tuneorprompt.evaluate import Progress
 
 __all__ = ["Backend", "load_backend"]
 
 
-def load_backend(model: ResolvedModel, progress: Progress | None = None) -> Backend:
+def load_backend(model: ResolvedModel, progress: Progress | None = None, console: Console | None = None) -> Backend:
     """The backend that serves `model`. Heavy or optional packages are imported only for their kind.
 
     Weights in this process (`hf`, `vllm`) load on first use: a run that reads every answer from its
     store never loads them, nor imports torch. A served model (`openai`) is reached at once, so that a
-    server that is down or does not serve the model is found before anything runs. `progress` shows
-    the `hf` weights loading."""
+    server that is down or does not serve the model is found before anything runs; it warns on `console`
+    (default: stderr) when a reply names another model. `progress` shows the `hf` weights loading."""
     if model.kind == "openai":
         from tuneorprompt.backends.openai import load_openai_backend
 
-        return load_openai_backend(model.spec)
+        return load_openai_backend(model.spec, console)
     if model.kind == "vllm":
         from tuneorprompt.backends.vllm import check_installed, load_vllm_backend
 

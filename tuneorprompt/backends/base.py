@@ -6,6 +6,7 @@ fine-tuned model (the same class over other weights), a served endpoint (`openai
 (`vllm.py`), or a scripted fake in tests. Scoring by log-likelihood is optional (`ScoringBackend`):
 an OpenAI-compatible chat endpoint cannot score a given continuation. It is checked once, where a
 run needs it (`metric.choice_by_loglikelihood`, refused at plan time for a backend that cannot).
+A served backend (`ServedBackend`) also says which models its server's replies named, for the report.
 """
 
 from __future__ import annotations
@@ -57,3 +58,13 @@ class ScoringBackend(Backend, Protocol):
     def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
         """Sum of log-probabilities (nats) of each continuation given its context."""
         ...
+
+
+@runtime_checkable
+class ServedBackend(Backend, Protocol):
+    """A backend whose answers come from a server (`openai.py`), which names the model behind each reply."""
+
+    # The model ids the server's replies named in this process, first seen first: what the report says
+    # answered. A server can answer under another id than the one asked for (an alias resolved to a
+    # snapshot, a proxy that routes elsewhere); empty until a reply names one.
+    served_models: list[str]

@@ -19,6 +19,11 @@ Decisions that keep its answers comparable with the local backend's, and where t
   one, an estimate (UTF-8 bytes: never fewer tokens than a byte-level tokenizer gives).
 - Failures: the client retries 429, 5xx, timeouts and lost connections `max_retries` times with
   exponential backoff (honouring Retry-After); other errors stop the run with the server's message.
+- Stopping: requests run on an event loop of their own (`RequestLoop`), so a Ctrl-C or SIGTERM cancels
+  those in flight, closing their connections, instead of waiting out a server that never answers.
+- Which model answered: each reply names one (`model`). The first that names another than `model.model`
+  (an alias resolved to a snapshot, a proxy routing elsewhere) is warned about once; the report lists
+  every id the replies named (`served_models`).
 - The API key is read from the environment variable `api_key_env` names when the backend is made,
   and given only to the client: it is never part of the config, fingerprint, store or report. A
   server may echo it (an error body quoting the refused key), so every text from the server is
@@ -27,23 +32,30 @@ Decisions that keep its answers comparable with the local backend's, and where t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+import weakref
+from typing import Any, Callable, Coroutine, Sequence
+
+from rich.console import Console
 
 from tuneorprompt.backends.text import cut_at_stop, encode_prompt
 from tuneorprompt.config import ConfigError, OpenAIModelConfig
 from tuneorprompt.keys import served_model_key
 from tuneorprompt.records import Completion, GenerationSettings, Message, Prompt
-from tuneorprompt.safe_text import mask_credentials
+from tuneorprompt.safe_text import for_terminal, mask_credentials
 
 # Sent when `api_key_env` is None: local servers ignore the key, but the client requires one.
 PLACEHOLDER_KEY = "EMPTY"
 MAX_STOP_STRINGS = 4  # what the OpenAI API accepts in `stop`
 # Without a tokenizer, per chat message: room for the role markers a chat template adds.
 _ESTIMATED_TOKENS_PER_MESSAGE = 16
+# After a Ctrl-C or SIGTERM, how long the cancelled requests get to close their connections (they
+# take milliseconds) before the interrupt goes on regardless.
+CANCEL_GRACE_SECONDS = 1.0
 
 
 class ServedModelError(ValueError):
@@ -71,26 +83,28 @@ def from_server(spec: OpenAIModelConfig, text: str) -> str:
     return text.replace(key, "***") if key else text
 
 
-def load_openai_backend(spec: OpenAIModelConfig) -> "OpenAIBackend":
+def load_openai_backend(spec: OpenAIModelConfig, console: Console | None = None) -> "OpenAIBackend":
+    """console: where the warning about a reply from another model goes (default: stderr)."""
     try:
         import openai
     except ImportError:
         raise ImportError(
             "model.kind: openai needs the openai client: pip install 'tuneorprompt[openai]'"
         ) from None
-    client = openai.OpenAI(
+    client = openai.AsyncOpenAI(
         base_url=spec.base_url, api_key=api_key(spec), max_retries=spec.max_retries, timeout=spec.timeout
     )
-    _check_served(client, spec)
-    return OpenAIBackend(client, spec, _token_counter(spec))
+    requests = RequestLoop()
+    requests.run(_check_served(client, spec))
+    return OpenAIBackend(client, spec, _token_counter(spec), requests, console)
 
 
-def _check_served(client, spec: OpenAIModelConfig) -> None:
+async def _check_served(client, spec: OpenAIModelConfig) -> None:
     """Fail before any arm runs when the server is down, refuses the key, or does not list the model."""
     import openai
 
     try:
-        served = [model.id for model in client.models.list()]
+        served = [model.id async for model in client.models.list()]
     except openai.NotFoundError:
         return  # a server without /v1/models: the first request will tell
     except openai.AuthenticationError:
@@ -105,6 +119,41 @@ def _check_served(client, spec: OpenAIModelConfig) -> None:
     if spec.model not in served:
         listed = from_server(spec, ", ".join(map(repr, served)))
         raise ServedModelError(f"model.model: {spec.model!r} is not served at {spec.base_url}; it serves {listed}")
+
+
+class RequestLoop:
+    """An asyncio event loop in a daemon thread, where every request to the server runs.
+
+    The calling thread only waits for the answers, so a Ctrl-C or SIGTERM there (a KeyboardInterrupt
+    in the main thread) cancels the requests in flight, which closes their connections, and the run
+    stops at once. Requests made from a thread pool could not be cancelled: the run would wait for a
+    server that never answers for `timeout` x (`max_retries` + 1) seconds (12 minutes by default),
+    holding the run directory's lock, and the interpreter would wait for them again at exit. A
+    daemon thread never keeps the process alive; the loop stops when its backend is collected."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="tuneorprompt-requests", daemon=True).start()
+        weakref.finalize(self, self.loop.call_soon_threadsafe, self.loop.stop)
+
+    def run(self, coroutine: Coroutine) -> Any:
+        """Run `coroutine` on the loop and return its result; an exception in the calling thread meanwhile
+        (KeyboardInterrupt) cancels it, waiting up to CANCEL_GRACE_SECONDS for it to unwind, and propagates."""
+        unwound = threading.Event()
+
+        async def tracked():
+            try:
+                return await coroutine
+            finally:
+                unwound.set()
+
+        future = asyncio.run_coroutine_threadsafe(tracked(), self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # a no-op when the coroutine itself failed
+            unwound.wait(CANCEL_GRACE_SECONDS)
+            raise
 
 
 def _token_counter(spec: OpenAIModelConfig) -> Callable[[Prompt], int] | None:
@@ -127,15 +176,20 @@ def _turns(prompt: Prompt) -> tuple[Message, ...]:
 
 
 class OpenAIBackend:
-    """A served model behind the `Backend` protocol; requests go out `concurrency` at a time."""
+    """A served model behind the `Backend` protocol (`base.ServedBackend`); requests go out `concurrency`
+    at a time, from `requests`' loop (a new one by default). client: an `openai.AsyncOpenAI`."""
 
-    def __init__(self, client, spec: OpenAIModelConfig, count: Callable[[Prompt], int] | None = None):
+    def __init__(self, client, spec: OpenAIModelConfig, count: Callable[[Prompt], int] | None = None,
+                 requests: RequestLoop | None = None, console: Console | None = None):
         self.client = client
         self.spec = spec
         self.chat_template = spec.mode == "chat"
         self.context_length = spec.context_length
         self.fingerprint = served_model_key(spec)
+        self.served_models: list[str] = []  # the ids the replies named, first seen first (masked)
         self._count = count
+        self._requests = requests or RequestLoop()
+        self._console = console
 
     def release(self) -> None:
         """Nothing to free: the weights are the server's."""
@@ -161,12 +215,28 @@ class OpenAIBackend:
     def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
         texts = [self.render(prompt) for prompt in prompts]  # a wrong kind of prompt fails before any request
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
-            answers = list(pool.map(lambda item: self._request(*item, settings), enumerate(prompts)))
+        answers = self._requests.run(self._answer_all(prompts, settings))
         seconds = (time.perf_counter() - started) / max(1, len(texts))  # seconds per query, as the HF backend
         return [Completion(text, prompt_tokens, generated, seconds) for text, prompt_tokens, generated in answers]
 
-    def _request(self, index: int, prompt: Prompt, settings: GenerationSettings) -> tuple[str, int, int]:
+    async def _answer_all(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[tuple[str, int, int]]:
+        """Every prompt's answer, in order; the first failure (or a cancel) stops the requests still out."""
+        slots = asyncio.Semaphore(self.spec.concurrency)
+
+        async def answer(index: int, prompt: Prompt) -> tuple[str, int, int]:
+            async with slots:
+                return await self._request(index, prompt, settings)
+
+        requests = [asyncio.ensure_future(answer(index, prompt)) for index, prompt in enumerate(prompts)]
+        try:
+            return list(await asyncio.gather(*requests))
+        except BaseException:
+            for request in requests:
+                request.cancel()
+            await asyncio.wait(requests)  # each closes its connection as it unwinds
+            raise
+
+    async def _request(self, index: int, prompt: Prompt, settings: GenerationSettings) -> tuple[str, int, int]:
         import openai
 
         options = {
@@ -180,9 +250,9 @@ class OpenAIBackend:
         try:
             if self.chat_template:
                 messages = [{"role": turn.role, "content": turn.content} for turn in _turns(prompt)]
-                response = self.client.chat.completions.create(messages=messages, **options)
+                response = await self.client.chat.completions.create(messages=messages, **options)
             else:
-                response = self.client.completions.create(prompt=prompt, **options)
+                response = await self.client.completions.create(prompt=prompt, **options)
         except json.JSONDecodeError as error:  # a 200 reply the client could not parse
             raise ServedModelError(
                 f"{self._endpoint} answered generate request {index} with malformed JSON ({error.msg} at character "
@@ -204,6 +274,7 @@ class OpenAIBackend:
                 f"{self._endpoint} answered generate request {index} without a text: expected an OpenAI API "
                 f"response, a JSON object with {self._text_at}, not {_shape(response)}"
             )
+        self._note_model(getattr(response, "model", None))
         usage = getattr(response, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None)
         generated = getattr(usage, "completion_tokens", None)
@@ -213,6 +284,22 @@ class OpenAIBackend:
             # No count in `usage`: the answer's UTF-8 bytes, the same upper-bound estimate as count_tokens.
             generated = len(text.encode("utf-8"))
         return cut_at_stop(from_server(self.spec, text), settings.stop), prompt_tokens, generated
+
+    def _note_model(self, named: Any) -> None:
+        """Record the model id a reply names; warn, once, at the first that is not the configured one."""
+        if not isinstance(named, str) or not named:
+            return  # a server that names none: nothing to compare
+        named = from_server(self.spec, named)
+        if named in self.served_models:
+            return
+        warned = any(model != self.spec.model for model in self.served_models)
+        self.served_models.append(named)
+        if named != self.spec.model and not warned:
+            (self._console or Console(stderr=True)).print(
+                f"[bold yellow]warning:[/] {for_terminal(mask_credentials(self.spec.base_url))} answered as model "
+                f"{for_terminal(repr(named))}, not the configured model.model {for_terminal(repr(self.spec.model))}; "
+                "the answers are scored as they came, and the report lists the served ids (served_models)"
+            )
 
     @property
     def _endpoint(self) -> str:

@@ -135,6 +135,9 @@ class ExampleTable:
 class Report:
     name: str
     model: str
+    # A served model: the model ids its replies named in this run, first seen first; empty when every
+    # answer was read back from the store. None for a model that is not served (no reply names one).
+    served_models: list[str] | None
     target: TargetConfig
     strategy: str
     stopped_early_at: str | None
@@ -161,6 +164,7 @@ class Report:
             "report_version": REPORT_VERSION,
             "name": self.name,
             "model": self.model,
+            "served_models": self.served_models,
             "target": self.target.model_dump(),
             "strategy": self.strategy,
             "stopped_early_at": self.stopped_early_at,
@@ -196,12 +200,14 @@ def build_report(
     cost_order: Sequence[decide.CostEstimate] | None = None,
     protocol: dict | None = None,
     skipped_arms: Sequence[dict] = (),
+    served_models: Sequence[str] | None = None,
 ) -> Report:
     """cost_order: every arm's cost as estimated before the run, cheapest first; the order the
     ladder ran the arms in, and the one the recommendation follows (without it, the measured costs
     order them). protocol: what every arm's result depends on (settings, data and model keys),
     recorded so the report states what its numbers came from. skipped_arms: arms the config asked
-    for that could not run, each {"arm", "reason"}; each becomes a warning, so none silently disappears."""
+    for that could not run, each {"arm", "reason"}; each becomes a warning, so none silently disappears.
+    served_models: for a served model, the model ids its replies named (`base.ServedBackend`)."""
     outcomes = [
         decide.ArmOutcome(
             name=s.name,
@@ -227,6 +233,7 @@ def build_report(
     return Report(
         name=config.name,
         model=config.model.label,
+        served_models=list(served_models) if served_models is not None else None,
         target=config.target,
         strategy=config.strategy,
         stopped_early_at=stopped_early_at,

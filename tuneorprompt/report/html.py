@@ -65,7 +65,7 @@ caption { text-align: left; font-weight: 600; padding: 4px 0; }
 {% for e in w.examples %}<tr><td>{{ e.arm }}</td><td>{{ e.reply }}</td><td>{{ e.answer }}</td><td>{{ e.reference }}</td>
 <td>{{ "%g" | format(e.strict) }}</td><td>{{ "%g" | format(e.lenient) }}</td></tr>{% endfor %}</table>{% endif %}
 </div>{% endfor %}
-<p>Model <code>{{ r.model }}</code>{% if r.protocol %}, {{ "with its chat template" if r.protocol.model.chat_template else "without a chat template" }}{% if r.protocol.prompt.system %} (system message: <code>{{ r.protocol.prompt.system }}</code>){% endif %}{% endif %}; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
+<p>Model <code>{{ r.model }}</code>{% if r.served_models %} (the replies named {% for m in r.served_models %}<code>{{ m }}</code>{{ ", " if not loop.last }}{% endfor %}){% endif %}{% if r.protocol %}, {{ "with its chat template" if r.protocol.model.chat_template else "without a chat template" }}{% if r.protocol.prompt.system %} (system message: <code>{{ r.protocol.prompt.system }}</code>){% endif %}{% endif %}; {{ r.data.n_test }} test items ({{ r.data.n_train }} train, {{ r.data.n_dev }} dev);
 target accuracy {{ ACCURACY.with_unit(r.target.accuracy, 0) }}{% if r.target.lenient %} (lenient){% endif %};
 strategy {{ r.strategy }}.</p>
 {% set d = r.recommendation %}<div id="verdict" class="verdict {% if not d.arm %}none{% endif %}"><p id="headline"><strong>{{ d.headline }}</strong></p>
