@@ -38,7 +38,8 @@ def print_summary(report: Report, console: Console) -> None:
     columns = ("arm", "accuracy % [95% CI]", "vs target", "lenient % [95% CI]", "relevance [95% CI]", "prompt tok",
                "gen tok", "ms/query", "train s", "peak MiB")
     for column in columns:
-        table.add_column(column, justify="left" if column == "arm" else "right", no_wrap=True)
+        # The state may name the items that would decide it: it wraps rather than be cut.
+        table.add_column(column, justify="left" if column == "arm" else "right", no_wrap=column != "vs target")
     decision = report.recommendation
     recommended = decision.arm
     for arm in report.arms:
