@@ -97,7 +97,8 @@ def test_the_report_renders_and_its_filter_counts_the_records(small_run, browser
     errors: list[str] = []
     page = open_report(browser.new_context(viewport={"width": 1200, "height": 900}), run_dir, errors)
 
-    assert page.locator("#verdict").inner_text().strip() == report.recommendation.reason.strip()
+    assert page.locator("#headline").inner_text().strip() == report.recommendation.headline
+    assert page.locator("#details").inner_text().strip() == report.recommendation.details
     arm_names = [a.name for a in report.arms]
     assert page.locator("#arms tbody th[scope=row]").all_inner_texts() == arm_names
 
