@@ -116,15 +116,15 @@ def test_no_arm_meets_the_target():
     assert result.status == decide.UNDECIDED and result.states["lora"] == decide.UNDECIDED
     assert result.headline.startswith("Undecided: this experiment cannot tell whether lora meets the 95.0% accuracy")
     assert "No arm meets the target" in result.details
-    assert "The most accurate arm is lora: 92.0%" in result.reason
-    assert "It is 3.0 points short of the target" in result.reason
+    assert "lora meets the 95.0% accuracy target; its 92.0%" in result.headline
+    assert "lora is 3.0 points short of it, its lower bound" in result.details
     assert result.reason.endswith(hint) and result.hint == hint
 
 
 def test_no_arm_meets_the_target_because_of_the_interval_only():
     result = decide.recommend([arm("instruction", [right_on(0, 164)], 1e9)], 0.8)  # 82% at n = 200: lower bound ~76%
     assert result.arm is None and result.shortfall > 0
-    assert "Its point estimate reaches the target, but its lower bound is" in result.reason
+    assert "instruction's point estimate reaches the target, but its lower bound is" in result.reason
     assert "more test items would narrow the interval" in result.reason
     lenient = decide.recommend([arm("instruction", [right_on(0, 164)], 1e9)], 0.8, lenient=True)
     assert lenient.arm == "instruction" and "(lenient)" in lenient.reason and "only arm" in lenient.reason

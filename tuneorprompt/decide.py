@@ -820,18 +820,19 @@ class _Wording:
         return [f"Cheaper but undecided (their intervals straddle the target): {named}."]
 
     def none_details(self, best: ArmOutcome, shortfall: float) -> str:
+        """The rule behind a verdict without a recommendation (the headline gave the best arm's figures)."""
         interval = self.accuracy[best.name]
-        reason = f"No arm meets the target ({self.criterion}). The most accurate arm is {best.name}: {self.figures(best)}. "
+        reason = f"No arm meets the target ({self.criterion}). "
         if self.lenient:
-            return reason + f"It is {100 * shortfall:.1f} points short of the target."
+            return reason + f"{best.name}'s point estimate is {100 * shortfall:.1f} points short of it."
         if interval.value < self.target:
             return reason + (
-                f"It is {100 * (self.target - interval.value):.1f} points short of the target "
-                f"(its lower bound {100 * shortfall:.1f} points)."
+                f"{best.name} is {100 * (self.target - interval.value):.1f} points short of it, its lower bound "
+                f"{100 * shortfall:.1f} points."
             )
         return reason + (
-            f"Its point estimate reaches the target, but its lower bound is {100 * shortfall:.1f} points short; "
-            "more test items would narrow the interval."
+            f"{best.name}'s point estimate reaches the target, but its lower bound is {100 * shortfall:.1f} points "
+            "short; more test items would narrow the interval."
         )
 
     def comparison_sentence(self, name: str, other: str, test: PairedTest) -> str:

@@ -39,6 +39,7 @@ td, th { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 .verdict { font-size: 18px; padding: 12px; background: #eef7ee; border-left: 4px solid #3a3; }
 .none { background: #fff6e5; border-color: #e90; }
+#details { font-size: 15px; }
 img { max-width: 100%; }
 code { background: #f4f4f4; padding: 1px 4px; }
 .notes { color: #8a5a00; }
