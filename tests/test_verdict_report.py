@@ -61,5 +61,13 @@ def test_an_undecided_arm_shows_the_items_that_would_decide_it_in_the_table(tmp_
     items = decision.items_to_decide["lora"]
     console = Console(file=io.StringIO(), width=400)
     write_report(report, tmp_path, console)
-    assert f"undecided (~{items:,} items)" in console.file.getvalue()
+    assert f"About {items:,} test items would decide it" in console.file.getvalue()
     assert f"<td>undecided (~{items:,} items)</td>" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_the_state_column_keeps_its_words_in_a_narrow_terminal(tmp_path):
+    report = build_report(**plus_48_case(target=0.5))
+    console = Console(file=io.StringIO(), width=100)  # narrower than the table wants
+    write_report(report, tmp_path, console)
+    text = console.file.getvalue()
+    assert "undecided" in text and "falls short" in text

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 from jinja2 import select_autoescape
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from tuneorprompt.report.notes import forecast_lines, shortened_prompts, target_state
+from tuneorprompt.report.notes import forecast_lines, shortened_prompts
 from tuneorprompt.summary import ACCURACY, RELEVANCE, Estimate
 
 if TYPE_CHECKING:
+    from tuneorprompt.decide import Recommendation
     from tuneorprompt.report.build import Report
 
 PAGE = """<!doctype html>
@@ -345,6 +346,13 @@ def _forecast_alt(curve: dict, target: float) -> str:
                 for p in forecast["predictions"]))
     return (f"Line chart of accuracy against labelled examples, measured points and the forecast with its band; dashed "
             f"line: the target, {ACCURACY.with_unit(target, 0)}. " + "; ".join(parts) + ".")
+
+
+def target_state(decision: Recommendation, name: str) -> str:
+    """An arm against the target: "meets", "falls short", or "undecided" with the test items that would decide it."""
+    state = decision.states.get(name, "-")  # an arm skipped by the ladder has no state
+    items = decision.items_to_decide.get(name)
+    return f"{state} (~{items:,} items)" if items is not None else state
 
 
 _PAGE_KEY = re.compile(r'<meta name="tuneorprompt-page" content="([0-9a-f]{64})">')

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tuneorprompt.decide import Recommendation
     from tuneorprompt.report.build import Report
 
 
@@ -62,10 +61,3 @@ def _forecast_line(name: str, unit: str, forecast: dict) -> str:
 
 def _count(value: int | str) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def target_state(decision: Recommendation, name: str) -> str:
-    """An arm against the target: "meets", "falls short", or "undecided" with the test items that would decide it."""
-    state = decision.states.get(name, "-")  # an arm skipped by the ladder has no state
-    items = decision.items_to_decide.get(name)
-    return f"{state} (~{items:,} items)" if items is not None else state

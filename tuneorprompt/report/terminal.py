@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from tuneorprompt.report.notes import forecast_lines, shortened_prompts, target_state
+from tuneorprompt.report.notes import forecast_lines, shortened_prompts
 from tuneorprompt.safe_text import for_terminal
 from tuneorprompt.summary import ACCURACY
 
@@ -38,8 +38,10 @@ def print_summary(report: Report, console: Console) -> None:
     columns = ("arm", "accuracy % [95% CI]", "vs target", "lenient % [95% CI]", "relevance [95% CI]", "prompt tok",
                "gen tok", "ms/query", "train s", "peak MiB")
     for column in columns:
-        # The state may name the items that would decide it: it wraps rather than be cut.
-        table.add_column(column, justify="left" if column == "arm" else "right", no_wrap=column != "vs target")
+        # The state keeps its words when the table is squeezed; the items that would decide an
+        # undecided arm are in the verdict below.
+        table.add_column(column, justify="left" if column == "arm" else "right", no_wrap=True,
+                         min_width=len("falls short") if column == "vs target" else None)
     decision = report.recommendation
     recommended = decision.arm
     for arm in report.arms:
@@ -47,7 +49,7 @@ def print_summary(report: Report, console: Console) -> None:
         table.add_row(
             f"[bold green]{name} *[/]" if arm.name == recommended else name,
             arm.accuracy.shown(),
-            target_state(decision, arm.name),
+            decision.states.get(arm.name, "-"),  # an arm the ladder skipped has no state
             arm.accuracy_lenient.shown(),
             arm.relevance.shown(),
             f"{arm.prompt_tokens:.0f}",
