@@ -19,6 +19,7 @@ from tuneorprompt import decide, stats
 from tuneorprompt import summary as summary_module
 from tuneorprompt.config import CostConfig, ExperimentConfig, TargetConfig
 from tuneorprompt.data import OverlapReport
+from tuneorprompt.effort import effort_curves
 from tuneorprompt.forecast import HORIZON, NOT_WITHIN
 from tuneorprompt.keys import jsonable, report_page_key
 from tuneorprompt.records import ExampleRecord
@@ -151,6 +152,7 @@ class Report:
     cost_order: list[decide.CostEstimate] | None
     break_even: list[BreakEven]
     learning_curve: dict | None
+    effort: dict | None  # each side's dev standing against its one-time FLOPs (`effort.effort_curves`)
     recommendation: decide.Recommendation
     protocol: dict | None
     environment: dict
@@ -177,6 +179,7 @@ class Report:
             "cost_order": [estimate.to_dict() for estimate in self.cost_order] if self.cost_order is not None else None,
             "break_even": [row.to_dict() for row in self.break_even],
             "learning_curve": self.learning_curve,
+            "effort": self.effort,
             "prompt_vs_finetune": versus,
             "recommendation": decision,
             "protocol": self.protocol,
@@ -249,6 +252,7 @@ def build_report(
         cost_order=list(cost_order) if cost_order is not None else None,
         break_even=break_even(outcomes),
         learning_curve=learning_curve,
+        effort=effort_curves(summaries, split_sizes["dev"]),
         recommendation=recommendation,
         protocol=protocol,
         environment=environment,

@@ -117,6 +117,13 @@ right when a reference answer appears in it, not counting text copied from the q
 (margin {{ "%.1f" | format(100 * d.margin) }} points): difference {{ "%+.1f" | format(100 * ni.difference) }} points, one-sided lower bound
 {{ "%+.1f" | format(100 * ni.lower) }}, p = {{ "%.3g" | format(ni.p_value) }} ({{ ni.test }}):
 {{ "passes" if ni.passes else "does not pass" }}; power {{ "%.0f" | format(100 * ni.power) }}% were the arms equal.</p>{% endif %}{% endif %}
+{% if r.effort %}<h2>Effort: dev accuracy against one-time FLOPs</h2>
+{% for c in r.effort.comparisons %}<p class="effort">{{ c.sentence }}</p>{% endfor %}
+<table id="effort"><caption>Each side's search on dev: where its standing ended, and what it spent</caption>
+<tr><th scope="col">arm</th><th scope="col">side</th><th scope="col">looks or checkpoints</th><th scope="col">final dev standing</th><th scope="col">one-time FLOPs</th><th scope="col">how counted</th></tr>
+{% for curve in r.effort.curves %}<tr><td>{{ curve.arm }}</td><td>{{ "prompt search" if curve.side == "prompt" else "fine-tuning grid" }}</td>
+<td>{{ curve.points | length }}</td><td>{{ "%.1f%% (%s)" | format(100 * curve.standing[-1].dev_accuracy, curve.standing[-1].label) if curve.standing else "-" }}</td>
+<td>{{ "%.3g" | format(curve.total_flops) }}</td><td>{{ curve.counted }}</td></tr>{% endfor %}</table>{% endif %}
 {% if forecast_notes %}<h2>Label forecast</h2><ul id="forecast">{% for line in forecast_notes %}<li>{{ line }}</li>{% endfor %}</ul>
 <p><small>{{ forecast_method }}</small></p>{% endif %}
 <h2>Paired tests (same test items)</h2>
@@ -308,6 +315,28 @@ def log_ticks(low: float, high: float, most: int = 6) -> list[float]:
     return ticks[:: math.ceil(len(ticks) / most)]
 
 
+def _effort(effort: dict) -> str:
+    """Each curve's standing as a step line over cumulative FLOPs; a grid's checkpoints as dots."""
+    figure, axis = _axes(6, 3.5)
+    for curve in effort["curves"]:
+        standing = curve["standing"]
+        line, = axis.step([p["flops"] for p in standing], [ACCURACY.to_shown(p["dev_accuracy"]) for p in standing],
+                          where="post", label=f"{curve['arm']} ({'search' if curve['side'] == 'prompt' else 'grid'})")
+        axis.scatter([p["flops"] for p in curve["points"]], [ACCURACY.to_shown(p["dev_accuracy"]) for p in curve["points"]],
+                     s=10, color=line.get_color(), alpha=0.5)
+    axis.set_xscale("log")
+    axis.set_xlabel("one-time FLOPs spent on dev (log scale)")
+    axis.set_ylabel("dev accuracy %")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def _effort_alt(effort: dict) -> str:
+    ends = "; ".join(f"{c['arm']}: {ACCURACY.with_unit(c['standing'][-1]['dev_accuracy'])} on dev after "
+                     f"{c['total_flops']:.3g} FLOPs" for c in effort["curves"] if c["standing"])
+    return f"Step chart of each side's dev standing against the one-time FLOPs it spent. {ends}."
+
+
 _FORECAST_CURVES = (("finetune", "training examples", "#c33"), ("few_shot", "demos", "#5b8def"))
 
 
@@ -372,6 +401,8 @@ def render_html(report: Report, page_key: str) -> str:
                       f"and {curve['finetune_kind']} with n training examples, with 95% confidence intervals"
                       + (f"; fine-tuning overtakes at {curve['crossover']}." if curve.get("crossover") else "."),
                       _learning_curve(curve)))
+    if report.effort and report.effort["curves"]:
+        plots.append(("Effort: dev accuracy against one-time FLOPs", _effort_alt(report.effort), _effort(report.effort)))
     forecasts = (report.learning_curve or {}).get("forecast") or {}
     if any(forecast["band"] for forecast in forecasts.values()):
         plots.append(("Label forecast", _forecast_alt(report.learning_curve, target), _forecast(report.learning_curve, target)))
