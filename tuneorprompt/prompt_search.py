@@ -14,8 +14,10 @@ run resumed after kill -9, reads each generation back and makes the same choices
 function of the seed and of the stored answers. The spend is counted in model FLOPs from the token
 counts of the generations the search asked for (2 * params * tokens, `stats.inference_flops`), each
 distinct prompt once, whether this run generated it or read it back: the search's cost does not depend
-on what an earlier run left in the store. Every look is priced before it is made at an upper bound
-(its prompt as built, `max_new_tokens` generated), so the search never spends more than its budget.
+on what an earlier run left in the store. Every look is priced before it is made (its prompts as built,
+replies as long as the model's replies so far) and made only if that fits what is left, with the
+held-out pick reserved: a search overspends only by how much longer its last replies ran than those
+before them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
@@ -64,7 +67,7 @@ class Candidate:
     format_line: str | None  # an answer-format constraint line after the instruction
     demos: Demos | None  # None: no demos
 
-    @property
+    @cached_property
     def id(self) -> str:
         return content_key(self)[:12]
 
@@ -161,12 +164,15 @@ class Ledger:
     flops: float = 0.0
     calls: int = 0
     seen: set[tuple[str, str]] = field(default_factory=set)  # (model fingerprint, rendered prompt)
+    replies: list[int] = field(default_factory=list)  # tokens of each task-model reply charged
 
-    def charge(self, fingerprint: str, params: float, prompt: str, prompt_tokens: float, generated_tokens: float) -> None:
+    def charge(self, fingerprint: str, params: float, prompt: str, prompt_tokens: float, generated_tokens: float,
+               task_model: bool = True) -> None:
         if (fingerprint, prompt) not in self.seen:
             self.seen.add((fingerprint, prompt))
             self.flops += stats.inference_flops(params, prompt_tokens, generated_tokens)
             self.calls += 1
+            self.replies += [int(generated_tokens)] if task_model else []
 
     def affords(self, flops: float) -> bool:
         return self.flops + flops <= self.budget
@@ -223,10 +229,13 @@ def search(
             ledger.charge(base.backend.fingerprint, params, r.prompt, r.prompt_tokens, r.generated_tokens)
         return records
 
-    def upper_bound(recipe: PromptRecipe, items: Sequence[Example]) -> float:
-        """FLOPs of answering `items` at most: each prompt as built, max_new_tokens generated."""
-        tokens = sum(base.backend.count_tokens(recipe.build(e)) + dev.settings.max_new_tokens for e in items)
-        return 2.0 * params * tokens
+    # Before the first reply: the references' length (+1 for the stop), as the plan's estimates take it.
+    reference_tokens = float(np.mean([base.backend.count_tokens(e.target) + 1 for e in task.dev]))
+
+    def expected(recipe: PromptRecipe, items: Sequence[Example]) -> float:
+        """FLOPs of answering `items`: each prompt as built, replies as long as the model's so far."""
+        reply = float(np.mean(ledger.replies)) if ledger.replies else reference_tokens
+        return 2.0 * params * sum(base.backend.count_tokens(recipe.build(e)) + reply for e in items)
 
     # ---- bootstrap: the model's own right replies to training questions --------------------------------
     pools: dict[str, tuple[Example, ...]] = {"given": task.train}
@@ -236,7 +245,7 @@ def search(
         asked = asked[: spec.bootstrap_examples]
         plain = PromptRecipe(task.format)
         # At most a quarter of the budget: a search that spent everything on demos would try none of them.
-        while asked and upper_bound(plain, asked) > budget / 4:
+        while asked and expected(plain, asked) > budget / 4:
             asked = asked[: len(asked) // 2]
         records = look(Candidate(None, "prompt", None, None), asked, plain) if asked else []
         # The reply as the model gave it, not the reference: the demo keeps the model's answer style.
@@ -253,31 +262,32 @@ def search(
     probe = search_items[0]
 
     def per_item(candidate: Candidate) -> float:
-        return upper_bound(space.recipe(candidate), [probe])
+        return expected(space.recipe(candidate), [probe])
 
     meta_flops = 2.0 * proposer.params * (
         proposer.backend.count_tokens(reflection_prompt(None, [(e, e.target) for e in search_items[: spec.reflection_examples]]))
         + spec.proposer_max_new_tokens
     )
-    costs: list[float] = []
-    for candidate in pool:  # the largest first look the budget affords, whole schedule and reserves included
+    costs: list[float] = []  # each first-looked candidate's expected FLOPs per item
+
+    def pick_reserve() -> float:
+        """The held-out looks of the finalists, at the mean first-look candidate's cost per item."""
+        return spec.finalists * len(holdout_items) * sum(costs) / len(costs)
+
+    for candidate in pool:  # the largest first look the budget affords, whole schedule and the pick included
         costs.append(per_item(candidate))
         mean = sum(costs) / len(costs)
         planned = (
             sum(costs) * rungs[0]
             + spec.proposals * (meta_flops + mean * rungs[0])
             + mean * later_rungs_items(len(costs) + spec.proposals, rungs, spec.eta, spec.finalists)
-            + mean * spec.finalists * len(holdout_items)
+            + pick_reserve()
         )
         if len(costs) > 1 and not ledger.affords(planned):
             costs.pop()
             break
     pool = pool[: len(costs)]
-    # The pick's looks, reserved: the costliest first look's prompts on every held-out item, per finalist,
-    # with room for a proposed instruction of the longest allowed length.
-    costliest = space.recipe(pool[int(np.argmax(costs))])
-    longer = 2.0 * params * spec.proposer_max_new_tokens * len(holdout_items) if spec.proposals else 0.0
-    holdout_reserve = spec.finalists * (upper_bound(costliest, holdout_items) + longer)
+    holdout_reserve = pick_reserve()
 
     # ---- race: successive halving on growing prefixes of the search part ------------------------------
     scores: dict[Candidate, tuple[int, float]] = {}  # candidate -> (rung reached, score there)
@@ -290,7 +300,7 @@ def search(
         """One look at `candidate` on the first rungs[rung] search items; False when the budget is spent."""
         recipe = space.recipe(candidate)
         items = search_items[: rungs[rung]]
-        if not ledger.affords(upper_bound(recipe, items) + holdout_reserve):
+        if scores and not ledger.affords(expected(recipe, items) + holdout_reserve):
             return False
         before = ledger.flops
         records = look(candidate, items, recipe)
@@ -335,7 +345,7 @@ def search(
     finalists, held_out = [], {}
     for candidate in ranked(list(scores))[: spec.finalists]:
         recipe = space.recipe(candidate)
-        if finalists and not ledger.affords(upper_bound(recipe, holdout_items)):
+        if finalists and not ledger.affords(expected(recipe, holdout_items)):
             break  # the reserve fell short (prompts longer than planned for): fewer finalists, not overspending
         finalists.append(candidate)
         held_out[candidate] = look(candidate, holdout_items, recipe)
@@ -455,7 +465,7 @@ def propose(
         prompt = reflection_prompt(leader.instruction, [(by_id[r.example_id], r.completion) for r in wrong])
         completion = dev.cached(proposer.backend).generate([prompt], settings)[0]
         ledger.charge(proposer.backend.fingerprint, proposer.params, proposer.backend.render(prompt),
-                      completion.prompt_tokens, completion.generated_tokens)
+                      completion.prompt_tokens, completion.generated_tokens, task_model=False)
         text = " ".join(completion.text.split())
         reason = rejection(text, completion.generated_tokens, spec.proposer_max_new_tokens, references, tried)
         recorded.append(entry | {"text": text, "accepted": reason is None} | ({"reason": reason} if reason else {}))
