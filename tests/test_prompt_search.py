@@ -14,7 +14,7 @@ import pytest
 from tests.fakes import ScriptedBackend
 from tuneorprompt.arms import Base, DevJudge, TaskData
 from tuneorprompt.backends.cached import CacheCounts
-from tuneorprompt.config import PromptSearchArm, config_from_dict
+from tuneorprompt.config import ConfigError, PromptSearchArm, config_from_dict
 from tuneorprompt.evaluate import Scorer
 from tuneorprompt.metrics import extract_answer, lenient_match, make_matcher
 from tuneorprompt.model import ResolvedModel
@@ -219,3 +219,67 @@ def test_an_accepted_proposal_rewrites_a_leader_and_races_like_any_candidate(tmp
     accepted = [p for p in result.info["proposals"] if p["accepted"]]
     assert [p["text"] for p in accepted] == ["Delta."]  # the same rewrite again is a repeat, rejected as such
     assert any(t["candidate"].startswith("instruction 'Delta.'") for t in result.info["trajectory"])
+
+
+# ---- in a run: the budget matches fine-tuning, the spend is the arm's one-time cost --------------------------
+
+
+def test_bad_prompt_search_settings_are_one_line_naming_the_key(tmp_path):
+    for arm, line in [({"budget": "lots"}, "arms.0.budget: use match_finetune or a number of model FLOPs"),
+                      ({"holdout": 1.5}, "arms.0.holdout: Input should be less than 1"),
+                      ({"sources": []}, "arms.0.sources: must list at least one choice")]:
+        with pytest.raises(ConfigError) as error:
+            config_from_dict({"model": {"path": "m"}, "data": {"file": "d.jsonl"}, "arms": [{"kind": "prompt_search", **arm}]})
+        assert str(error.value).splitlines()[1:] == [f"  {line}" + str(error.value).split(line, 1)[1]]
+    # YAML reads 1e15 as a string; it is the number it spells.
+    spec = config_from_dict({"model": {"path": "m"}, "data": {"file": "d.jsonl"},
+                             "arms": [{"kind": "prompt_search", "budget": "1e15"}]}).arms[0]
+    assert spec.budget == 1e15
+
+
+def run_config(tmp_path: Path, data: dict, model_dir: Path, lora: dict, search: dict | None = None) -> dict:
+    return {
+        "name": "search",
+        "model": {"path": str(model_dir), "num_threads": 1, "chat_template": False},
+        "data": data,
+        "arms": ["baseline", {"kind": "prompt_search", "k": [0, 2], "selections": ["random"], "draws": 1,
+                              "orders": ["forward"], "proposals": 1, **(search or {})},
+                 {"kind": "lora", "learning_rates": [1e-3], **lora}],
+        "generation": {"max_new_tokens": 6},
+        "prompt": {"instructions": INSTRUCTIONS, "builtin_instructions": False},
+        "target": {"accuracy": 0.5},
+    }
+
+
+def test_the_search_matches_the_fine_tuning_budget_and_its_spend_is_the_arms_one_time_cost(tiny_gpt2_dir, tmp_path):
+    from rich.console import Console
+
+    from tests.test_experiment import write_task
+    from tuneorprompt.experiment import run_experiment
+
+    data = write_task(tmp_path / "data")
+    console = Console(file=open(tmp_path / "terminal.txt", "w"), width=200)
+    run = lambda lora: run_experiment(run_config(tmp_path, data, tiny_gpt2_dir, lora), tmp_path / "run",  # noqa: E731
+                                      backend=ScriptedBackend(planted_answer(0)), console=console)
+    result = run({"epochs": 1})
+    report = result.report.to_dict()
+    arm = next(a for a in report["arms"] if a["name"] == "prompt_search")
+    details = arm["details"][0]
+    estimates = {e["name"]: e for e in report["cost_order"]}
+    lora = estimates["lora"]
+    # match_finetune: the lora arm's estimated training plus one dev evaluation per epoch and learning rate.
+    assert details["budget_flops"] == estimates["prompt_search"]["one_time_flops"] == pytest.approx(
+        lora["one_time_flops"] + 1 * 1 * 30 * lora["per_query_flops"])
+    assert details["budget_basis"].startswith("match_finetune: lora")
+    assert 0 < details["spent_flops"] <= details["budget_flops"]
+    # The spend is the arm's one-time cost, where fine-tuning's training cost is.
+    assert arm["training"]["flops"] == details["spent_flops"]
+    cost = next(c for c in report["costs"] if c["arm"] == "prompt_search")
+    assert cost["one_time"]["flops"] == details["spent_flops"]
+    assert details["trajectory"] and len(details["top"]) <= 5 and "Question: Where is item dv" in details["winning_prompt"]
+    assert details["dev_optimism"] == details["best_search_score"] - details["holdout_score"]
+
+    assert run({"epochs": 1}).cache_misses == 0  # a re-run evaluates nothing new
+    # Another fine-tuning arm is another budget: the search runs again, not read back under the old one.
+    longer = next(a for a in run({"epochs": 2}).report.to_dict()["arms"] if a["name"] == "prompt_search")
+    assert longer["details"][0]["budget_flops"] > details["budget_flops"]

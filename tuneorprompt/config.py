@@ -459,6 +459,21 @@ class PromptSearchArm(ArmSpec):
         64, ge=1, description="Cap on a proposal's tokens; a proposal that reaches it is rejected as truncated."
     )
 
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        # Checked before the union, so that a wrong value is one line naming the key, not one per member.
+        # YAML reads `1e15` (no dot) as a string: it is taken as the number it spells.
+        if value == "match_finetune":
+            return value
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 0 < number < float("inf"):
+            raise ValueError(f"use match_finetune or a number of model FLOPs above 0 (e.g. 1e15), got {value!r}")
+        return number
+
     @field_validator("proposer", mode="before")
     @classmethod
     def _hf_by_default(cls, value: Any) -> Any:
@@ -656,8 +671,9 @@ def _format_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for item in error.errors():
         loc = item["loc"]
-        if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:
-            loc = loc[:1] + loc[2:]  # "model.path", not pydantic's "model.hf.path" (the union's tag)
+        # "model.path", not pydantic's "model.hf.path" (the union's tag); a proposer's model spec alike.
+        loc = tuple(part for i, part in enumerate(loc)
+                    if not (part in MODEL_KINDS and i > 0 and loc[i - 1] in ("model", "proposer")))
         where = ".".join(str(p) for p in loc) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         if item["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "
