@@ -4,9 +4,9 @@ same budget as fine-tuning.
     split dev      -> the search part and a held-out part the search never sees (seeded)
     bootstrap      -> the model's own right replies to training questions, as demos in its own style
     the space      -> every candidate prompt: instruction x placement x format line x demos
-    plan           -> how many candidates the budget affords a first look, the rest reserved upfront
-    race           -> successive halving on growing prefixes of the search part; after the first rung
-                      the proposer rewrites the leaders' instructions from their wrong replies
+    race           -> successive halving on growing prefixes of the search part: as many first looks
+                      as the budget affords with the rest of the schedule reserved; after them the
+                      proposer rewrites the leaders' instructions from their wrong replies
     pick           -> the finalists scored on the held-out part; the best there wins
 
 Every look at a candidate is a dev evaluation through the DevJudge (the run's store), so a re-run, or a
@@ -268,26 +268,18 @@ def search(
         proposer.backend.count_tokens(reflection_prompt(None, [(e, e.target) for e in search_items[: spec.reflection_examples]]))
         + spec.proposer_max_new_tokens
     )
-    costs: list[float] = []  # each first-looked candidate's expected FLOPs per item
+    costs: list[float] = []  # expected FLOPs per item of each candidate given a first look
 
     def pick_reserve() -> float:
-        """The held-out looks of the finalists, at the mean first-look candidate's cost per item."""
+        """The finalists' held-out looks, at the mean first-looked candidate's cost per item."""
         return spec.finalists * len(holdout_items) * sum(costs) / len(costs)
 
-    for candidate in pool:  # the largest first look the budget affords, whole schedule and the pick included
-        costs.append(per_item(candidate))
+    def after_first_looks(first_looks: int) -> float:
+        """What the schedule needs once `first_looks` candidates had a first look: the proposals and
+        their looks, the later rungs and the pick, at the mean first-looked candidate's cost per item."""
         mean = sum(costs) / len(costs)
-        planned = (
-            sum(costs) * rungs[0]
-            + spec.proposals * (meta_flops + mean * rungs[0])
-            + mean * later_rungs_items(len(costs) + spec.proposals, rungs, spec.eta, spec.finalists)
-            + pick_reserve()
-        )
-        if len(costs) > 1 and not ledger.affords(planned):
-            costs.pop()
-            break
-    pool = pool[: len(costs)]
-    holdout_reserve = pick_reserve()
+        later = later_rungs_items(first_looks + spec.proposals, rungs, spec.eta, spec.finalists)
+        return spec.proposals * (meta_flops + mean * rungs[0]) + mean * later + pick_reserve()
 
     # ---- race: successive halving on growing prefixes of the search part ------------------------------
     scores: dict[Candidate, tuple[int, float]] = {}  # candidate -> (rung reached, score there)
@@ -297,10 +289,11 @@ def search(
     stopped = None
 
     def race(candidate: Candidate, rung: int) -> bool:
-        """One look at `candidate` on the first rungs[rung] search items; False when the budget is spent."""
+        """One look at `candidate` on the first rungs[rung] search items, if it leaves the pick its reserve
+        (the very first look is always made); False when it does not."""
         recipe = space.recipe(candidate)
         items = search_items[: rungs[rung]]
-        if scores and not ledger.affords(expected(recipe, items) + holdout_reserve):
+        if scores and not ledger.affords(expected(recipe, items) + pick_reserve()):
             return False
         before = ledger.flops
         records = look(candidate, items, recipe)
@@ -318,28 +311,34 @@ def search(
         # Higher rung, then higher score; ties keep the earlier candidate (anchors come first).
         return sorted(group, key=lambda c: (-standing(c)[0], -standing(c)[1]))
 
-    alive = list(pool)
-    for rung in range(len(rungs)):
-        looked = []
+    # The first rung takes candidates in the space's order for as long as the budget affords each one's
+    # first look and the rest of the schedule after it, priced with the replies measured so far.
+    looked: list[Candidate] = []
+    for candidate in pool:
+        costs.append(per_item(candidate))
+        if looked and not ledger.affords(costs[-1] * rungs[0] + after_first_looks(len(looked) + 1)):
+            costs.pop()
+            break
+        race(candidate, 0)
+        looked.append(candidate)
+    if spec.proposals:
+        new, proposals = propose(spec, ranked(looked), records_at, proposer, dev, task, ledger, pick_reserve(),
+                                 meta_flops)
+        for candidate in (c for c in new if c not in scores):
+            if not race(candidate, 0):
+                stopped = "budget spent at rung 0"
+                break
+            looked.append(candidate)
+    for rung in range(1, len(rungs)):
+        if stopped is not None:
+            break
+        keep = max(min(spec.finalists, len(looked)), math.ceil(len(looked) / spec.eta))
+        alive, looked = ranked(looked)[:keep], []
         for candidate in alive:
             if not race(candidate, rung):
                 stopped = f"budget spent at rung {rung}"
                 break
             looked.append(candidate)
-        if rung == 0 and stopped is None and spec.proposals:
-            new, proposals = propose(spec, ranked(looked), records_at, proposer, dev, task, ledger, holdout_reserve,
-                                     meta_flops)
-            for candidate in new:
-                if candidate in scores:
-                    continue
-                if not race(candidate, rung):
-                    stopped = f"budget spent at rung {rung}"
-                    break
-                looked.append(candidate)
-        if stopped is not None or rung == len(rungs) - 1:
-            break
-        keep = max(min(spec.finalists, len(looked)), math.ceil(len(looked) / spec.eta))
-        alive = ranked(looked)[:keep]
 
     # ---- pick: the finalists on the held-out part ----------------------------------------------------
     finalists, held_out = [], {}
@@ -446,18 +445,19 @@ def propose(
     spec: PromptSearchArm, leaders: list[Candidate], records_at: dict[Candidate, list[ExampleRecord]],
     proposer: Proposer, dev: DevJudge, task: TaskData, ledger: Ledger, reserve: float, meta_flops: float,
 ) -> tuple[list[Candidate], list[dict]]:
-    """Up to `spec.proposals` new candidates: each leader (best first) with its instruction rewritten by
-    the proposer from its wrong replies. Every proposal is recorded, the rejected ones with the reason."""
+    """Up to `spec.proposals` new candidates: each of the best candidates with wrong replies (best first),
+    its instruction rewritten by the proposer from them. Every proposal is recorded, the rejected ones
+    with the reason."""
     settings = GenerationSettings(spec.proposer_max_new_tokens, ("\n",))
     references = copy_guard(task, dev)
     tried = {*task.format.instruction_texts(), *(c.instruction for c in records_at)}
     new, recorded = [], []
-    for leader in leaders[: spec.proposals]:
+    # Parents: the best candidates that got something wrong (one that answered every item right leaves
+    # nothing to reflect on).
+    parents = [c for c in leaders if any(r.correct < 0.5 for r in records_at[c])][: spec.proposals]
+    for leader in parents:
         wrong = [r for r in records_at[leader] if r.correct < 0.5][: spec.reflection_examples]
         entry: dict = {"parent": leader.id}
-        if not wrong:
-            recorded.append(entry | {"accepted": False, "reason": "the parent answered every item of its first look right"})
-            continue
         if not ledger.affords(meta_flops + reserve):
             recorded.append(entry | {"accepted": False, "reason": "budget spent"})
             break
