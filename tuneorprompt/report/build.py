@@ -321,7 +321,8 @@ def paired_tests(
 def break_even(outcomes: Sequence[decide.ArmOutcome]) -> list[BreakEven]:
     """For each fine-tuned arm: after how many queries its one-time training cost is repaid by
     cheaper queries than the most accurate prompt arm (`decide.most_accurate`), among the prompt
-    arms whose cost per query is known."""
+    arms whose cost per query is known. A prompt arm's own one-time cost (a prompt search) is paid
+    too: only what training costs beyond it needs repaying."""
     best_prompt = decide.most_accurate([arm for arm in outcomes if arm.prompted and arm.per_query_flops])
     if best_prompt is None:
         return []
@@ -332,7 +333,8 @@ def break_even(outcomes: Sequence[decide.ArmOutcome]) -> list[BreakEven]:
             training_flops=arm.one_time_flops,
             flops_per_query=arm.per_query_flops,
             against_flops_per_query=best_prompt.per_query_flops,
-            queries=stats.break_even_queries(arm.one_time_flops, arm.per_query_flops, best_prompt.per_query_flops),
+            queries=stats.break_even_queries(max(0.0, arm.one_time_flops - best_prompt.one_time_flops),
+                                             arm.per_query_flops, best_prompt.per_query_flops),
         )
         for arm in outcomes
         if arm.fine_tuned and arm.per_query_flops

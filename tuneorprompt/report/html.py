@@ -268,7 +268,7 @@ def _frontier(report: Report) -> tuple[str, str] | None:
     else:
         cost = {a.name: a.prompt_tokens + a.generated_tokens for a in report.arms}
         label, unit, scale = "tokens per query (prompt + generated; the model's size is unknown)", "tokens", 1.0
-    points = [(a.name, cost[a.name], ACCURACY.to_shown(a.accuracy.value), bool(a.training)) for a in report.arms]
+    points = [(a.name, cost[a.name], ACCURACY.to_shown(a.accuracy.value), a.family == "finetune") for a in report.arms]
     figure = frontier_figure(points, f"{label} (red: fine-tuned, plus one-time training)")
     listed = "; ".join(f"{a.name} {ACCURACY.with_unit(a.accuracy.value)} at {cost[a.name] / scale:.3g} {unit}"
                        for a in report.arms)
