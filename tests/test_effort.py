@@ -58,13 +58,14 @@ def test_a_searchs_standing_is_its_incumbent_a_deeper_rung_outranking_a_lucky_fi
 
 
 def test_the_lead_changes_hands_where_the_standings_cross():
-    search = EffortCurve("prompt_search", "prompt", (), (EffortPoint(1.0, 0.6, "x"), EffortPoint(4.0, 0.7, "y")), 4.0, "")
-    grid = EffortCurve("lora", "finetune", (), (EffortPoint(2.0, 0.5, "e1"), EffortPoint(3.0, 0.7, "e2"),
-                                                EffortPoint(6.0, 0.8, "e3")), 6.0, "")
+    search = EffortCurve("prompt_search", "prompt", (), (EffortPoint(1.0, 0.6, "x", 10), EffortPoint(4.0, 0.7, "y", 30)), 4.0, "")
+    grid = EffortCurve("lora", "finetune", (), (EffortPoint(2.0, 0.5, "e1", 50), EffortPoint(3.0, 0.7, "e2", 50),
+                                                EffortPoint(6.0, 0.8, "e3", 50)), 6.0, "")
     changes = overtakes(search, grid)
     # At 4.0 the search catches up (0.7 = 0.7): a tie keeps the leader.
     assert [(c["flops"], c["leader"]) for c in changes] == [(2.0, "prompt_search"), (3.0, "lora")]
     assert changes[1]["dev_accuracy"] == 0.7 and changes[1]["other_dev_accuracy"] == 0.6
+    assert (changes[0]["items"], changes[0]["other_items"]) == (10, 50)  # the search's early lead rests on 10 items
 
 
 def test_the_report_carries_each_curve_and_the_sentence_that_compares_them():
@@ -74,6 +75,7 @@ def test_the_report_carries_each_curve_and_the_sentence_that_compares_them():
     assert [c["arm"] for c in effort["curves"]] == ["prompt_search", "lora"]
     (comparison,) = effort["comparisons"]
     assert comparison["sentence"].startswith("Once both have a dev score")
+    assert "prompt_search leads (60.0% on 20 dev items against 30.0% on 50)" in comparison["sentence"]
     assert "lora overtakes at" in comparison["sentence"]
     assert effort_curves([grid], N_DEV)["comparisons"] == []
     assert effort_curves([summarize_arm("baseline", "baseline", [arm_records("baseline", range(5))], [{}],

@@ -31,6 +31,7 @@ class EffortPoint:
     flops: float  # cumulative one-time FLOPs when this dev score was known
     dev_accuracy: float  # in [0, 1]
     label: str  # the candidate, or "lr 0.001, epoch 2"
+    items: int  # dev items behind the score: a search's early looks see few, so its early lead is noisy
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,12 @@ def search_curve(arm: str, info: dict) -> EffortCurve:
     points, standing = [], []
     best: tuple[int, float, EffortPoint] | None = None  # (rung, score, point) of the incumbent
     for look in info["trajectory"]:
-        point = EffortPoint(float(look["flops_so_far"]), float(look["dev_score"]), str(look["candidate"]))
+        point = EffortPoint(float(look["flops_so_far"]), float(look["dev_score"]), str(look["candidate"]),
+                            int(look["items"]))
         points.append(point)
         if best is None or (look["rung"], look["dev_score"]) > best[:2]:
             best = (look["rung"], look["dev_score"], point)
-        standing.append(EffortPoint(point.flops, best[1], best[2].label))
+        standing.append(EffortPoint(point.flops, best[1], best[2].label, best[2].items))
     return EffortCurve(
         arm, "prompt", tuple(points), tuple(standing), float(info["spent_flops"]),
         "inference FLOPs (2 x parameters x prompt and generated tokens) of every dev look, proposals included",
@@ -80,10 +82,10 @@ def grid_curve(arm: ArmSummary, n_dev: int) -> EffortCurve | None:
     for learning_rate, scores in extra["dev_scores"].items():
         for epoch, score in enumerate(scores, start=1):
             spent += epoch_flops + dev_flops
-            point = EffortPoint(spent, float(score), f"lr {learning_rate}, epoch {epoch}")
+            point = EffortPoint(spent, float(score), f"lr {learning_rate}, epoch {epoch}", n_dev)
             points.append(point)
             best = max(points, key=lambda p: p.dev_accuracy)  # max keeps the earliest of ties, as `finetune._select`
-            standing.append(EffortPoint(spent, best.dev_accuracy, best.label))
+            standing.append(EffortPoint(spent, best.dev_accuracy, best.label, n_dev))
     return EffortCurve(
         arm.name, "finetune", tuple(points), tuple(standing), spent,
         "training FLOPs ((4 x parameters + 2 x trainable) x tokens) per epoch, plus each checkpoint's dev "
@@ -93,8 +95,9 @@ def grid_curve(arm: ArmSummary, n_dev: int) -> EffortCurve | None:
 
 def overtakes(first: EffortCurve, second: EffortCurve) -> list[dict]:
     """Every budget at which the lead on dev changes hands between two curves: [{"flops", "leader",
-    "dev_accuracy", "other", "other_dev_accuracy"}], the first entry being who leads once both have a
-    score. A tie keeps the previous leader: overtaking needs a strictly higher standing."""
+    "dev_accuracy", "items", "other", "other_dev_accuracy", "other_items"}], the first entry being who
+    leads once both have a score. A tie keeps the previous leader: overtaking needs a strictly higher
+    standing."""
     budgets = sorted({p.flops for p in first.standing} | {p.flops for p in second.standing})
     changes: list[dict] = []
     leader = None
@@ -109,8 +112,9 @@ def overtakes(first: EffortCurve, second: EffortCurve) -> list[dict]:
         else:
             continue
         ahead, behind = (a, b) if leader is first else (b, a)
-        changes.append({"flops": budget, "leader": leader.arm, "dev_accuracy": ahead.dev_accuracy,
-                        "other": (second if leader is first else first).arm, "other_dev_accuracy": behind.dev_accuracy})
+        changes.append({"flops": budget, "leader": leader.arm, "dev_accuracy": ahead.dev_accuracy, "items": ahead.items,
+                        "other": (second if leader is first else first).arm, "other_dev_accuracy": behind.dev_accuracy,
+                        "other_items": behind.items})
     return changes
 
 
@@ -132,15 +136,18 @@ def effort_curves(summaries: Sequence[ArmSummary], n_dev: int) -> dict | None:
 
 
 def overtake_sentence(search: EffortCurve, grid: EffortCurve, changes: list[dict]) -> str:
-    """The comparison in one sentence, dev scores in percent and budgets in FLOPs."""
+    """The comparison in one sentence: dev scores with the items behind them, budgets in FLOPs."""
     if not changes:
         return f"{search.arm} and {grid.arm} have no budget at which both have a dev score."
+
+    def scores(change: dict) -> str:
+        return (f"{change['dev_accuracy']:.1%} on {change['items']} dev items against "
+                f"{change['other_dev_accuracy']:.1%} on {change['other_items']}")
+
     first, *later = changes
-    sentence = (f"Once both have a dev score ({first['flops']:.3g} FLOPs), {first['leader']} leads on dev "
-                f"({first['dev_accuracy']:.1%} against {first['other_dev_accuracy']:.1%})")
+    sentence = f"Once both have a dev score ({first['flops']:.3g} FLOPs), {first['leader']} leads ({scores(first)})"
     for change in later:
-        sentence += (f"; {change['leader']} overtakes at {change['flops']:.3g} FLOPs "
-                     f"({change['dev_accuracy']:.1%} against {change['other_dev_accuracy']:.1%})")
+        sentence += f"; {change['leader']} overtakes at {change['flops']:.3g} FLOPs ({scores(change)})"
     if not later:
         sentence += f", and keeps the lead up to the {max(search.total_flops, grid.total_flops):.3g} FLOPs spent"
-    return sentence + (f". Spent: {search.arm} {search.total_flops:.3g} FLOPs, {grid.arm} {grid.total_flops:.3g}.")
+    return sentence + f". Spent: {search.arm} {search.total_flops:.3g} FLOPs, {grid.arm} {grid.total_flops:.3g}."
