@@ -14,11 +14,16 @@ PARAMS = 1000  # the model's parameters: FLOPs per query 2 * 1000 * (40 prompt +
 N_DEV = 50
 
 
+def lora_info(dev_scores: dict[str, list[float]]) -> dict:
+    """What a LoRA arm records: its grid's dev scores per learning rate and epoch, and its training cost."""
+    return {"training": {"wall_seconds": 60.0, "train_tokens": 4000, "trainable_params": 10, "total_params": PARAMS,
+                         "peak_rss_mb": 1.0, "peak_gpu_mb": None, "adapter_mb": 1.0, "flops": 1e9,
+                         "extra": {"dev_scores": dev_scores, "tokens_per_epoch": 1000, "learning_rate": 1e-3,
+                                   "epoch": 2}}}
+
+
 def lora_row(dev_scores: dict[str, list[float]]):
-    training = {"wall_seconds": 60.0, "train_tokens": 4000, "trainable_params": 10, "total_params": PARAMS,
-                "peak_rss_mb": 1.0, "peak_gpu_mb": None, "adapter_mb": 1.0, "flops": 1e9,
-                "extra": {"dev_scores": dev_scores, "tokens_per_epoch": 1000, "learning_rate": 1e-3, "epoch": 2}}
-    return summarize_arm("lora", "lora", [arm_records("lora", range(50), style="short")], [{"training": training}],
+    return summarize_arm("lora", "lora", [arm_records("lora", range(50), style="short")], [lora_info(dev_scores)],
                          num_parameters=PARAMS, family="finetune", backend="hf")
 
 
@@ -80,3 +85,35 @@ def test_the_report_carries_each_curve_and_the_sentence_that_compares_them():
     assert effort_curves([grid], N_DEV)["comparisons"] == []
     assert effort_curves([summarize_arm("baseline", "baseline", [arm_records("baseline", range(5))], [{}],
                                         num_parameters=PARAMS, family="prompt", backend="hf")], N_DEV) is None
+
+
+def test_the_page_shows_the_search_its_winning_prompt_top_candidates_and_the_effort_plot(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from tests.test_scoring_views import inputs
+    from tuneorprompt.report import build_report, write_report
+
+    trajectory = [look("a", 0, 0.55, 1e6), look("a", 1, 0.6, 3e6)]
+    search_info = {
+        "trajectory": trajectory, "spent_flops": 3e6, "budget_flops": 4e6, "calls": 30, "chosen": "2 given demos",
+        "dev_items": {"search": 40, "holdout": 10, "holdout_fraction": 0.2}, "holdout_score": 0.5,
+        "best_search_score": 0.6, "dev_optimism": 0.1, "candidates_looked_at": 2, "candidates_in_space": 9,
+        "winning_prompt": "Q: What is the capital of <Land0>?\nA:",
+        "top": [{"candidate": "2 given demos", "id": "a", "rung": 1, "items": 20, "dev_score": 0.6,
+                 "search_flops": 3e6, "prompt_tokens_per_query": 40, "flops_per_query": 9.6e4}],
+    }
+    lora = lora_info({"0.001": [0.3, 0.8]})
+    case = inputs({
+        "prompt_search": ("prompt_search", [arm_records("prompt_search", range(40))], [search_info]),
+        "lora": ("lora", [arm_records("lora", range(50), style="short")], [lora]),
+    }, 0.3)
+    console = Console(file=io.StringIO(), width=300)
+    write_report(build_report(**case), tmp_path, console)
+    assert "Effort: Once both have a dev score" in console.file.getvalue()
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Prompt search: prompt_search</h2>" in page and "dev optimism +10.0 points" in page
+    assert "<td>2 given demos</td><td>60.0</td><td>20</td>" in page
+    assert "<pre>Q: What is the capital of &lt;Land0&gt;?\nA:</pre>" in page  # escaped, as the model saw it
+    assert "<h3>Effort: dev accuracy against one-time FLOPs</h3>" in page

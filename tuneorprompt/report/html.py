@@ -117,6 +117,16 @@ right when a reference answer appears in it, not counting text copied from the q
 (margin {{ "%.1f" | format(100 * d.margin) }} points): difference {{ "%+.1f" | format(100 * ni.difference) }} points, one-sided lower bound
 {{ "%+.1f" | format(100 * ni.lower) }}, p = {{ "%.3g" | format(ni.p_value) }} ({{ ni.test }}):
 {{ "passes" if ni.passes else "does not pass" }}; power {{ "%.0f" | format(100 * ni.power) }}% were the arms equal.</p>{% endif %}{% endif %}
+{% for a in r.arms if a.kind == "prompt_search" %}{% set d = a.details[0] %}<h2 id="search-{{ loop.index }}">Prompt search: {{ a.name }}</h2>
+<p>Chosen on held-out dev ({{ d.dev_items.holdout }} items the search never saw): <strong>{{ d.chosen }}</strong>, {{ "%.1f" | format(100 * d.holdout_score) }}% there against
+{{ "%.1f" | format(100 * d.best_search_score) }}% in the search (dev optimism {{ "%+.1f" | format(100 * d.dev_optimism) }} points).
+{{ d.candidates_looked_at }} of {{ d.candidates_in_space }} candidates looked at, {{ d.calls }} calls, {{ "%.3g" | format(d.spent_flops) }} of a {{ "%.3g" | format(d.budget_flops) }} FLOPs budget; first seed{% if a.details | length > 1 %} of {{ a.details | length }}{% endif %}.</p>
+<table class="search-top"><caption>The top 5 candidates on dev, and what each costs</caption>
+<tr><th scope="col">candidate</th><th scope="col">dev accuracy %</th><th scope="col">dev items</th><th scope="col">search FLOPs spent on it</th><th scope="col">FLOPs per query</th></tr>
+{% for t in d.top %}<tr><td>{{ t.candidate }}</td><td>{{ "%.1f" | format(100 * t.dev_score) }}</td><td>{{ t["items"] }}</td>
+<td>{{ "%.3g" | format(t.search_flops) }}</td><td>{{ "%.3g" | format(t.flops_per_query) }}</td></tr>{% endfor %}</table>
+<details><summary>The winning prompt, as the model saw it for one held-out dev item</summary><pre>{{ d.winning_prompt }}</pre></details>
+{% endfor %}
 {% if r.effort %}<h2>Effort: dev accuracy against one-time FLOPs</h2>
 {% for c in r.effort.comparisons %}<p class="effort">{{ c.sentence }}</p>{% endfor %}
 <table id="effort"><caption>Each side's search on dev: where its standing ended, and what it spent</caption>
