@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, Sequence
 
 import jinja2
 import numpy as np
@@ -36,6 +36,7 @@ from tuneorprompt.config import (
     FewShotKnnArm,
     FineTuneArm,
     InstructionArm,
+    PromptSearchArm,
 )
 from tuneorprompt.decide import CostEstimate
 from tuneorprompt.evaluate import PROMPTS_SHORTENED, Progress, Scorer, accuracy, evaluate, fit_prompts
@@ -121,10 +122,19 @@ class DevJudge:
 
     def accuracy(self, system: System, key: str) -> float:
         """Accuracy of `system` on dev; its records are stored under `key`."""
+        return accuracy(self.records(system, self.task.dev, key))
+
+    def records(self, system: System, examples: Sequence[Example], key: str | None = None) -> list[ExampleRecord]:
+        """`system`'s records on `examples` (dev, or a part of it), stored under `key`; by default the content
+        key of their prompts and targets and of the answering model (`keys.dev_score_key`)."""
+        if key is None:
+            prompts = [system.recipe.build(e) for e in examples]
+            dev_key = keys.dev_key(prompts, [e.targets for e in examples], self.config.generation, self._metric)
+            key = keys.dev_score_key(dev_key, system.backend.fingerprint)
         cached = replace(system, backend=self.cached(system.backend))
-        records = evaluate(cached, self.task.dev, "dev", self.settings, self.scorer, self.progress)
+        records = evaluate(cached, examples, "dev", self.settings, self.scorer, self.progress)
         self.store.put_records(key, records)
-        return accuracy(records)
+        return records
 
     def cached(self, backend: Backend) -> CachedBackend:
         """`backend` answering through the run's store, counted with the run's other answers."""
@@ -401,6 +411,47 @@ class FineTune:
         return System(self.name, seed, tuned.backend, query_recipe, info)
 
 
+@arm_kind
+@dataclass(frozen=True)
+class PromptSearch:
+    """Instruction, placement, demos and format searched on dev within a FLOPs budget (`prompt_search.py`);
+    the search's FLOPs are the arm's one-time cost. Its spec's `budget` is a number once the run is
+    planned (`with_search_budgets`), so the arm's result is keyed by the FLOPs it was given."""
+
+    spec: PromptSearchArm = field(default_factory=PromptSearchArm)
+    budget_basis: str = ""  # what the budget matched, in words (the spec holds the number)
+
+    family: ClassVar[Family] = "prompt"
+    spec_class: ClassVar[type[ArmSpec]] = PromptSearchArm
+    name = "prompt_search"
+    stochastic = True  # the dev split, demo draws and the order candidates are looked at follow the seed
+    uses_instruction = False  # it searches its own
+
+    @classmethod
+    def expand(cls, spec: PromptSearchArm) -> list[Arm]:
+        return [cls(spec)]
+
+    @property
+    def retrieves_by_embedding(self) -> bool:
+        return "nearest" in self.spec.selections
+
+    def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
+        """Before the search: the longest instruction with the longest format line and no demos, for the
+        plan's checks that every prompt fits (demos are dropped to fit, as for any arm)."""
+        texts = [max(task.format.instruction_texts(), key=len, default=""), max(self.spec.format_lines, key=len, default="")]
+        text = "\n".join(t for t in texts if t)
+        return PromptRecipe(task.format, instruction=PlacedInstruction(text) if text else None)
+
+    def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
+        from tuneorprompt.prompt_search import load_proposer, search
+
+        if not isinstance(self.spec.budget, float):
+            raise ValueError("prompt_search: the budget is resolved when the run is planned (with_search_budgets)")
+        found = search(self.spec, self.spec.budget, task, dev, base, seed, load_proposer(self.spec))
+        info = found.info | {"budget_basis": self.budget_basis}
+        return System(self.name, seed, base.backend, found.recipe, info)
+
+
 # ---- running an arm ----------------------------------------------------------------------------------------
 
 
@@ -481,6 +532,56 @@ def estimate_cost(
         trainable = params if arm.spec.kind == "full" else 0
         one_time = stats.training_flops(params, tokens_per_epoch * arm.spec.epochs * len(grid), trainable)
     return CostEstimate(arm.name, per_query, one_time, prompt_tokens + answer_tokens)
+
+
+def with_search_budgets(
+    arms: list[Arm], estimates: list[CostEstimate], task: TaskData, base: Base, settings: GenerationSettings, seed: int,
+) -> list[CostEstimate]:
+    """`estimates` (one per arm, in order) with each prompt_search arm's one-time cost set to its budget
+    in FLOPs: a number given, or `match_finetune`: the most expensive fine-tuning arm's estimated training
+    plus its dev evaluations, one after every epoch of every learning rate (`finetune_total`). Without a
+    fine-tuning arm, a `lora` arm with default settings stands in."""
+    if not any(isinstance(arm, PromptSearch) for arm in arms):
+        return estimates
+    if base.model.num_parameters is None:
+        raise ValueError("arms: prompt_search counts its budget in model FLOPs, and the model's size is unknown; "
+                         "set model.num_parameters")
+    tuned = [(arm, e) for arm, e in zip(arms, estimates) if isinstance(arm, FineTune)]
+    if not tuned:
+        stand_in = FineTune(FineTuneArm(kind="lora"))
+        tuned = [(stand_in, estimate_cost(stand_in, stand_in.recipe(task, seed, None), None, task, base, settings))]
+    matched, matched_estimate = max(tuned, key=lambda pair: finetune_total(pair[0], pair[1], task))
+    match = finetune_total(matched, matched_estimate, task)
+    return [
+        replace(e, one_time_flops=match if arm.spec.budget == "match_finetune" else arm.spec.budget)
+        if isinstance(arm, PromptSearch) else e
+        for arm, e in zip(arms, estimates)
+    ]
+
+
+def finetune_total(arm: FineTune, estimate: CostEstimate, task: TaskData) -> float:
+    """A fine-tuning arm's one-time cost as prompt_search matches it: training (the estimate's) plus a dev
+    evaluation after every epoch of every learning rate, each dev query at the arm's per-query estimate."""
+    from tuneorprompt.finetune import DEFAULT_LEARNING_RATES  # heavy imports only with fine-tuning arms
+
+    grid = arm.spec.learning_rates or DEFAULT_LEARNING_RATES[arm.spec.kind]
+    return estimate.one_time_flops + len(grid) * arm.spec.epochs * len(task.dev) * (estimate.per_query_flops or 0.0)
+
+
+def with_budgets(arms: list[Arm], estimates: list[CostEstimate]) -> list[Arm]:
+    """Each prompt_search arm with its budget as the number of FLOPs its estimate holds (`with_search_budgets`),
+    so that its result's content key holds what it was given; the other arms as they are."""
+    by_name = {e.name: e for e in estimates}
+    tuned = [arm.name for arm in arms if isinstance(arm, FineTune)]
+    resolved: list[Arm] = []
+    for arm in arms:
+        if isinstance(arm, PromptSearch):
+            flops = by_name[arm.name].one_time_flops
+            basis = (f"match_finetune: {', '.join(tuned) if tuned else 'a default lora arm (the run has no fine-tuning arm)'}"
+                     ", training plus dev evaluations" if arm.spec.budget == "match_finetune" else "given")
+            arm = replace(arm, spec=arm.spec.model_copy(update={"budget": float(flops)}), budget_basis=basis)
+        resolved.append(arm)
+    return resolved
 
 
 def _answer_tokens(task: TaskData, backend: Backend, example: Example) -> int:

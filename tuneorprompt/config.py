@@ -397,6 +397,103 @@ class FineTuneArm(ArmSpec):
         return name + (f"+few_shot@{self.few_shot_k}" if self.few_shot_k else "")
 
 
+# The answer-format line tried by `prompt_search` unless `format_lines` says otherwise.
+DEFAULT_FORMAT_LINE = "Reply with the answer only, on one line."
+
+
+class PromptSearchArm(ArmSpec):
+    """The prompt engineer's hour, automated (`prompt_search.py`): instruction wording (built-in, yours and
+    rewrites a proposer writes from dev failures), placement, demos (how many, chosen how, in which
+    order, given or bootstrapped) and an answer-format line, raced on dev by successive halving within a
+    budget of model FLOPs; the final pick is made on a part of dev the search never saw."""
+
+    kind: Literal["prompt_search"] = "prompt_search"
+    budget: Literal["match_finetune"] | Annotated[float, Field(gt=0, allow_inf_nan=False)] = Field(
+        "match_finetune",
+        description="Model FLOPs the search may spend (its evaluations, bootstrapping and proposer calls). "
+        "match_finetune: the one-time cost of the run's most expensive fine-tuning arm as estimated before the run "
+        "(training plus its dev evaluation after every epoch of every learning rate); without a fine-tuning arm, "
+        "that of a `lora` arm with default settings. Needs the model's parameter count.",
+    )
+    holdout: float = Field(
+        0.3, gt=0, lt=1,
+        description="Share of dev the search never sees; the final pick among its finalists is made on it, and "
+        "the dev optimism (best search score minus the pick's held-out score) is reported.",
+    )
+    eta: int = Field(3, ge=2, description="Successive halving: each rung keeps 1/eta of the candidates on eta times the items.")
+    min_items: int = Field(6, ge=1, description="Dev items of a candidate's first (cheapest) look.")
+    finalists: int = Field(3, ge=1, description="Candidates kept to the last rung and scored on the held-out dev part.")
+    k: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 4, 8],
+        description="Demo counts tried (0: none); those larger than the pool or whose prompts do not fit are left out.",
+    )
+    selections: list[Literal["random", "nearest"]] = Field(
+        default_factory=lambda: ["random", "nearest"],
+        description="random: a seeded fixed set (`draws` sets are searched); nearest: the k nearest by embedding, per query.",
+    )
+    draws: int = Field(3, ge=1, description="Fixed random demo sets tried per k and source.")
+    orders: list[Literal["forward", "reversed"]] = Field(
+        default_factory=lambda: ["forward", "reversed"],
+        description="Demo order: as drawn (nearest last), or reversed.",
+    )
+    sources: list[Literal["given", "bootstrapped"]] = Field(
+        default_factory=lambda: ["given", "bootstrapped"],
+        description="given: training examples with their reference answers. bootstrapped: the model's own replies "
+        "to training questions that the metric judges right (DSPy's BootstrapFewShot), in its own answer style.",
+    )
+    bootstrap_examples: int = Field(
+        32, ge=1, description="Training questions (a seeded sample) the model answers to bootstrap demos from."
+    )
+    format_lines: list[str] = Field(
+        default_factory=lambda: [DEFAULT_FORMAT_LINE],
+        description="Answer-format constraint lines tried after the instruction (and without one).",
+    )
+    proposals: int = Field(
+        4, ge=0, description="Instructions the proposer writes, each from a leading candidate's wrong dev replies."
+    )
+    reflection_examples: int = Field(3, ge=1, description="Wrong replies (with references) shown in one proposer call.")
+    proposer: ModelSpec | None = Field(
+        None, description="The model that writes new instructions; None: the task model itself. Any model spec."
+    )
+    proposer_max_new_tokens: int = Field(
+        64, ge=1, description="Cap on a proposal's tokens; a proposal that reaches it is rejected as truncated."
+    )
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        # Checked before the union, so that a wrong value is one line naming the key, not one per member.
+        # YAML reads `1e15` (no dot) as a string: it is taken as the number it spells.
+        if value == "match_finetune":
+            return value
+        try:
+            number = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not 0 < number < float("inf"):
+            raise ValueError(f"use match_finetune or a number of model FLOPs above 0 (e.g. 1e15), got {value!r}")
+        return number
+
+    @field_validator("proposer", mode="before")
+    @classmethod
+    def _hf_by_default(cls, value: Any) -> Any:
+        return {"kind": "hf", **value} if isinstance(value, dict) and "kind" not in value else value
+
+    @field_validator("k")
+    @classmethod
+    def _counts(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 0 for k in value):
+            raise ValueError("k must be a non-empty list of demo counts >= 0")
+        return sorted(set(value))
+
+    @field_validator("selections", "orders", "sources")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must list at least one choice")
+        return list(dict.fromkeys(value))
+
+
 def _arm_spec(value: Any) -> Any:
     """One entry of `arms`: a mapping validated by its kind's settings class, or the shorthand `- baseline`,
     `- lora+instruction` for `{kind: baseline}`, `{kind: lora, instruction: true}`."""
@@ -574,8 +671,9 @@ def _format_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config"]
     for item in error.errors():
         loc = item["loc"]
-        if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:
-            loc = loc[:1] + loc[2:]  # "model.path", not pydantic's "model.hf.path" (the union's tag)
+        # "model.path", not pydantic's "model.hf.path" (the union's tag); a proposer's model spec alike.
+        loc = tuple(part for i, part in enumerate(loc)
+                    if not (part in MODEL_KINDS and i > 0 and loc[i - 1] in ("model", "proposer")))
         where = ".".join(str(p) for p in loc) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
         if item["type"] == "value_error":  # our validators' own words, without pydantic's "Value error, "

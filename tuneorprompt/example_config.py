@@ -57,6 +57,10 @@ arms:
   # - kind: context           # needs data.corpus
   #   top_k: 2
   #   retriever: bm25         # bm25 | embedding
+  # - kind: prompt_search     # instruction, placement, demos and a format line searched on dev
+  #   budget: match_finetune  # model FLOPs: the most expensive fine-tuning arm's cost, or a number (1e15)
+  #   holdout: 0.3            # share of dev the search never sees; the final pick is made on it
+  #   proposer: null          # the model that rewrites instructions from wrong replies; null: this one
   - kind: lora
     epochs: 3
     learning_rates: []        # empty: the default grid, chosen on dev

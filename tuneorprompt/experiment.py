@@ -35,6 +35,8 @@ from tuneorprompt.arms import (
     longest_instruction,
     run_arm,
     seeds_of,
+    with_budgets,
+    with_search_budgets,
 )
 from tuneorprompt.backends.base import Backend, PromptTooLongError, ScoringBackend, ServedBackend
 from tuneorprompt.backends import load_backend
@@ -291,8 +293,9 @@ def plan_run(
             recipe = arm.recipe(task, seed, instruction)
             check_prompts_fit(arm.name, recipe, [*splits.dev, *splits.test], backend, settings)
             estimates.append(estimate_cost(arm, recipe, instruction, task, base, settings))
+        estimates = with_search_budgets(arms, estimates, task, base, settings, seed)
         estimates = decide.ladder_order(estimates, config.costs.expected_queries)
-    by_name = {arm.name: arm for arm in arms}
+    by_name = {arm.name: arm for arm in with_budgets(arms, estimates)}
     return RunPlan(config, model, run_dir, key, splits, overlap, task, base, settings, scorer,
                    [by_name[e.name] for e in estimates], estimates, protocol, learning_curve, skipped,
                    large_test_warnings(config, splits))

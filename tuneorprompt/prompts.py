@@ -204,9 +204,14 @@ class PromptFormat:
         self.chat = chat
         self._template = compile_template(config.template, "prompt.template")
         self._instruction_template = compile_template(config.instruction_template, "prompt.instruction_template")
+        # Rendered questions by input: a render is a pure function of the input, and a search builds the
+        # same questions (as queries and as demos) thousands of times.
+        self._plain: dict[str, str] = {}
 
     def plain(self, example: Example) -> str:
-        return _render(self._template, "prompt.template", example.id, input=example.input)
+        if example.input not in self._plain:
+            self._plain[example.input] = _render(self._template, "prompt.template", example.id, input=example.input)
+        return self._plain[example.input]
 
     def demonstration(self, example: Example) -> str:
         """A solved example in plain text: the plain prompt followed by its reference answer."""

@@ -19,6 +19,7 @@ from tuneorprompt import decide, stats
 from tuneorprompt import summary as summary_module
 from tuneorprompt.config import CostConfig, ExperimentConfig, TargetConfig
 from tuneorprompt.data import OverlapReport
+from tuneorprompt.effort import effort_curves
 from tuneorprompt.forecast import HORIZON, NOT_WITHIN
 from tuneorprompt.keys import jsonable, report_page_key
 from tuneorprompt.records import ExampleRecord
@@ -151,6 +152,7 @@ class Report:
     cost_order: list[decide.CostEstimate] | None
     break_even: list[BreakEven]
     learning_curve: dict | None
+    effort: dict | None  # each side's dev standing against its one-time FLOPs (`effort.effort_curves`)
     recommendation: decide.Recommendation
     protocol: dict | None
     environment: dict
@@ -177,6 +179,7 @@ class Report:
             "cost_order": [estimate.to_dict() for estimate in self.cost_order] if self.cost_order is not None else None,
             "break_even": [row.to_dict() for row in self.break_even],
             "learning_curve": self.learning_curve,
+            "effort": self.effort,
             "prompt_vs_finetune": versus,
             "recommendation": decision,
             "protocol": self.protocol,
@@ -249,6 +252,7 @@ def build_report(
         cost_order=list(cost_order) if cost_order is not None else None,
         break_even=break_even(outcomes),
         learning_curve=learning_curve,
+        effort=effort_curves(summaries, split_sizes["dev"]),
         recommendation=recommendation,
         protocol=protocol,
         environment=environment,
@@ -317,7 +321,8 @@ def paired_tests(
 def break_even(outcomes: Sequence[decide.ArmOutcome]) -> list[BreakEven]:
     """For each fine-tuned arm: after how many queries its one-time training cost is repaid by
     cheaper queries than the most accurate prompt arm (`decide.most_accurate`), among the prompt
-    arms whose cost per query is known."""
+    arms whose cost per query is known. A prompt arm's own one-time cost (a prompt search) is paid
+    too: only what training costs beyond it needs repaying."""
     best_prompt = decide.most_accurate([arm for arm in outcomes if arm.prompted and arm.per_query_flops])
     if best_prompt is None:
         return []
@@ -328,7 +333,8 @@ def break_even(outcomes: Sequence[decide.ArmOutcome]) -> list[BreakEven]:
             training_flops=arm.one_time_flops,
             flops_per_query=arm.per_query_flops,
             against_flops_per_query=best_prompt.per_query_flops,
-            queries=stats.break_even_queries(arm.one_time_flops, arm.per_query_flops, best_prompt.per_query_flops),
+            queries=stats.break_even_queries(max(0.0, arm.one_time_flops - best_prompt.one_time_flops),
+                                             arm.per_query_flops, best_prompt.per_query_flops),
         )
         for arm in outcomes
         if arm.fine_tuned and arm.per_query_flops

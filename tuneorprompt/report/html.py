@@ -118,6 +118,23 @@ right when a reference answer appears in it, not counting text copied from the q
 (margin {{ "%.1f" | format(100 * d.margin) }} points): difference {{ "%+.1f" | format(100 * ni.difference) }} points, one-sided lower bound
 {{ "%+.1f" | format(100 * ni.lower) }}, p = {{ "%.3g" | format(ni.p_value) }} ({{ ni.test }}):
 {{ "passes" if ni.passes else "does not pass" }}; power {{ "%.0f" | format(100 * ni.power) }}% were the arms equal.</p>{% endif %}{% endif %}
+{% for a in r.arms if a.kind == "prompt_search" %}{% set d = a.details[0] %}<h2 id="search-{{ loop.index }}">Prompt search: {{ a.name }}</h2>
+<p>Chosen on held-out dev ({{ d.dev_items.holdout }} items the search never saw): <strong>{{ d.chosen }}</strong>, {{ "%.1f" | format(100 * d.holdout_score) }}% there against
+{{ "%.1f" | format(100 * d.best_search_score) }}% in the search (dev optimism {{ "%+.1f" | format(100 * d.dev_optimism) }} points).
+{{ d.candidates_looked_at }} of {{ d.candidates_in_space }} candidates looked at, {{ d.calls }} calls, {{ "%.3g" | format(d.spent_flops) }} of a {{ "%.3g" | format(d.budget_flops) }} FLOPs budget; first seed{% if a.details | length > 1 %} of {{ a.details | length }}{% endif %}.</p>
+<table class="search-top"><caption>The top 5 candidates on dev, and what each costs</caption>
+<tr><th scope="col">candidate</th><th scope="col">dev accuracy %</th><th scope="col">dev items</th><th scope="col">search FLOPs spent on it</th><th scope="col">FLOPs per query</th></tr>
+{% for t in d.top %}<tr><td>{{ t.candidate }}</td><td>{{ "%.1f" | format(100 * t.dev_score) }}</td><td>{{ t["items"] }}</td>
+<td>{{ "%.3g" | format(t.search_flops) }}</td><td>{{ "%.3g" | format(t.flops_per_query) }}</td></tr>{% endfor %}</table>
+<details><summary>The winning prompt, as the model saw it for one held-out dev item</summary><pre>{{ d.winning_prompt }}</pre></details>
+{% endfor %}
+{% if r.effort %}<h2>Effort: dev accuracy against one-time FLOPs</h2>
+{% for c in r.effort.comparisons %}<p class="effort">{{ c.sentence }}</p>{% endfor %}
+<table id="effort"><caption>Each side's search on dev: where its standing ended, and what it spent</caption>
+<tr><th scope="col">arm</th><th scope="col">side</th><th scope="col">looks or checkpoints</th><th scope="col">final dev standing</th><th scope="col">one-time FLOPs</th><th scope="col">how counted</th></tr>
+{% for curve in r.effort.curves %}<tr><td>{{ curve.arm }}</td><td>{{ "prompt search" if curve.side == "prompt" else "fine-tuning grid" }}</td>
+<td>{{ curve.points | length }}</td><td>{{ "%.1f%% (%s)" | format(100 * curve.standing[-1].dev_accuracy, curve.standing[-1].label) if curve.standing else "-" }}</td>
+<td>{{ "%.3g" | format(curve.total_flops) }}</td><td>{{ curve.counted }}</td></tr>{% endfor %}</table>{% endif %}
 {% if forecast_notes %}<h2>Label forecast</h2><ul id="forecast">{% for line in forecast_notes %}<li>{{ line }}</li>{% endfor %}</ul>
 <p><small>{{ forecast_method }}</small></p>{% endif %}
 <h2>Paired tests (same test items)</h2>
@@ -262,7 +279,7 @@ def _frontier(report: Report) -> tuple[str, str] | None:
     else:
         cost = {a.name: a.prompt_tokens + a.generated_tokens for a in report.arms}
         label, unit, scale = "tokens per query (prompt + generated; the model's size is unknown)", "tokens", 1.0
-    points = [(a.name, cost[a.name], ACCURACY.to_shown(a.accuracy.value), bool(a.training)) for a in report.arms]
+    points = [(a.name, cost[a.name], ACCURACY.to_shown(a.accuracy.value), a.family == "finetune") for a in report.arms]
     figure = frontier_figure(points, f"{label} (red: fine-tuned, plus one-time training)")
     listed = "; ".join(f"{a.name} {ACCURACY.with_unit(a.accuracy.value)} at {cost[a.name] / scale:.3g} {unit}"
                        for a in report.arms)
@@ -307,6 +324,28 @@ def log_ticks(low: float, high: float, most: int = 6) -> list[float]:
         if len(ticks) <= most:
             return ticks
     return ticks[:: math.ceil(len(ticks) / most)]
+
+
+def _effort(effort: dict) -> str:
+    """Each curve's standing as a step line over cumulative FLOPs; a grid's checkpoints as dots."""
+    figure, axis = _axes(6, 3.5)
+    for curve in effort["curves"]:
+        standing = curve["standing"]
+        line, = axis.step([p["flops"] for p in standing], [ACCURACY.to_shown(p["dev_accuracy"]) for p in standing],
+                          where="post", label=f"{curve['arm']} ({'search' if curve['side'] == 'prompt' else 'grid'})")
+        axis.scatter([p["flops"] for p in curve["points"]], [ACCURACY.to_shown(p["dev_accuracy"]) for p in curve["points"]],
+                     s=10, color=line.get_color(), alpha=0.5)
+    axis.set_xscale("log")
+    axis.set_xlabel("one-time FLOPs spent on dev (log scale)")
+    axis.set_ylabel("dev accuracy %")
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def _effort_alt(effort: dict) -> str:
+    ends = "; ".join(f"{c['arm']}: {ACCURACY.with_unit(c['standing'][-1]['dev_accuracy'])} on dev after "
+                     f"{c['total_flops']:.3g} FLOPs" for c in effort["curves"] if c["standing"])
+    return f"Step chart of each side's dev standing against the one-time FLOPs it spent. {ends}."
 
 
 _FORECAST_CURVES = (("finetune", "training examples", "#c33"), ("few_shot", "demos", "#5b8def"))
@@ -380,6 +419,8 @@ def render_html(report: Report, page_key: str) -> str:
                       f"and {curve['finetune_kind']} with n training examples, with 95% confidence intervals"
                       + (f"; fine-tuning overtakes at {curve['crossover']}." if curve.get("crossover") else "."),
                       _learning_curve(curve)))
+    if report.effort and report.effort["curves"]:
+        plots.append(("Effort: dev accuracy against one-time FLOPs", _effort_alt(report.effort), _effort(report.effort)))
     forecasts = (report.learning_curve or {}).get("forecast") or {}
     if any(forecast["band"] for forecast in forecasts.values()):
         plots.append(("Label forecast", _forecast_alt(report.learning_curve, target), _forecast(report.learning_curve, target)))

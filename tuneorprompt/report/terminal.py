@@ -61,6 +61,8 @@ def print_summary(report: Report, console: Console) -> None:
     console.print(table)
     for note in shortened_prompts(report):
         console.print(f"[yellow]Note:[/] {for_terminal(note)}")
+    for comparison in (report.effort or {}).get("comparisons", []):
+        console.print(f"[cyan]Effort:[/] {for_terminal(comparison['sentence'])}")
     for line in forecast_lines(report):
         console.print(f"[cyan]Label forecast:[/] {for_terminal(line)}")
     style = "bold green" if recommended else "bold yellow"

@@ -1,0 +1,153 @@
+"""Effort curves: what each side of the question bought on dev with the compute it spent.
+
+A prompt search and a fine-tuning grid both spend one-time FLOPs choosing on dev. Read side by side
+against cumulative FLOPs, they say whether the two sides were searched with comparable effort, and at
+what budget, if any, one overtakes the other:
+
+- `prompt_search`: each look at a candidate (`prompt_search` trajectory) is a point at the FLOPs spent
+  so far; the side's standing at a budget is its incumbent, the candidate it would pick if stopped
+  there (the highest rung reached, then the best score on it: a score on more dev items outranks a
+  lucky one on few).
+- fine-tuning: each (learning rate, epoch) checkpoint is a point at the FLOPs of the training done to
+  reach it plus the dev evaluations before it, in the order the grid ran (learning rates in turn,
+  epochs within each). The standing at a budget is the best checkpoint so far.
+
+Dev scores are the arms' own: the search's on its search part of dev (a rung scores a prefix), the
+grid's on the whole dev split. Both are optimistic about test; the report's test figures are what
+the decision uses. Pure functions of report rows: nothing here runs a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+from tuneorprompt.stats import training_flops
+from tuneorprompt.summary import ArmSummary
+
+
+@dataclass(frozen=True)
+class EffortPoint:
+    flops: float  # cumulative one-time FLOPs when this dev score was known
+    dev_accuracy: float  # in [0, 1]
+    label: str  # the candidate, or "lr 0.001, epoch 2"
+    items: int  # dev items behind the score: a search's early looks see few, so its early lead is noisy
+
+
+@dataclass(frozen=True)
+class EffortCurve:
+    arm: str
+    side: str  # "prompt" (a search) or "finetune" (a learning-rate x epoch grid)
+    points: tuple[EffortPoint, ...]  # every look or checkpoint, in the order spent
+    standing: tuple[EffortPoint, ...]  # the side's pick after each point: what it would use if stopped there
+    total_flops: float
+    counted: str  # how the FLOPs were counted, for the reader
+
+    def at(self, flops: float) -> EffortPoint | None:
+        """The standing at a budget of `flops`: the last pick made within it; None before the first."""
+        within = [point for point in self.standing if point.flops <= flops]
+        return within[-1] if within else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def search_curve(arm: str, info: dict) -> EffortCurve:
+    """A `prompt_search` arm's curve from its recorded trajectory (first seed)."""
+    points, standing = [], []
+    best: tuple[int, float, EffortPoint] | None = None  # (rung, score, point) of the incumbent
+    for look in info["trajectory"]:
+        point = EffortPoint(float(look["flops_so_far"]), float(look["dev_score"]), str(look["candidate"]),
+                            int(look["items"]))
+        points.append(point)
+        if best is None or (look["rung"], look["dev_score"]) > best[:2]:
+            best = (look["rung"], look["dev_score"], point)
+        standing.append(EffortPoint(point.flops, best[1], best[2].label, best[2].items))
+    return EffortCurve(
+        arm, "prompt", tuple(points), tuple(standing), float(info["spent_flops"]),
+        "inference FLOPs (2 x parameters x prompt and generated tokens) of every dev look, proposals included",
+    )
+
+
+def grid_curve(arm: ArmSummary, n_dev: int) -> EffortCurve | None:
+    """A fine-tuned arm's checkpoints (first seed) against cumulative training plus dev-evaluation
+    FLOPs. Dev evaluation is priced at the arm's test cost per query (same prompts, same answers)
+    times the dev items; None when the model's size or the grid's record is unknown."""
+    extra = arm.training.extra[0] if arm.training and arm.training.extra else {}
+    if not extra.get("dev_scores") or "tokens_per_epoch" not in extra or arm.flops_per_query is None:
+        return None
+    epoch_flops = training_flops(arm.training.total_params, extra["tokens_per_epoch"], arm.training.trainable_params)
+    dev_flops = arm.flops_per_query * n_dev
+    spent, points, standing = 0.0, [], []
+    for learning_rate, scores in extra["dev_scores"].items():
+        for epoch, score in enumerate(scores, start=1):
+            spent += epoch_flops + dev_flops
+            point = EffortPoint(spent, float(score), f"lr {learning_rate}, epoch {epoch}", n_dev)
+            points.append(point)
+            best = max(points, key=lambda p: p.dev_accuracy)  # max keeps the earliest of ties, as `finetune._select`
+            standing.append(EffortPoint(spent, best.dev_accuracy, best.label, n_dev))
+    return EffortCurve(
+        arm.name, "finetune", tuple(points), tuple(standing), spent,
+        "training FLOPs ((4 x parameters + 2 x trainable) x tokens) per epoch, plus each checkpoint's dev "
+        "evaluation at the arm's test FLOPs per query",
+    )
+
+
+def overtakes(first: EffortCurve, second: EffortCurve) -> list[dict]:
+    """Every budget at which the lead on dev changes hands between two curves: [{"flops", "leader",
+    "dev_accuracy", "items", "other", "other_dev_accuracy", "other_items"}], the first entry being who
+    leads once both have a score. A tie keeps the previous leader: overtaking needs a strictly higher
+    standing."""
+    budgets = sorted({p.flops for p in first.standing} | {p.flops for p in second.standing})
+    changes: list[dict] = []
+    leader = None
+    for budget in budgets:
+        a, b = first.at(budget), second.at(budget)
+        if a is None or b is None:
+            continue
+        if leader is None:
+            leader = first if a.dev_accuracy >= b.dev_accuracy else second
+        elif (leader is first and b.dev_accuracy > a.dev_accuracy) or (leader is second and a.dev_accuracy > b.dev_accuracy):
+            leader = second if leader is first else first
+        else:
+            continue
+        ahead, behind = (a, b) if leader is first else (b, a)
+        changes.append({"flops": budget, "leader": leader.arm, "dev_accuracy": ahead.dev_accuracy, "items": ahead.items,
+                        "other": (second if leader is first else first).arm, "other_dev_accuracy": behind.dev_accuracy,
+                        "other_items": behind.items})
+    return changes
+
+
+def effort_curves(summaries: Sequence[ArmSummary], n_dev: int) -> dict | None:
+    """report.json's "effort": each search's and each fine-tuning grid's curve, and, for the best
+    search against each grid, the budgets at which the lead changes; None when the run has neither."""
+    searches = [search_curve(s.name, s.details[0]) for s in summaries
+                if s.kind == "prompt_search" and s.details and s.details[0].get("trajectory")]
+    grids = [curve for s in summaries if s.family == "finetune" and (curve := grid_curve(s, n_dev)) is not None]
+    if not searches and not grids:
+        return None
+    comparisons = []
+    for search in searches:
+        for grid in grids:
+            changes = overtakes(search, grid)
+            comparisons.append({"prompt": search.arm, "finetune": grid.arm, "changes": changes,
+                                "sentence": overtake_sentence(search, grid, changes)})
+    return {"curves": [curve.to_dict() for curve in searches + grids], "comparisons": comparisons}
+
+
+def overtake_sentence(search: EffortCurve, grid: EffortCurve, changes: list[dict]) -> str:
+    """The comparison in one sentence: dev scores with the items behind them, budgets in FLOPs."""
+    if not changes:
+        return f"{search.arm} and {grid.arm} have no budget at which both have a dev score."
+
+    def scores(change: dict) -> str:
+        return (f"{change['dev_accuracy']:.1%} on {change['items']} dev items against "
+                f"{change['other_dev_accuracy']:.1%} on {change['other_items']}")
+
+    first, *later = changes
+    sentence = f"Once both have a dev score ({first['flops']:.3g} FLOPs), {first['leader']} leads ({scores(first)})"
+    for change in later:
+        sentence += f"; {change['leader']} overtakes at {change['flops']:.3g} FLOPs ({scores(change)})"
+    if not later:
+        sentence += f", and keeps the lead up to the {max(search.total_flops, grid.total_flops):.3g} FLOPs spent"
+    return sentence + f". Spent: {search.arm} {search.total_flops:.3g} FLOPs, {grid.arm} {grid.total_flops:.3g}."
