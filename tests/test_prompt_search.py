@@ -314,3 +314,22 @@ def test_break_even_repays_only_what_training_costs_beyond_the_searched_prompt()
     tuned = ArmOutcome("lora", right, per_query_flops=1e9, one_time_flops=8e14, family="finetune")
     (row,) = break_even([searched, tuned])
     assert row.queries == pytest.approx((8e14 - 5e14) / 2e9)
+
+
+# ---- coverage: the first looks span every dimension, the budget is spent, proposals are instructions ----------
+
+
+FULL = PromptSearchArm(k=[0, 2, 4], draws=2, format_lines=[FORMAT_LINE], proposals=0, bootstrap_examples=8)
+
+
+def test_the_first_looks_cover_each_demo_source_and_selection_and_the_format_line(tmp_path):
+    s = setup(planted_answer(2), Store(Path(":memory:")), tmp_path)
+    result = search(FULL, BUDGET, s.task, s.dev, s.base, 2)
+    assert result.info["bootstrap"]["kept"] >= 2
+    first = [t["candidate"] for t in result.info["trajectory"] if t["rung"] == 0]
+    # Before the first look at anything outside the anchors (an instruction with demos, say), every demo
+    # source and selection and the format line had one.
+    anchors = first[: next(i for i, c in enumerate(first) if c.startswith("instruction") and "demos" in c)]
+    for wanted in ("2 given demos (random set 0)", "2 given demos (nearest)", "2 bootstrapped demos (random set 0)",
+                   "2 bootstrapped demos (nearest)", f"no instruction, format line {FORMAT_LINE!r}"):
+        assert any(c.endswith(wanted) for c in anchors), wanted

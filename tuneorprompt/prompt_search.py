@@ -126,8 +126,10 @@ class Space:
 
 def candidates(spec: PromptSearchArm, task: TaskData, pools: dict[str, tuple[Example, ...]], seed: int) -> list[Candidate]:
     """The whole space, anchors first, then the rest in a seeded order. The anchors are what the fixed
-    arms try (the plain prompt, each instruction alone, k random given demos), so the search looks at
-    least at those before anything else. Demo settings that cannot be built (k above the pool) are left out."""
+    arms try (the plain prompt, each instruction alone, k random given demos) and one candidate for every
+    other value of each dimension (the format line alone; each demo source and selection at one k), so
+    the search's first looks cover the space, not only instructions: a real model's first rung sees
+    demos in its own answer style. Demo settings that cannot be built (k above the pool) are left out."""
     placements = ("prompt", "system") if task.format.chat else ("prompt",)
     instructions = [None, *task.format.instruction_texts()]
     formats = [None, *dict.fromkeys(spec.format_lines)]
@@ -146,8 +148,18 @@ def candidates(spec: PromptSearchArm, task: TaskData, pools: dict[str, tuple[Exa
         for format_line in formats
         for demos in demo_options
     ]
-    anchors = [c for c in space if c.format_line is None and (
+    fixed_arms = [c for c in space if c.format_line is None and (
         c.demos is None or (c.instruction is None and c.demos == Demos(c.demos.k, "random", 0, "forward", "given")))]
+    # One look per demo source and selection, at the smallest k of at least 2 that the pool holds (one
+    # demo says little about a style; more cost more per look), and the format line on its own.
+    coverage = [Candidate(None, "prompt", line, None) for line in formats[1:]]
+    for source in spec.sources:
+        ks = sorted(k for k in spec.k if 0 < k <= len(pools.get(source, ())))
+        if ks:
+            k = next((k for k in ks if k >= 2), ks[-1])
+            coverage += [Candidate(None, "prompt", None, Demos(k, selection, 0, "forward", source))
+                         for selection in spec.selections]
+    anchors = list(dict.fromkeys(fixed_arms + [c for c in coverage if c in space]))
     rest = [c for c in space if c not in anchors]
     order = np.random.default_rng(seed).permutation(len(rest))
     return anchors + [rest[i] for i in order]
