@@ -333,3 +333,18 @@ def test_the_first_looks_cover_each_demo_source_and_selection_and_the_format_lin
     for wanted in ("2 given demos (random set 0)", "2 given demos (nearest)", "2 bootstrapped demos (random set 0)",
                    "2 bootstrapped demos (nearest)", f"no instruction, format line {FORMAT_LINE!r}"):
         assert any(c.endswith(wanted) for c in anchors), wanted
+
+
+def test_a_schedule_that_finishes_under_budget_runs_further_rounds_on_fresh_candidates(tmp_path):
+    s = setup(planted_answer(2), Store(Path(":memory:")), tmp_path)
+    info = search(FULL, BUDGET, s.task, s.dev, s.base, 2).info
+    rounds = info["rounds"]
+    assert len(rounds) >= 2 and all(r["first_looks"] >= 1 for r in rounds)
+    # Round 0 alone left over a third of the budget; the rounds spend it, and never more.
+    assert rounds[0]["flops_after"] < 0.6 * BUDGET and 0.7 * BUDGET < info["spent_flops"] <= BUDGET
+    assert info["stopped"].startswith("budget spent")
+    later = [t for t in info["trajectory"] if t["round"] >= 1]
+    assert later and {t["id"] for t in later if t["rung"] == 0}.isdisjoint(
+        {t["id"] for t in info["trajectory"] if t["round"] == 0})  # fresh candidates only
+    # The best so far are carried into the later rungs without being looked at again.
+    assert rounds[1]["carried"] and not {t["id"] for t in later} & set(rounds[1]["carried"])
