@@ -348,3 +348,21 @@ def test_a_schedule_that_finishes_under_budget_runs_further_rounds_on_fresh_cand
         {t["id"] for t in info["trajectory"] if t["round"] == 0})  # fresh candidates only
     # The best so far are carried into the later rungs without being looked at again.
     assert rounds[1]["carried"] and not {t["id"] for t in later} & set(rounds[1]["carried"])
+
+
+def test_a_proposal_about_one_item_is_not_an_instruction_and_is_rejected_with_its_reason():
+    from tuneorprompt.prompt_search import Questions
+
+    questions = Questions.of([f"What is the capital of {c}?" for c in ("French Guiana", "France", "Chad", "Peru")]
+                             + [f"What is the capital of country {i}?" for i in range(40)])
+    reject = partial(rejection, generated=12, cap=64, references=[], tried=set(), questions=questions)
+    assert reject("The answer to the question what is the capital of French Guiana is Paris.") == (
+        "not an instruction: quotes a question ('what is the capital')")
+    assert reject("The model answered this question correctly: The capital of French Guiana is Paris.") == (
+        "not an instruction: quotes a question ('the capital of french')")
+    assert reject("Recall what you know of French Guiana first.") == "not an instruction: names an item's subject ('french')"
+    assert reject("Name the city only.", replies=["Paris"]) is None
+    assert reject("Reply with Paris or a city like it.", replies=["Paris"]) == (
+        "not an instruction: states an answer ('Paris', a reply it was shown)")
+    # The task's own words are not an item's subject: "capital" is in every question, "Name" opens none.
+    assert reject("Name the capital city, in one word.") is None

@@ -23,6 +23,7 @@ before them.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -513,7 +514,9 @@ def propose(
     its instruction rewritten by the proposer from them. Every proposal is recorded, the rejected ones
     with the reason."""
     settings = GenerationSettings(spec.proposer_max_new_tokens, ("\n",))
+    labels = {label.lower() for label in dev.config.metric.labels}
     references = copy_guard(task, dev)
+    questions = Questions.of([e.input for e in (*task.train, *task.dev)])
     tried = {*task.format.instruction_texts(), *(c.instruction for c in records_at)}
     new, recorded = [], []
     # Parents: the best candidates that got something wrong (one that answered every item right leaves
@@ -531,7 +534,9 @@ def propose(
         ledger.charge(proposer.backend.fingerprint, proposer.params, proposer.backend.render(prompt),
                       completion.prompt_tokens, completion.generated_tokens, task_model=False)
         text = " ".join(completion.text.split())
-        reason = rejection(text, completion.generated_tokens, spec.proposer_max_new_tokens, references, tried)
+        replies = [r.completion.strip() for r in wrong]
+        reason = rejection(text, completion.generated_tokens, spec.proposer_max_new_tokens, references, tried,
+                           questions, [r for r in replies if r and len(r.split()) <= 4 and r.lower() not in labels])
         recorded.append(entry | {"text": text, "accepted": reason is None} | ({"reason": reason} if reason else {}))
         if reason is None:
             tried.add(text)
@@ -547,9 +552,42 @@ def copy_guard(task: TaskData, dev: DevJudge) -> list[str]:
     return sorted(t for t in targets if t.strip() and t.lower() not in labels)
 
 
-def rejection(text: str, generated: int, cap: int, references: Sequence[str], tried: set) -> str | None:
+RUN_WORDS = 4  # a proposal sharing this many consecutive words with a question quotes it
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+@dataclass(frozen=True)
+class Questions:
+    """What an instruction must not quote or name: the training and dev questions' runs of RUN_WORDS
+    words, and their subjects. An instruction speaks to the model about every question; a proposal that
+    restates one question or names what one is about (a small proposer writes "The capital of French
+    Guiana is Paris.") is a statement about one item, not an instruction. An item's subject, simply: its
+    names and numbers (words capitalised after the question's first word, or holding a digit) that few
+    questions share (under 5% of them: a word most questions hold is the task's, like "Capital" in a title)."""
+
+    runs: frozenset[tuple[str, ...]]
+    subjects: frozenset[str]
+
+    @classmethod
+    def of(cls, questions: Sequence[str]) -> Questions:
+        runs = {tuple(w[i:i + RUN_WORDS]) for w in map(words, questions) for i in range(len(w) - RUN_WORDS + 1)}
+        holding: dict[str, int] = {}
+        for q in questions:
+            for w in set(words(q)):
+                holding[w] = holding.get(w, 0) + 1
+        names = {t.lower() for q in questions for t in re.findall(r"\w+", q)[1:] if t[0].isupper() or any(c.isdigit() for c in t)}
+        return cls(frozenset(runs), frozenset(n for n in names if holding.get(n, 0) < 0.05 * len(questions)))
+
+
+def rejection(text: str, generated: int, cap: int, references: Sequence[str], tried: set,
+              questions: Questions = Questions(frozenset(), frozenset()), replies: Sequence[str] = ()) -> str | None:
     """Why a proposal is unusable (None: it is usable): empty, cut at the token cap, copying a reference
-    answer (as whole words, normalised), or one already tried."""
+    answer (as whole words, normalised), quoting a question or naming an item's subject (`Questions`),
+    stating an answer the proposer was shown (a short reply of the model's, right or not: an instruction
+    names no answers), or one already tried."""
     if not text:
         return "empty"
     if generated >= cap:
@@ -557,6 +595,16 @@ def rejection(text: str, generated: int, cap: int, references: Sequence[str], tr
     copied = next((t for t in references if contains_match(text, t)), None)
     if copied is not None:
         return f"contains the reference answer {copied!r}"
+    w = words(text)
+    quoted = next((run for i in range(len(w) - RUN_WORDS + 1) if (run := tuple(w[i:i + RUN_WORDS])) in questions.runs), None)
+    if quoted is not None:
+        return f"not an instruction: quotes a question ({' '.join(quoted)!r})"
+    named = next((x for x in w if x in questions.subjects), None)
+    if named is not None:
+        return f"not an instruction: names an item's subject ({named!r})"
+    stated = next((r for r in replies if contains_match(text, r)), None)
+    if stated is not None:
+        return f"not an instruction: states an answer ({stated!r}, a reply it was shown)"
     if text in tried:
         return "repeats an instruction already tried"
     return None
