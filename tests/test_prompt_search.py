@@ -314,3 +314,55 @@ def test_break_even_repays_only_what_training_costs_beyond_the_searched_prompt()
     tuned = ArmOutcome("lora", right, per_query_flops=1e9, one_time_flops=8e14, family="finetune")
     (row,) = break_even([searched, tuned])
     assert row.queries == pytest.approx((8e14 - 5e14) / 2e9)
+
+
+# ---- coverage: the first looks span every dimension, the budget is spent, proposals are instructions ----------
+
+
+FULL = PromptSearchArm(k=[0, 2, 4], draws=2, format_lines=[FORMAT_LINE], proposals=0, bootstrap_examples=8)
+
+
+def test_the_first_looks_cover_each_demo_source_and_selection_and_the_format_line(tmp_path):
+    s = setup(planted_answer(2), Store(Path(":memory:")), tmp_path)
+    result = search(FULL, BUDGET, s.task, s.dev, s.base, 2)
+    assert result.info["bootstrap"]["kept"] >= 2
+    first = [t["candidate"] for t in result.info["trajectory"] if t["rung"] == 0]
+    # Before the first look at anything outside the anchors (an instruction with demos, say), every demo
+    # source and selection and the format line had one.
+    anchors = first[: next(i for i, c in enumerate(first) if c.startswith("instruction") and "demos" in c)]
+    for wanted in ("2 given demos (random set 0)", "2 given demos (nearest)", "2 bootstrapped demos (random set 0)",
+                   "2 bootstrapped demos (nearest)", f"no instruction, format line {FORMAT_LINE!r}"):
+        assert any(c.endswith(wanted) for c in anchors), wanted
+
+
+def test_a_schedule_that_finishes_under_budget_runs_further_rounds_on_fresh_candidates(tmp_path):
+    s = setup(planted_answer(2), Store(Path(":memory:")), tmp_path)
+    info = search(FULL, BUDGET, s.task, s.dev, s.base, 2).info
+    rounds = info["rounds"]
+    assert len(rounds) >= 2 and all(r["first_looks"] >= 1 for r in rounds)
+    # Round 0 alone left over a third of the budget; the rounds spend it, and never more.
+    assert rounds[0]["flops_after"] < 0.6 * BUDGET and 0.7 * BUDGET < info["spent_flops"] <= BUDGET
+    assert info["stopped"].startswith("budget spent")
+    later = [t for t in info["trajectory"] if t["round"] >= 1]
+    assert later and {t["id"] for t in later if t["rung"] == 0}.isdisjoint(
+        {t["id"] for t in info["trajectory"] if t["round"] == 0})  # fresh candidates only
+    # The best so far are carried into the later rungs without being looked at again.
+    assert rounds[1]["carried"] and not {t["id"] for t in later} & set(rounds[1]["carried"])
+
+
+def test_a_proposal_about_one_item_is_not_an_instruction_and_is_rejected_with_its_reason():
+    from tuneorprompt.prompt_search import Questions
+
+    questions = Questions.of([f"What is the capital of {c}?" for c in ("French Guiana", "France", "Chad", "Peru")]
+                             + [f"What is the capital of country {i}?" for i in range(40)])
+    reject = partial(rejection, generated=12, cap=64, references=[], tried=set(), questions=questions)
+    assert reject("The answer to the question what is the capital of French Guiana is Paris.") == (
+        "not an instruction: quotes a question ('what is the capital')")
+    assert reject("The model answered this question correctly: The capital of French Guiana is Paris.") == (
+        "not an instruction: quotes a question ('the capital of french')")
+    assert reject("Recall what you know of French Guiana first.") == "not an instruction: names an item's subject ('french')"
+    assert reject("Name the city only.", replies=["Paris"]) is None
+    assert reject("Reply with Paris or a city like it.", replies=["Paris"]) == (
+        "not an instruction: states an answer ('Paris', a reply it was shown)")
+    # The task's own words are not an item's subject: "capital" is in every question, "Name" opens none.
+    assert reject("Name the capital city, in one word.") is None

@@ -23,6 +23,7 @@ before them.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -126,8 +127,10 @@ class Space:
 
 def candidates(spec: PromptSearchArm, task: TaskData, pools: dict[str, tuple[Example, ...]], seed: int) -> list[Candidate]:
     """The whole space, anchors first, then the rest in a seeded order. The anchors are what the fixed
-    arms try (the plain prompt, each instruction alone, k random given demos), so the search looks at
-    least at those before anything else. Demo settings that cannot be built (k above the pool) are left out."""
+    arms try (the plain prompt, each instruction alone, k random given demos) and one candidate for every
+    other value of each dimension (the format line alone; each demo source and selection at one k), so
+    the search's first looks cover the space, not only instructions: a real model's first rung sees
+    demos in its own answer style. Demo settings that cannot be built (k above the pool) are left out."""
     placements = ("prompt", "system") if task.format.chat else ("prompt",)
     instructions = [None, *task.format.instruction_texts()]
     formats = [None, *dict.fromkeys(spec.format_lines)]
@@ -146,8 +149,18 @@ def candidates(spec: PromptSearchArm, task: TaskData, pools: dict[str, tuple[Exa
         for format_line in formats
         for demos in demo_options
     ]
-    anchors = [c for c in space if c.format_line is None and (
+    fixed_arms = [c for c in space if c.format_line is None and (
         c.demos is None or (c.instruction is None and c.demos == Demos(c.demos.k, "random", 0, "forward", "given")))]
+    # One look per demo source and selection, at the smallest k of at least 2 that the pool holds (one
+    # demo says little about a style; more cost more per look), and the format line on its own.
+    coverage = [Candidate(None, "prompt", line, None) for line in formats[1:]]
+    for source in spec.sources:
+        ks = sorted(k for k in spec.k if 0 < k <= len(pools.get(source, ())))
+        if ks:
+            k = next((k for k in ks if k >= 2), ks[-1])
+            coverage += [Candidate(None, "prompt", None, Demos(k, selection, 0, "forward", source))
+                         for selection in spec.selections]
+    anchors = list(dict.fromkeys(fixed_arms + [c for c in coverage if c in space]))
     rest = [c for c in space if c not in anchors]
     order = np.random.default_rng(seed).permutation(len(rest))
     return anchors + [rest[i] for i in order]
@@ -274,12 +287,13 @@ def search(
         """The finalists' held-out looks, at the mean first-looked candidate's cost per item."""
         return spec.finalists * len(holdout_items) * sum(costs) / len(costs)
 
-    def after_first_looks(first_looks: int) -> float:
-        """What the schedule needs once `first_looks` candidates had a first look: the proposals and
-        their looks, the later rungs and the pick, at the mean first-looked candidate's cost per item."""
+    def after_first_looks(first_looks: int, proposals: int, carried: int) -> float:
+        """What a round's schedule needs once `first_looks` candidates had a first look: the proposals and
+        their looks, the later rungs and the pick, at the mean first-looked candidate's cost per item. The
+        `carried` best so far hold places in the later rungs at no cost."""
         mean = sum(costs) / len(costs)
-        later = later_rungs_items(first_looks + spec.proposals, rungs, spec.eta, spec.finalists)
-        return spec.proposals * (meta_flops + mean * rungs[0]) + mean * later + pick_reserve()
+        later = later_rungs_items(first_looks + proposals, rungs, spec.eta, spec.finalists, carried)
+        return proposals * (meta_flops + mean * rungs[0]) + mean * later + pick_reserve()
 
     # ---- race: successive halving on growing prefixes of the search part ------------------------------
     scores: dict[Candidate, tuple[int, float]] = {}  # candidate -> (rung reached, score there)
@@ -287,8 +301,9 @@ def search(
     spent_on: dict[Candidate, float] = {}
     proposals: list[dict] = []
     stopped = None
+    rounds: list[dict] = []
 
-    def race(candidate: Candidate, rung: int) -> bool:
+    def race(candidate: Candidate, rung: int, round_: int) -> bool:
         """One look at `candidate` on the first rungs[rung] search items, if it leaves the pick its reserve
         (the very first look is always made); False when it does not."""
         recipe = space.recipe(candidate)
@@ -300,7 +315,8 @@ def search(
         spent_on[candidate] = spent_on.get(candidate, 0.0) + ledger.flops - before
         scores[candidate] = (rung, accuracy(records))
         records_at[candidate] = records
-        trajectory.append({"candidate": candidate.describe(), "id": candidate.id, "rung": rung, "items": len(items),
+        trajectory.append({"candidate": candidate.describe(), "id": candidate.id, "round": round_, "rung": rung,
+                           "items": len(items),
                            "dev_score": scores[candidate][1], "flops_so_far": ledger.flops, "calls_so_far": ledger.calls})
         return True
 
@@ -311,34 +327,79 @@ def search(
         # Higher rung, then higher score; ties keep the earlier candidate (anchors come first).
         return sorted(group, key=lambda c: (-standing(c)[0], -standing(c)[1]))
 
-    # The first rung takes candidates in the space's order for as long as the budget affords each one's
-    # first look and the rest of the schedule after it, priced with the replies measured so far.
-    looked: list[Candidate] = []
-    for candidate in pool:
-        costs.append(per_item(candidate))
-        if looked and not ledger.affords(costs[-1] * rungs[0] + after_first_looks(len(looked) + 1)):
-            costs.pop()
-            break
-        race(candidate, 0)
-        looked.append(candidate)
+    fresh = list(pool)  # in the space's order: each round takes the next candidates no round has looked at
+
+    def first_looks(round_: int, proposals: int, carried: int, least: int) -> list[Candidate] | None:
+        """A round's first rung: candidates in the space's order for as long as the budget affords each
+        one's first look and the rest of the round's schedule after it, priced with the replies measured
+        so far (the very first look is always made). None, having looked at nothing, when the next `least`
+        candidates do not all fit."""
+        nonlocal fresh
+        if not fresh:
+            return None
+        ahead = [per_item(c) for c in fresh[:least]]
+        mean = (sum(costs) + sum(ahead)) / (len(costs) + len(ahead))
+        if scores and (len(ahead) < least or not ledger.affords(
+                sum(ahead) * rungs[0] + mean * later_rungs_items(least + proposals, rungs, spec.eta, spec.finalists,
+                                                                 carried)
+                + proposals * (meta_flops + mean * rungs[0]) + spec.finalists * len(holdout_items) * mean)):
+            return None
+        entrants: list[Candidate] = []
+        for candidate in fresh:
+            costs.append(per_item(candidate))
+            if scores and not ledger.affords(costs[-1] * rungs[0] + after_first_looks(len(entrants) + 1, proposals, carried)):
+                costs.pop()
+                break
+            race(candidate, 0, round_)
+            entrants.append(candidate)
+        fresh = fresh[len(entrants):]
+        return entrants
+
+    def halve(looked: list[Candidate], carried: list[Candidate], round_: int) -> str | None:
+        """Successive halving from the first rung: each rung keeps the best 1/eta (at least the finalists)
+        of the round's survivors and the `carried` best so far, compared on the same items (the carried
+        ones' looks span every rung's items, so they are compared on their first ones and never looked at
+        again). Why it stopped, when the budget ran out; None when the schedule finished."""
+        for rung in range(1, len(rungs)):
+            # Carried first: ties keep the incumbent, then the earlier candidate (anchors come first).
+            contenders = carried + looked
+            keep = max(min(spec.finalists, len(contenders)), math.ceil(len(contenders) / spec.eta))
+            alive = sorted(contenders, key=lambda c: -accuracy(records_at[c][: rungs[rung - 1]]))[:keep]
+            carried, looked = [c for c in alive if c in carried], []
+            for candidate in (c for c in alive if c not in carried):
+                if not race(candidate, rung, round_):
+                    return f"budget spent at round {round_}, rung {rung}"
+                looked.append(candidate)
+        return None
+
+    # Round 0: the anchors and as many others as the budget affords with the proposals and the whole
+    # schedule reserved; the proposals join its first rung.
+    looked = first_looks(0, spec.proposals, 0, 1) or []
     if spec.proposals:
         new, proposals = propose(spec, ranked(looked), records_at, proposer, dev, task, ledger, pick_reserve(),
                                  meta_flops)
         for candidate in (c for c in new if c not in scores):
-            if not race(candidate, 0):
-                stopped = "budget spent at rung 0"
+            if not race(candidate, 0, 0):
+                stopped = "budget spent at round 0, rung 0"
                 break
             looked.append(candidate)
-    for rung in range(1, len(rungs)):
-        if stopped is not None:
+    rounds.append({"round": 0, "first_looks": len(looked), "carried": [], "flops_after": None})
+    stopped = stopped or halve(looked, [], 0)
+    rounds[-1]["flops_after"] = ledger.flops
+    # Further rounds, while the budget affords first looks at a few (eta) fresh candidates and their
+    # schedule: a round that finishes under budget would leave unspent what fine-tuning was given. The
+    # best so far are carried into each round's later rungs, so a round can only add a better pick.
+    while stopped is None:
+        carried = [c for c in ranked(list(scores))[: spec.finalists] if standing(c)[0] == len(rungs) - 1]
+        looked = first_looks(len(rounds), 0, len(carried), spec.eta)
+        if not looked:  # each round looks at one fresh candidate at least, so the rounds end
+            stopped = ("space exhausted" if not fresh else
+                       f"budget spent: too little left for round {len(rounds)}'s first looks at {spec.eta} new candidates")
             break
-        keep = max(min(spec.finalists, len(looked)), math.ceil(len(looked) / spec.eta))
-        alive, looked = ranked(looked)[:keep], []
-        for candidate in alive:
-            if not race(candidate, rung):
-                stopped = f"budget spent at rung {rung}"
-                break
-            looked.append(candidate)
+        rounds.append({"round": len(rounds), "first_looks": len(looked), "carried": [c.id for c in carried],
+                       "flops_after": None})
+        stopped = halve(looked, carried, rounds[-1]["round"])
+        rounds[-1]["flops_after"] = ledger.flops
 
     # ---- pick: the finalists on the held-out part ----------------------------------------------------
     finalists, held_out = [], {}
@@ -364,7 +425,8 @@ def search(
         "budget_flops": budget,
         "spent_flops": ledger.flops,
         "calls": ledger.calls,
-        "stopped": stopped or "schedule finished",
+        "stopped": stopped,
+        "rounds": rounds,
         "dev_items": {"search": len(search_items), "holdout": len(holdout_items), "holdout_fraction": spec.holdout},
         "rungs": rungs,
         "candidates_in_space": space_size,
@@ -399,12 +461,15 @@ def rung_sizes(first: int, eta: int, total: int) -> list[int]:
     return sizes
 
 
-def later_rungs_items(first_look: int, rungs: Sequence[int], eta: int, finalists: int) -> float:
-    """Candidate-items evaluated after the first rung, when `first_look` candidates start."""
-    alive, items = first_look, 0
+def later_rungs_items(first_look: int, rungs: Sequence[int], eta: int, finalists: int, carried: int = 0) -> float:
+    """Candidate-items evaluated after the first rung, when `first_look` candidates start beside `carried`
+    ones whose looks already span every rung (they cost nothing more). The new ones are taken to win
+    their share of the places: reserving every place for them would leave a later round too little for
+    any first looks, and a round the budget cuts short keeps the carried best as they were."""
+    alive, items = first_look + carried, 0.0
     for size in rungs[1:]:
         alive = max(min(finalists, alive), math.ceil(alive / eta))
-        items += alive * size
+        items += alive * size * first_look / (first_look + carried)
     return items
 
 
@@ -449,7 +514,9 @@ def propose(
     its instruction rewritten by the proposer from them. Every proposal is recorded, the rejected ones
     with the reason."""
     settings = GenerationSettings(spec.proposer_max_new_tokens, ("\n",))
+    labels = {label.lower() for label in dev.config.metric.labels}
     references = copy_guard(task, dev)
+    questions = Questions.of([e.input for e in (*task.train, *task.dev)])
     tried = {*task.format.instruction_texts(), *(c.instruction for c in records_at)}
     new, recorded = [], []
     # Parents: the best candidates that got something wrong (one that answered every item right leaves
@@ -467,7 +534,9 @@ def propose(
         ledger.charge(proposer.backend.fingerprint, proposer.params, proposer.backend.render(prompt),
                       completion.prompt_tokens, completion.generated_tokens, task_model=False)
         text = " ".join(completion.text.split())
-        reason = rejection(text, completion.generated_tokens, spec.proposer_max_new_tokens, references, tried)
+        replies = [r.completion.strip() for r in wrong]
+        reason = rejection(text, completion.generated_tokens, spec.proposer_max_new_tokens, references, tried,
+                           questions, [r for r in replies if r and len(r.split()) <= 4 and r.lower() not in labels])
         recorded.append(entry | {"text": text, "accepted": reason is None} | ({"reason": reason} if reason else {}))
         if reason is None:
             tried.add(text)
@@ -483,9 +552,42 @@ def copy_guard(task: TaskData, dev: DevJudge) -> list[str]:
     return sorted(t for t in targets if t.strip() and t.lower() not in labels)
 
 
-def rejection(text: str, generated: int, cap: int, references: Sequence[str], tried: set) -> str | None:
+RUN_WORDS = 4  # a proposal sharing this many consecutive words with a question quotes it
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+@dataclass(frozen=True)
+class Questions:
+    """What an instruction must not quote or name: the training and dev questions' runs of RUN_WORDS
+    words, and their subjects. An instruction speaks to the model about every question; a proposal that
+    restates one question or names what one is about (a small proposer writes "The capital of French
+    Guiana is Paris.") is a statement about one item, not an instruction. An item's subject, simply: its
+    names and numbers (words capitalised after the question's first word, or holding a digit) that few
+    questions share (under 5% of them: a word most questions hold is the task's, like "Capital" in a title)."""
+
+    runs: frozenset[tuple[str, ...]]
+    subjects: frozenset[str]
+
+    @classmethod
+    def of(cls, questions: Sequence[str]) -> Questions:
+        runs = {tuple(w[i:i + RUN_WORDS]) for w in map(words, questions) for i in range(len(w) - RUN_WORDS + 1)}
+        holding: dict[str, int] = {}
+        for q in questions:
+            for w in set(words(q)):
+                holding[w] = holding.get(w, 0) + 1
+        names = {t.lower() for q in questions for t in re.findall(r"\w+", q)[1:] if t[0].isupper() or any(c.isdigit() for c in t)}
+        return cls(frozenset(runs), frozenset(n for n in names if holding.get(n, 0) < 0.05 * len(questions)))
+
+
+def rejection(text: str, generated: int, cap: int, references: Sequence[str], tried: set,
+              questions: Questions = Questions(frozenset(), frozenset()), replies: Sequence[str] = ()) -> str | None:
     """Why a proposal is unusable (None: it is usable): empty, cut at the token cap, copying a reference
-    answer (as whole words, normalised), or one already tried."""
+    answer (as whole words, normalised), quoting a question or naming an item's subject (`Questions`),
+    stating an answer the proposer was shown (a short reply of the model's, right or not: an instruction
+    names no answers), or one already tried."""
     if not text:
         return "empty"
     if generated >= cap:
@@ -493,6 +595,16 @@ def rejection(text: str, generated: int, cap: int, references: Sequence[str], tr
     copied = next((t for t in references if contains_match(text, t)), None)
     if copied is not None:
         return f"contains the reference answer {copied!r}"
+    w = words(text)
+    quoted = next((run for i in range(len(w) - RUN_WORDS + 1) if (run := tuple(w[i:i + RUN_WORDS])) in questions.runs), None)
+    if quoted is not None:
+        return f"not an instruction: quotes a question ({' '.join(quoted)!r})"
+    named = next((x for x in w if x in questions.subjects), None)
+    if named is not None:
+        return f"not an instruction: names an item's subject ({named!r})"
+    stated = next((r for r in replies if contains_match(text, r)), None)
+    if stated is not None:
+        return f"not an instruction: states an answer ({stated!r}, a reply it was shown)"
     if text in tried:
         return "repeats an instruction already tried"
     return None
