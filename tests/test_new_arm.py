@@ -38,6 +38,7 @@ def define_atlas_arm():
         spec: AtlasArm
 
         family: ClassVar[str] = "prompt"
+        method_version: ClassVar[int] = 1
         spec_class: ClassVar[type[ArmSpec]] = AtlasArm
         name = "atlas"
         stochastic = False
@@ -52,7 +53,13 @@ def define_atlas_arm():
             return PromptRecipe(task.format, instruction=PlacedInstruction(self.spec.hint))
 
         def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
+            PREPARED.append(self.method_version)
             return System(self.name, seed, base.backend, self.recipe(task, seed, None), {"hint": self.spec.hint})
+
+    return Atlas
+
+
+PREPARED: list[int] = []  # the method version of each Atlas.prepare call
 
 
 def answer(prompt: str) -> str:
@@ -86,3 +93,28 @@ def test_an_arm_defined_in_a_test_file_is_ranked_reported_and_compared_with_fine
     assert report["prompt_vs_finetune"]["prompt_arm"] == "atlas"
     assert report["prompt_vs_finetune"]["finetuned_arm"] == "lora"
     assert "atlas" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_changed_procedure_prepares_the_arm_again_instead_of_reading_its_old_result(
+    registries, tiny_gpt2_dir, tmp_path
+):
+    atlas = define_atlas_arm()
+    config = {
+        "name": "atlas",
+        "model": {"path": str(tiny_gpt2_dir), "num_threads": 1, "chat_template": False},
+        "data": write_task(tmp_path / "data"),
+        "arms": [{"kind": "atlas"}],
+        "generation": {"max_new_tokens": 6},
+    }
+
+    def run() -> None:
+        run_experiment(config, tmp_path / "run", backend=ScriptedBackend(answer),
+                       console=Console(file=open(tmp_path / "terminal.txt", "w"), width=200))
+
+    PREPARED.clear()
+    run()
+    run()  # same settings, same procedure: read back
+    assert PREPARED == [1]
+    atlas.method_version = 2  # the arm's search changed: its stored result is not this procedure's
+    run()
+    assert PREPARED == [1, 2]

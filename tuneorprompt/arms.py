@@ -8,7 +8,8 @@ scored by the `DevJudge`, on dev.
 
 An arm kind is two things: its settings class (`config.ArmSpec`) and its arm class here, which names
 that settings class (`spec_class`), declares its `family` (what the decision compares: prompt,
-retrieval or finetune) and is registered with `@arm_kind`. Nothing else lists arm kinds.
+retrieval or finetune) and its `method_version` (bumped when its procedure changes), and is registered
+with `@arm_kind`. Nothing else lists arm kinds.
 
 An arm's test result is stored under a content key (`keys.arm_key`): the protocol key of the run
 (model, data, prompt, decoding and scoring settings) plus the arm's own spec and seed. A re-run reads
@@ -164,6 +165,9 @@ class DevJudge:
 
 class Arm(Protocol):
     family: ClassVar[Family]
+    # Part of the arm's result key: bumped when the arm's procedure would choose differently from the
+    # same settings (a changed search), so that results of the old procedure are not read back.
+    method_version: ClassVar[int]
     spec_class: ClassVar[type[ArmSpec]]
     name: str
     spec: ArmSpec  # the arm's settings, part of its result's key
@@ -217,6 +221,7 @@ class Baseline:
     spec: BaselineArm = field(default_factory=BaselineArm)
 
     family: ClassVar[Family] = "prompt"
+    method_version: ClassVar[int] = 1
     spec_class: ClassVar[type[ArmSpec]] = BaselineArm
     name = "baseline"
     stochastic = False
@@ -240,6 +245,7 @@ class Instruction:
     spec: InstructionArm = field(default_factory=InstructionArm)
 
     family: ClassVar[Family] = "prompt"
+    method_version: ClassVar[int] = 1
     spec_class: ClassVar[type[ArmSpec]] = InstructionArm
     name = "instruction"
     stochastic = False
@@ -269,6 +275,7 @@ class FewShot:
     k: int
 
     family: ClassVar[Family] = "prompt"
+    method_version: ClassVar[int] = 1
     spec_class: ClassVar[type[ArmSpec]] = FewShotArm
     stochastic = True
     retrieves_by_embedding = False
@@ -322,6 +329,7 @@ class Context:
     spec: ContextArm
 
     family: ClassVar[Family] = "retrieval"
+    method_version: ClassVar[int] = 1
     spec_class: ClassVar[type[ArmSpec]] = ContextArm
     name = "context"
     stochastic = False
@@ -356,6 +364,7 @@ class FineTune:
     name_suffix: str = ""  # learning-curve variants: "@n=32"
 
     family: ClassVar[Family] = "finetune"
+    method_version: ClassVar[int] = 1
     spec_class: ClassVar[type[ArmSpec]] = FineTuneArm
     stochastic = True
     retrieves_by_embedding = False
@@ -422,6 +431,7 @@ class PromptSearch:
     budget_basis: str = ""  # what the budget matched, in words (the spec holds the number)
 
     family: ClassVar[Family] = "prompt"
+    method_version: ClassVar[int] = 1
     spec_class: ClassVar[type[ArmSpec]] = PromptSearchArm
     name = "prompt_search"
     stochastic = True  # the dev split, demo draws and the order candidates are looked at follow the seed
@@ -482,7 +492,7 @@ def run_arm(arm: Arm, seed: int, task: TaskData, dev: DevJudge, base: Base, test
 
     The test split enters here only, after the arm has finished all of its choices on train/dev."""
     store = dev.store
-    key = keys.arm_key(dev.protocol_key, arm.name, arm.spec.model_dump(mode="json"), seed)
+    key = keys.arm_key(dev.protocol_key, arm.name, arm.spec.model_dump(mode="json"), seed, arm.method_version)
     info = store.finished_arm(key)
     if info is not None:
         return ArmRun(store.records(key, "test"), info)

@@ -209,9 +209,10 @@ def instruction_choice_key(protocol: str) -> str:
     return content_key(protocol, "instruction-choice")
 
 
-def arm_key(protocol: str, arm_name: str, spec: dict | None, seed: int) -> str:
-    """An arm's test records and notes: the protocol, the arm's name and settings, and its seed."""
-    return content_key(protocol, arm_name, spec, seed)
+def arm_key(protocol: str, arm_name: str, spec: dict | None, seed: int, method_version: int) -> str:
+    """An arm's test records and notes: the protocol, the arm's name, settings and procedure version
+    (`arms.Arm.method_version`), and its seed."""
+    return content_key(protocol, arm_name, spec, seed, method_version)
 
 
 # ---- fine-tuning ---------------------------------------------------------------------------------------
