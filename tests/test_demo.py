@@ -4,11 +4,14 @@ bundled experiments must tell their stories, with the margins the testbed was bu
 from __future__ import annotations
 
 import json
+import sqlite3
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from tests.golden_reports import as_text, machine, normalized, read_golden
+from tuneorprompt import stats
 from tuneorprompt.cli import app
 
 pytestmark = pytest.mark.slow
@@ -48,8 +51,18 @@ def test_demo_report_matches_its_golden_file(demo_runs, task):
     assert as_text(normalized(report, run_dir)) == as_text(golden)
 
 
+def test_outcomes(run_dir, arm: str) -> np.ndarray:
+    """An arm's test correctness `[n_seeds, n_items]` from a fresh run's store (one result per arm and
+    seed), items in id order."""
+    with sqlite3.connect(run_dir / "store.sqlite") as db:
+        rows = db.execute("SELECT seed, example_id, correct FROM records WHERE arm = ? AND split = 'test' "
+                          "ORDER BY seed, example_id", (arm,)).fetchall()
+    seeds = sorted({seed for seed, _, _ in rows})
+    return np.array([[correct for s, _, correct in rows if s == seed] for seed in seeds])
+
+
 def test_capitals_prompting_helps_but_fine_tuning_wins(demo_runs):
-    report, _ = demo_runs("capitals")
+    report, run_dir = demo_runs("capitals")
     arms = {a["name"]: a for a in report["arms"]}
     accuracy = {name: a["accuracy"]["value"] for name, a in arms.items()}
     prompt_arms = [a for a in report["arms"] if a["family"] != "finetune"]
@@ -78,6 +91,16 @@ def test_capitals_prompting_helps_but_fine_tuning_wins(demo_runs):
     assert [p["x"] for p in curve["finetune"]][-1] == report["data"]["n_train"]
     assert [p["x"] for p in curve["few_shot"]][0] == 0
     assert report["break_even"] and report["costs"]
+    # The prompt side searched with fine-tuning's budget is at least as accurate as the best fixed
+    # prompt arm (no significant loss on the same test items), and still behind fine-tuning.
+    search = arms["prompt_search"]
+    fixed = max((a for a in report["arms"] if a["kind"] in {"instruction", "few_shot", "few_shot_knn"}),
+                key=lambda a: a["accuracy"]["value"])
+    versus = stats.paired_accuracy_test(test_outcomes(run_dir, "prompt_search"), test_outcomes(run_dir, fixed["name"]))
+    assert versus.difference > -0.02 and not (versus.significant and versus.difference < 0)
+    assert search["accuracy"]["ci_high"] < arms["lora"]["accuracy"]["ci_low"]
+    assert search["training"]["flops"] <= search["details"][0]["budget_flops"]
+    assert {c["prompt"] for c in report["effort"]["comparisons"]} == {"prompt_search"}
     # The verdict leads with what to do, and the forecast says where more labels would lead.
     decision = report["recommendation"]
     assert decision["status"] == "recommended" and decision["headline"].startswith(f"Use {decision['arm']}:")
