@@ -51,7 +51,7 @@ def test_demo_report_matches_its_golden_file(demo_runs, task):
     assert as_text(normalized(report, run_dir)) == as_text(golden)
 
 
-def test_outcomes(run_dir, arm: str) -> np.ndarray:
+def outcomes_of(run_dir, arm: str) -> np.ndarray:
     """An arm's test correctness `[n_seeds, n_items]` from a fresh run's store (one result per arm and
     seed), items in id order."""
     with sqlite3.connect(run_dir / "store.sqlite") as db:
@@ -96,7 +96,7 @@ def test_capitals_prompting_helps_but_fine_tuning_wins(demo_runs):
     search = arms["prompt_search"]
     fixed = max((a for a in report["arms"] if a["kind"] in {"instruction", "few_shot", "few_shot_knn"}),
                 key=lambda a: a["accuracy"]["value"])
-    versus = stats.paired_accuracy_test(test_outcomes(run_dir, "prompt_search"), test_outcomes(run_dir, fixed["name"]))
+    versus = stats.paired_accuracy_test(outcomes_of(run_dir, "prompt_search"), outcomes_of(run_dir, fixed["name"]))
     assert versus.difference > -0.02 and not (versus.significant and versus.difference < 0)
     assert search["accuracy"]["ci_high"] < arms["lora"]["accuracy"]["ci_low"]
     assert search["training"]["flops"] <= search["details"][0]["budget_flops"]
