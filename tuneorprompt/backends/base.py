@@ -61,8 +61,12 @@ class ScoringBackend(Backend, Protocol):
 
 
 @runtime_checkable
-class ServedBackend(Backend, Protocol):
-    """A backend whose answers come from a server (`openai.py`), which names the model behind each reply."""
+class ServedBackend(Protocol):
+    """A backend whose answers come from a server (`openai.py`), which names the model behind each reply.
+
+    Only this member, not `Backend`'s: an isinstance check against a runtime protocol reads every
+    member, and reading `context_length` of a lazily loaded local backend loads its weights (an
+    unchanged re-run must load nothing)."""
 
     # The model ids the server's replies named in this process, first seen first: what the report says
     # answered. A server can answer under another id than the one asked for (an alias resolved to a
