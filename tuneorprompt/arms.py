@@ -46,7 +46,7 @@ from tuneorprompt.machine import peak_rss_mb, reset_peak_rss
 from tuneorprompt.metrics import user_metric_code
 from tuneorprompt.model import ResolvedModel
 from tuneorprompt.prompts import PlacedInstruction, PromptFormat, PromptRecipe, compile_template
-from tuneorprompt.records import Example, ExampleRecord, GenerationSettings
+from tuneorprompt.records import Example, ExampleRecord, GenerationSettings, TrainingCost
 from tuneorprompt.retrieval import Embed, NearestDemos, PassageRetriever, RandomDemos
 from tuneorprompt.store import Store
 
@@ -358,16 +358,23 @@ class Context:
 @arm_kind
 @dataclass(frozen=True)
 class FineTune:
-    """LoRA or full fine-tuning on the training pool, learning rate and epoch chosen on dev."""
+    """LoRA or full fine-tuning on the training pool, learning rate and epoch chosen on dev.
+
+    With `prompt_search` settings, a chain as DSPy's BetterTogether builds one (p -> w): the prompt is
+    searched on the base model (`prompt_search.search`, with the settings, budget and seed a plain
+    prompt_search arm would have, so its looks are read back from the store when that arm ran), and the
+    model is trained and queried with the searched instruction, placement and format line. With
+    `search_again`, the prompt is searched once more on the fine-tuned model (p -> w -> p), and the
+    model is queried with that search's pick. The searches' FLOPs are part of the arm's one-time cost."""
 
     spec: FineTuneArm
     name_suffix: str = ""  # learning-curve variants: "@n=32"
+    budget_basis: str = ""  # a chain's search budget: what it matched, in words (the spec holds the number)
 
     family: ClassVar[Family] = "finetune"
     method_version: ClassVar[int] = 1
     spec_class: ClassVar[type[ArmSpec]] = FineTuneArm
     stochastic = True
-    retrieves_by_embedding = False
 
     @classmethod
     def expand(cls, spec: FineTuneArm) -> list[Arm]:
@@ -381,7 +388,13 @@ class FineTune:
     def uses_instruction(self) -> bool:
         return self.spec.instruction
 
+    @property
+    def retrieves_by_embedding(self) -> bool:
+        return self.spec.prompt_search is not None and "nearest" in self.spec.prompt_search.selections
+
     def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
+        if self.spec.prompt_search is not None:  # before the search: as a prompt_search arm's
+            return search_stand_in(task, self.spec.prompt_search)
         demos = RandomDemos(task.train, self.spec.few_shot_k, seed) if self.spec.few_shot_k else None
         return PromptRecipe(task.format, instruction=instruction, demos=demos)
 
@@ -393,9 +406,25 @@ class FineTune:
         from tuneorprompt.training_data import TrainingExample
 
         instruction = _instruction_for(self, dev, base)
+        query_recipe = self.recipe(task, seed, instruction)
+        searched: dict = {}
+        if self.spec.prompt_search is not None:
+            # p -> w: trained and queried with the searched instruction, placement and format line, and
+            # without the searched demos. BetterTogether trains on the program's traces, demos included;
+            # here they are dropped, for three reasons: the demos come from the training pool itself, so a
+            # training prompt's demos would hold its own answer (the nearest demo of a training question is
+            # that question) and teach copying; the weights learn from every training example what a few
+            # demos show (the answer style); and a fine-tuned model queried with k demos pays for k more
+            # examples on every query, for good, which is what fine-tuning is meant to save. The cost is
+            # counted as measured either way: queries are priced from their own prompts. search_again gives
+            # the demos their chance back, chosen on the fine-tuned model at that price.
+            found = self._search(task, dev, base, seed)
+            instruction = found.candidate.placed
+            query_recipe = PromptRecipe(task.format, instruction=instruction)
+            searched = {"candidate": found.candidate.describe(), "id": found.candidate.id,
+                        "demos_dropped": found.candidate.demos is not None}
         train_recipe = PromptRecipe(task.format, instruction=instruction)
         examples = [TrainingExample(e.id, train_recipe.build(e), task.format.answer(e)) for e in self.training_pool(task)]
-        query_recipe = self.recipe(task, seed, instruction)
         dev_key = dev.key(query_recipe)
         # Dev is scored by throwaway Systems while training (and not at all once the training is found
         # finished), so the dev prompts that lose demos to fit the context are counted here, for the report.
@@ -408,16 +437,59 @@ class FineTune:
         weights = base.model.weights  # not None: plan_run skips fine-tuning arms without local weights
         # The folder is named by the job's content, so a changed model, data, setting or dev scoring
         # trains into a new folder instead of resuming another job's state.
-        job = keys.finetune_job_key(describe_job(weights, self.spec, examples, seed, dev_key))
+        # The searched recipe is in the training prompts (the data key) and in the dev prompts (dev_key); it
+        # is also named in the job, so the folder says which prompt it was trained with.
+        job = keys.finetune_job_key(describe_job(weights, self.spec, examples, seed, dev_key, searched or None))
         out_dir = base.models_dir / f"{self.name}-seed{seed}-{job[:12]}"
         # Training loads its own copy of the base model: the run's copy is freed meanwhile (and loaded
         # again by the next arm that asks it for a generation), so no arm holds two.
         base.backend.release()
-        tuned = finetune(weights, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key, progress=dev.progress)
+        tuned = finetune(weights, self.spec, examples, dev_score, out_dir, seed, dev_key=dev_key, progress=dev.progress,
+                         recipe=searched or None)
         info = {"instruction": instruction.label if instruction else None, "train_examples": len(examples),
                 "model_dir": str(tuned.model_dir), "training": tuned.cost}
         info |= {PROMPTS_SHORTENED["dev"]: dev_shortened} if dev_shortened else {}
+        if self.spec.prompt_search is not None:
+            chain = [found]
+            if self.spec.search_again:  # p -> w -> p: the fine-tuned model answers and proposes
+                again = self._search(task, dev, replace(base, backend=tuned.backend), seed)
+                query_recipe = again.recipe
+                chain.append(again)
+            info |= chain_info(chain, tuned.cost, self.budget_basis)
         return System(self.name, seed, tuned.backend, query_recipe, info)
+
+    def _search(self, task: TaskData, dev: DevJudge, base: Base, seed: int):
+        from tuneorprompt.prompt_search import load_proposer, search
+
+        spec = self.spec.prompt_search
+        if spec is None or not isinstance(spec.budget, float):
+            raise ValueError(f"{self.name}: the search budget is resolved when the run is planned (with_budgets)")
+        return search(spec, spec.budget, task, dev, base, seed, load_proposer(spec))
+
+
+def chain_info(chain: list, training: TrainingCost, budget_basis: str) -> dict:
+    """A chained arm's notes: each search's pick and spend (`searches`, in order: on the base model, then on
+    the fine-tuned one), what it was trained with, and its one-time cost: the searches plus the training,
+    in `training` where every arm's one-time cost is (its `extra` keeps the parts apart)."""
+    first = chain[0]
+    searches = [{key: found.info[key] for key in SEARCH_NOTES} for found in chain]
+    search_flops = sum(found.info["training"].flops for found in chain)
+    search_seconds = sum(found.info["training"].wall_seconds for found in chain)
+    cost = replace(training, flops=training.flops + search_flops, wall_seconds=training.wall_seconds + search_seconds,
+                   extra=training.extra | {"search_flops": search_flops, "training_flops": training.flops,
+                                           "search_flops_before_training": first.info["training"].flops,
+                                           "search_seconds": search_seconds,
+                                           "one_time": "prompt search, then training"
+                                           + (", then prompt search again" if len(chain) > 1 else "")})
+    return {"trained_with": {"instruction": first.info["instruction"], "placement": first.info["placement"],
+                             "format_line": first.info["format_line"], "demos_dropped": first.info["demos"]},
+            "searches": searches, "budget_basis": budget_basis, "training": cost}
+
+
+# What a chained arm keeps of each search's notes (a prompt_search arm keeps them all, trajectory included).
+SEARCH_NOTES = ("chosen", "chosen_id", "instruction", "placement", "format_line", "demos", "winning_prompt",
+                "budget_flops", "spent_flops", "calls", "stopped", "best_search_score", "holdout_score",
+                "dev_optimism", "top")
 
 
 @arm_kind
@@ -446,11 +518,7 @@ class PromptSearch:
         return "nearest" in self.spec.selections
 
     def recipe(self, task: TaskData, seed: int, instruction: PlacedInstruction | None) -> PromptRecipe:
-        """Before the search: the longest instruction with the longest format line and no demos, for the
-        plan's checks that every prompt fits (demos are dropped to fit, as for any arm)."""
-        texts = [max(task.format.instruction_texts(), key=len, default=""), max(self.spec.format_lines, key=len, default="")]
-        text = "\n".join(t for t in texts if t)
-        return PromptRecipe(task.format, instruction=PlacedInstruction(text) if text else None)
+        return search_stand_in(task, self.spec)
 
     def prepare(self, task: TaskData, dev: DevJudge, base: Base, seed: int) -> System:
         from tuneorprompt.prompt_search import load_proposer, search
@@ -460,6 +528,14 @@ class PromptSearch:
         found = search(self.spec, self.spec.budget, task, dev, base, seed, load_proposer(self.spec))
         info = found.info | {"budget_basis": self.budget_basis}
         return System(self.name, seed, base.backend, found.recipe, info)
+
+
+def search_stand_in(task: TaskData, spec: PromptSearchArm) -> PromptRecipe:
+    """Before a search: the longest instruction with the longest format line and no demos, for the plan's
+    checks that every prompt fits (demos are dropped to fit, as for any arm) and its cost estimates."""
+    texts = [max(task.format.instruction_texts(), key=len, default=""), max(spec.format_lines, key=len, default="")]
+    text = "\n".join(t for t in texts if t)
+    return PromptRecipe(task.format, instruction=PlacedInstruction(text) if text else None)
 
 
 # ---- running an arm ----------------------------------------------------------------------------------------
@@ -533,7 +609,8 @@ def estimate_cost(
     if isinstance(arm, FineTune):
         from tuneorprompt.finetune import DEFAULT_LEARNING_RATES  # heavy imports only with fine-tuning arms
 
-        train_recipe = PromptRecipe(task.format, instruction=instruction)
+        # Trained with the instruction the recipe holds: the one given, or a chain's stand-in for its search's.
+        train_recipe = PromptRecipe(task.format, instruction=recipe.instruction)
         tokens_per_epoch = sum(
             backend.count_tokens(train_recipe.build(e)) + _answer_tokens(task, backend, e) + 1
             for e in arm.training_pool(task)
@@ -544,15 +621,30 @@ def estimate_cost(
     return CostEstimate(arm.name, per_query, one_time, prompt_tokens + answer_tokens)
 
 
+def search_settings(arm: Arm) -> PromptSearchArm | None:
+    """The prompt search an arm runs: a prompt_search arm's, or a chained fine-tuning arm's; None for others."""
+    if isinstance(arm, PromptSearch):
+        return arm.spec
+    return arm.spec.prompt_search if isinstance(arm, FineTune) else None
+
+
+def searches_run(arm: Arm) -> int:
+    """How many searches an arm runs, each within its budget: a chain with search_again runs two."""
+    return 1 + int(isinstance(arm, FineTune) and arm.spec.search_again) if search_settings(arm) is not None else 0
+
+
 def with_search_budgets(
     arms: list[Arm], estimates: list[CostEstimate], task: TaskData, base: Base, settings: GenerationSettings, seed: int,
-) -> list[CostEstimate]:
-    """`estimates` (one per arm, in order) with each prompt_search arm's one-time cost set to its budget
-    in FLOPs: a number given, or `match_finetune`: the most expensive fine-tuning arm's estimated training
-    plus its dev evaluations, one after every epoch of every learning rate (`finetune_total`). Without a
-    fine-tuning arm, a `lora` arm with default settings stands in."""
-    if not any(isinstance(arm, PromptSearch) for arm in arms):
-        return estimates
+) -> tuple[list[CostEstimate], dict[str, float]]:
+    """`estimates` (one per arm, in order) with the searches' budgets counted, and each searching arm's
+    budget per search in FLOPs (by arm name). A budget is a number given, or `match_finetune`: the most
+    expensive fine-tuning arm's estimated training plus its dev evaluations, one after every epoch of every
+    learning rate (`finetune_total`), its searches not included. Without a fine-tuning arm, a `lora` arm
+    with default settings stands in. A prompt_search arm's one-time cost is its budget; a chained arm's,
+    its training plus its searches' budgets. Every search of a run with the same settings so gets the same
+    budget, and a chain's search on the base model is the prompt_search arm's, looks and pick alike."""
+    if not any(search_settings(arm) is not None for arm in arms):
+        return estimates, {}
     if base.model.num_parameters is None:
         raise ValueError("arms: prompt_search counts its budget in model FLOPs, and the model's size is unknown; "
                          "set model.num_parameters")
@@ -560,36 +652,44 @@ def with_search_budgets(
     if not tuned:
         stand_in = FineTune(FineTuneArm(kind="lora"))
         tuned = [(stand_in, estimate_cost(stand_in, stand_in.recipe(task, seed, None), None, task, base, settings))]
-    matched, matched_estimate = max(tuned, key=lambda pair: finetune_total(pair[0], pair[1], task))
-    match = finetune_total(matched, matched_estimate, task)
-    return [
-        replace(e, one_time_flops=match if arm.spec.budget == "match_finetune" else arm.spec.budget)
-        if isinstance(arm, PromptSearch) else e
-        for arm, e in zip(arms, estimates)
-    ]
+    match = max(finetune_total(arm, estimate, task) for arm, estimate in tuned)
+    budgets = {arm.name: match if spec.budget == "match_finetune" else float(spec.budget)
+               for arm in arms if (spec := search_settings(arm)) is not None}
+    resolved = []
+    for arm, estimate in zip(arms, estimates):
+        if isinstance(arm, PromptSearch):
+            estimate = replace(estimate, one_time_flops=budgets[arm.name])
+        elif searches_run(arm):
+            estimate = replace(estimate, one_time_flops=estimate.one_time_flops + searches_run(arm) * budgets[arm.name])
+        resolved.append(estimate)
+    return resolved, budgets
 
 
 def finetune_total(arm: FineTune, estimate: CostEstimate, task: TaskData) -> float:
-    """A fine-tuning arm's one-time cost as prompt_search matches it: training (the estimate's) plus a dev
-    evaluation after every epoch of every learning rate, each dev query at the arm's per-query estimate."""
+    """A fine-tuning arm's one-time cost as prompt_search matches it: training (the estimate's, before any
+    search of a chain is added) plus a dev evaluation after every epoch of every learning rate, each dev
+    query at the arm's per-query estimate."""
     from tuneorprompt.finetune import DEFAULT_LEARNING_RATES  # heavy imports only with fine-tuning arms
 
     grid = arm.spec.learning_rates or DEFAULT_LEARNING_RATES[arm.spec.kind]
     return estimate.one_time_flops + len(grid) * arm.spec.epochs * len(task.dev) * (estimate.per_query_flops or 0.0)
 
 
-def with_budgets(arms: list[Arm], estimates: list[CostEstimate]) -> list[Arm]:
-    """Each prompt_search arm with its budget as the number of FLOPs its estimate holds (`with_search_budgets`),
-    so that its result's content key holds what it was given; the other arms as they are."""
-    by_name = {e.name: e for e in estimates}
+def with_budgets(arms: list[Arm], budgets: dict[str, float]) -> list[Arm]:
+    """Each searching arm with its budget as the number of FLOPs `with_search_budgets` gave it, so that its
+    result's content key holds what it was given; the other arms as they are."""
     tuned = [arm.name for arm in arms if isinstance(arm, FineTune)]
     resolved: list[Arm] = []
     for arm in arms:
-        if isinstance(arm, PromptSearch):
-            flops = by_name[arm.name].one_time_flops
+        spec = search_settings(arm)
+        if spec is not None:
             basis = (f"match_finetune: {', '.join(tuned) if tuned else 'a default lora arm (the run has no fine-tuning arm)'}"
-                     ", training plus dev evaluations" if arm.spec.budget == "match_finetune" else "given")
-            arm = replace(arm, spec=arm.spec.model_copy(update={"budget": float(flops)}), budget_basis=basis)
+                     ", training plus dev evaluations" if spec.budget == "match_finetune" else "given")
+            spec = spec.model_copy(update={"budget": float(budgets[arm.name])})
+            if isinstance(arm, PromptSearch):
+                arm = replace(arm, spec=spec, budget_basis=basis)
+            else:
+                arm = replace(arm, spec=arm.spec.model_copy(update={"prompt_search": spec}), budget_basis=basis)
         resolved.append(arm)
     return resolved
 

@@ -375,28 +375,6 @@ class ContextArm(ArmSpec):
     )
 
 
-class FineTuneArm(ArmSpec):
-    kind: Literal["lora", "full"]
-    instruction: bool = Field(False, description="Train and query with the instruction chosen on dev.")
-    few_shot_k: int | None = Field(None, ge=1, description="Query the fine-tuned model with k random demos.")
-    # Checked here, not by the trainer, so that a bad rate is refused before the run directory is made.
-    learning_rates: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
-        default_factory=list, description="Grid searched on dev; empty means the kind's default grid."
-    )
-    epochs: int = Field(3, ge=1, description="Maximum epochs; the best epoch on dev is kept.")
-    batch_size: int = Field(8, ge=1)
-    max_train_examples: int | None = Field(None, ge=1, description="Use only the first N of the training pool.")
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-
-    @property
-    def name(self) -> str:
-        name = self.kind + ("+instruction" if self.instruction else "")
-        return name + (f"+few_shot@{self.few_shot_k}" if self.few_shot_k else "")
-
-
 # The answer-format line tried by `prompt_search` unless `format_lines` says otherwise.
 DEFAULT_FORMAT_LINE = "Reply with the answer only, on one line."
 
@@ -494,16 +472,81 @@ class PromptSearchArm(ArmSpec):
         return list(dict.fromkeys(value))
 
 
+class FineTuneArm(ArmSpec):
+    kind: Literal["lora", "full"]
+    instruction: bool = Field(False, description="Train and query with the instruction chosen on dev.")
+    few_shot_k: int | None = Field(None, ge=1, description="Query the fine-tuned model with k random demos.")
+    # Checked here, not by the trainer, so that a bad rate is refused before the run directory is made.
+    learning_rates: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=list, description="Grid searched on dev; empty means the kind's default grid."
+    )
+    epochs: int = Field(3, ge=1, description="Maximum epochs; the best epoch on dev is kept.")
+    batch_size: int = Field(8, ge=1)
+    max_train_examples: int | None = Field(None, ge=1, description="Use only the first N of the training pool.")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    prompt_search: PromptSearchArm | None = Field(
+        None,
+        description="Chain prompt and weights as DSPy's BetterTogether does (p -> w): search the prompt on the base "
+        "model first (these are the search's settings, as for a `prompt_search` arm; true: its defaults), then train "
+        "and query with the searched instruction, placement and format line. The searched demos are not kept (see "
+        "arms.FineTune). The search's FLOPs count in the arm's one-time cost, with the training.",
+    )
+    search_again: bool = Field(
+        False, description="With prompt_search: search the prompt again on the fine-tuned model (p -> w -> p), with "
+        "the same settings and budget; the fine-tuned model is queried with that search's pick, demos included.",
+    )
+
+    @field_validator("prompt_search", mode="before")
+    @classmethod
+    def _search_defaults(cls, value: Any) -> Any:
+        # `prompt_search: true` is the search with its defaults; false, as leaving it out, is none.
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @model_validator(mode="after")
+    def _chain(self) -> "FineTuneArm":
+        if self.prompt_search is not None and self.instruction:
+            raise ValueError("prompt_search searches the instruction itself; drop `instruction`")
+        if self.prompt_search is not None and self.few_shot_k:
+            raise ValueError("prompt_search chooses the demos itself (search_again: true searches them on the "
+                             "fine-tuned model); drop `few_shot_k`")
+        if self.search_again and self.prompt_search is None:
+            raise ValueError("search_again searches the prompt again after training, and needs prompt_search")
+        return self
+
+    @property
+    def name(self) -> str:
+        name = self.kind + ("+instruction" if self.instruction else "")
+        name += "+prompt_search" if self.prompt_search is not None else ""
+        name += "+search_again" if self.search_again else ""
+        return name + (f"+few_shot@{self.few_shot_k}" if self.few_shot_k else "")
+
+
+
+# The shorthand's modifiers and the settings each stands for (a kind without such a setting is refused by its class).
+MODIFIERS: dict[str, dict[str, Any]] = {
+    "instruction": {"instruction": True},
+    "prompt_search": {"prompt_search": {}},
+    "search_again": {"prompt_search": {}, "search_again": True},
+}
+
+
 def _arm_spec(value: Any) -> Any:
     """One entry of `arms`: a mapping validated by its kind's settings class, or the shorthand `- baseline`,
-    `- lora+instruction` for `{kind: baseline}`, `{kind: lora, instruction: true}`."""
+    `- lora+instruction`, `- lora+prompt_search`, `- lora+prompt_search+search_again` for `{kind: baseline}`,
+    `{kind: lora, instruction: true}`, `{kind: lora, prompt_search: {}}`, the same with `search_again: true`."""
     if isinstance(value, str):
         kind, *extras = value.split("+")
         value = {"kind": kind}
         for extra in extras:
-            if extra != "instruction":
-                raise ValueError(f"unknown arm modifier {extra!r} in {'+'.join([kind, *extras])!r} (only '+instruction')")
-            value["instruction"] = True
+            if extra not in MODIFIERS:
+                raise ValueError(f"unknown arm modifier {extra!r} in {'+'.join([kind, *extras])!r} "
+                                 f"(use {', '.join('+' + m for m in MODIFIERS)})")
+            value |= MODIFIERS[extra]
     if isinstance(value, dict):
         return arm_spec_class(str(value.get("kind"))).model_validate(value)
     return value

@@ -78,7 +78,8 @@ def grid_curve(arm: ArmSummary, n_dev: int) -> EffortCurve | None:
         return None
     epoch_flops = training_flops(arm.training.total_params, extra["tokens_per_epoch"], arm.training.trainable_params)
     dev_flops = arm.flops_per_query * n_dev
-    spent, points, standing = 0.0, [], []
+    # A chain (p -> w) trains after its prompt search: its checkpoints come after the search's FLOPs.
+    spent, points, standing = float(extra.get("search_flops_before_training", 0.0)), [], []
     for learning_rate, scores in extra["dev_scores"].items():
         for epoch, score in enumerate(scores, start=1):
             spent += epoch_flops + dev_flops

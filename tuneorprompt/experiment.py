@@ -145,7 +145,8 @@ def _plan_and_run(
             for previous in list(store.runs())[-1:]:
                 console.print(f"Re-using {for_terminal(str(run_dir))}: {for_terminal(previous.describe())}")
             run_id = store.begin_run(config_key(config))
-            store.put_plan(plan.key, [estimate.to_dict() for estimate in plan.estimates])
+            store.put_plan(plan.key, {"estimates": [estimate.to_dict() for estimate in plan.estimates],
+                                      "search_budgets": plan.search_budgets})
             try:
                 save_resolved_config(config, run_dir)
                 save_environment(run_dir, follower)
@@ -195,6 +196,9 @@ class RunPlan:
     # What the user should know before the run starts (a very large test split), one line each,
     # printed before any arm runs. Unlike `skipped`, they do not bear on the report's numbers.
     warnings: list[str] = field(default_factory=list)
+    # Each searching arm's budget per search in model FLOPs (`arms.with_search_budgets`), kept with the
+    # estimates: a re-run's plan reads both back.
+    search_budgets: dict[str, float] = field(default_factory=dict)
 
 
 # Test items beyond which a run without `data.max_test` is said up front: every arm and seed answers
@@ -280,7 +284,8 @@ def plan_run(
                    config.costs, config.learning_curve)
     stored = stored_plan(run_dir / "store.sqlite", key) if reuse else None
     if stored is not None:
-        estimates = [decide.CostEstimate(**estimate) for estimate in stored]
+        estimates = [decide.CostEstimate(**estimate) for estimate in stored["estimates"]]
+        search_budgets = stored["search_budgets"]
     else:
         if any(arm.family == "finetune" for arm in arms) or learning_curve:
             from tuneorprompt.finetune import check_trainable  # heavy imports only with fine-tuning arms
@@ -293,12 +298,12 @@ def plan_run(
             recipe = arm.recipe(task, seed, instruction)
             check_prompts_fit(arm.name, recipe, [*splits.dev, *splits.test], backend, settings)
             estimates.append(estimate_cost(arm, recipe, instruction, task, base, settings))
-        estimates = with_search_budgets(arms, estimates, task, base, settings, seed)
+        estimates, search_budgets = with_search_budgets(arms, estimates, task, base, settings, seed)
         estimates = decide.ladder_order(estimates, config.costs.expected_queries)
-    by_name = {arm.name: arm for arm in with_budgets(arms, estimates)}
+    by_name = {arm.name: arm for arm in with_budgets(arms, search_budgets)}
     return RunPlan(config, model, run_dir, key, splits, overlap, task, base, settings, scorer,
                    [by_name[e.name] for e in estimates], estimates, protocol, learning_curve, skipped,
-                   large_test_warnings(config, splits))
+                   large_test_warnings(config, splits), search_budgets)
 
 
 def _answered_by(backend: Backend, config: ExperimentConfig, arms: list[Arm]) -> ResolvedModel:

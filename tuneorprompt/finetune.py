@@ -110,6 +110,7 @@ def finetune(
     seed: int,
     dev_key: str = "",
     progress: Progress | None = None,
+    recipe: dict | None = None,
 ) -> FineTuned:
     """Fine-tune `base` (the run's resolved local weights; a `ModelConfig` is resolved here) on `train`
     (LoRA or full, as `arm` says), choosing the learning rate and epoch by `dev_score` (an accuracy in
@@ -118,14 +119,14 @@ def finetune(
     the same job, and re-uses its finished learning rates. The selected model is served by
     transformers for the test split; dev scoring during training uses the in-memory model (`_served`).
     `progress` shows each learning rate's optimizer steps (with epoch, loss and learning rate) and the
-    model loads."""
+    model loads. `recipe`: a chain's searched prompt, named in the job (`describe_job`)."""
     base = as_local_weights(base)
     out_dir = Path(out_dir)
     examples = list(train[: arm.max_train_examples]) if arm.max_train_examples else list(train)
     if not examples:
         raise TrainingDataError("no training examples")
     grid = tuple(arm.learning_rates) or DEFAULT_LEARNING_RATES[arm.kind]
-    _claim(base, out_dir, describe_job(base, arm, examples, seed, dev_key))
+    _claim(base, out_dir, describe_job(base, arm, examples, seed, dev_key, recipe))
     use_threads(base.spec.num_threads)
     grid_dir = out_dir / f"grid-{grid_key(grid)[:12]}"
     if not (grid_dir / "result.json").exists():
@@ -160,16 +161,21 @@ def _tokenizer(base: LocalWeights):
 
 
 def describe_job(
-    base: LocalWeights, arm: FineTuneArm, examples: Sequence[TrainingExample], seed: int, dev_key: str
+    base: LocalWeights, arm: FineTuneArm, examples: Sequence[TrainingExample], seed: int, dev_key: str,
+    recipe: dict | None = None,
 ) -> dict:
     """What decides each learning rate's run (see "Keys and reuse" above); a folder holding another
     job's state must not be resumed. The grid is not part of it. The model is its fingerprint as
     served here (files, dtype, device type, chat-template use), not its path: a model copied to
-    another folder, or a checkout moved, re-uses its fine-tunes."""
+    another folder, or a checkout moved, re-uses its fine-tunes. A chain's searched prompt (`recipe`) is
+    in the training prompts and so in the data key; it is named too, for whoever reads job.json. The
+    chain's settings are left out when unset, so a plain arm's job is what it was before chains."""
     data = training_data_key(examples)
-    arm_settings = arm.model_dump(mode="json", exclude={"learning_rates"})
-    return {"model": base.fingerprint, "arm": arm_settings, "seed": seed, "data": data, "dev": dev_key,
-            "batching": BATCHING}
+    unset = {name for name in ("prompt_search", "search_again") if getattr(arm, name) in (None, False)}
+    arm_settings = arm.model_dump(mode="json", exclude={"learning_rates", *unset})
+    job = {"model": base.fingerprint, "arm": arm_settings, "seed": seed, "data": data, "dev": dev_key,
+           "batching": BATCHING}
+    return job | ({"searched_prompt": recipe} if recipe is not None else {})
 
 
 def _claim(base: LocalWeights, out_dir: Path, job: dict) -> None:

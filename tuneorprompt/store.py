@@ -212,8 +212,9 @@ class Store:
 
     # ---- plans: checks passed and costs estimated, by content ------------------------------------
 
-    def put_plan(self, key: str, estimates: Sequence[dict]) -> None:
-        self._write("INSERT OR REPLACE INTO plans VALUES (?,?)", (key, json.dumps(list(estimates))))
+    def put_plan(self, key: str, plan: dict) -> None:
+        """A run's plan: its cost estimates and its searches' budgets (`experiment.plan_run`)."""
+        self._write("INSERT OR REPLACE INTO plans VALUES (?,?)", (key, json.dumps(plan)))
 
     # ---- runs: who used this directory, and how it ended ----------------------------------------
 
@@ -234,7 +235,7 @@ class Store:
             yield RunRow(**{name: row[name] for name in row.keys()})
 
 
-def stored_plan(path: Path, key: str) -> list[dict] | None:
+def stored_plan(path: Path, key: str) -> dict | None:
     """The cost estimates a run directory's store holds for a plan of this content key, read without
     writing (a plan is checked before anything is written). None when there is no store or no such
     plan: the plan is then made in full, and anything wrong with the store is reported when it opens."""

@@ -1,0 +1,93 @@
+"""Chains of prompt and weights, as DSPy's BetterTogether builds them (issue 17, item 5):
+`lora+prompt_search` searches the prompt on the base model, then trains and queries with it (p -> w)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tests.fakes import ScriptedBackend
+from tests.test_experiment import write_task
+from tests.test_prompt_search import INSTRUCTIONS, planted_answer
+from tuneorprompt.config import ConfigError, FineTuneArm, PromptSearchArm, config_from_dict
+
+BASE = {"model": {"path": "m"}, "data": {"file": "d.jsonl"}}
+# A small space, so that the search on the planted backend is quick (as in test_prompt_search.run_config), with
+# a budget that looks at all of it (the tiny model's training would buy two looks).
+SEARCH = {"k": [0, 2], "selections": ["random"], "draws": 1, "orders": ["forward"], "proposals": 1, "budget": 1e10}
+
+
+def test_the_shorthand_chains_a_search_before_fine_tuning_and_refuses_what_the_search_chooses():
+    arms = config_from_dict({**BASE, "arms": ["lora+prompt_search", "full+prompt_search+search_again",
+                                              {"kind": "lora", "prompt_search": True, "epochs": 1}]}).arms
+    assert [a.name for a in arms] == ["lora+prompt_search", "full+prompt_search+search_again", "lora+prompt_search"]
+    assert arms[0] == FineTuneArm(kind="lora", prompt_search=PromptSearchArm()) and not arms[0].search_again
+    assert arms[1].search_again and arms[1].prompt_search == PromptSearchArm()
+    for bad, said in [("lora+instruction+prompt_search", "drop `instruction`"),
+                      ({"kind": "lora", "search_again": True}, "needs prompt_search"),
+                      ({"kind": "lora", "prompt_search": {}, "few_shot_k": 2}, "drop `few_shot_k`"),
+                      ("lora+prompt_serch", "unknown arm modifier 'prompt_serch'")]:
+        with pytest.raises(ConfigError, match=said):
+            config_from_dict({**BASE, "arms": [bad]})
+
+
+def chain_config(data: dict, model_dir: Path, arms: list) -> dict:
+    return {
+        "name": "chain",
+        "model": {"path": str(model_dir), "num_threads": 1, "chat_template": False},
+        "data": data,
+        "arms": arms,
+        "generation": {"max_new_tokens": 6},
+        "prompt": {"instructions": INSTRUCTIONS, "builtin_instructions": False},
+        "target": {"accuracy": 0.5},
+    }
+
+
+def test_a_chain_trains_with_the_searched_prompt_reuses_the_search_and_counts_both_costs(tiny_gpt2_dir, tmp_path):
+    from tuneorprompt.experiment import run_experiment
+
+    data = write_task(tmp_path / "data")
+    console = Console(file=open(tmp_path / "terminal.txt", "w"), width=200)
+    lora = {"kind": "lora", "learning_rates": [1e-3], "epochs": 1}
+    arms = [{"kind": "prompt_search", **SEARCH}, lora | {"prompt_search": SEARCH}]
+    scripted = ScriptedBackend(planted_answer(0))
+    result = run_experiment(chain_config(data, tiny_gpt2_dir, arms), tmp_path / "run", backend=scripted,
+                            console=console)
+    report = result.report.to_dict()
+    by_name = {a["name"]: a for a in report["arms"]}
+    searched, chain = by_name["prompt_search"]["details"][0], by_name["lora+prompt_search"]
+    notes = chain["details"][0]
+    # One search, the same for both: same settings, same budget (match_finetune), so the same pick.
+    (first,) = notes["searches"]
+    assert first["budget_flops"] == searched["budget_flops"] and first["chosen_id"] == searched["chosen_id"]
+    assert first["spent_flops"] == searched["spent_flops"] > 0
+    assert notes["trained_with"]["instruction"] == searched["instruction"]
+    assert notes["trained_with"]["format_line"] == searched["format_line"]
+    # Trained with the searched prompt: the job names it, and the fine-tuned model is queried with it, without demos.
+    (job_file,) = (tmp_path / "run" / "models").glob("lora+prompt_search-seed0-*/job.json")
+    assert json.loads(job_file.read_text())["searched_prompt"]["id"] == searched["chosen_id"]
+    placed = "\n".join(t for t in (searched["instruction"], searched["format_line"]) if t)
+    test_prompts = [r.prompt for r in result.records["lora+prompt_search"][0]]
+    assert placed and all(p.startswith(placed + "\n") and p.count("Question: ") == 1 for p in test_prompts)
+    # The cost counts both: the search's FLOPs (counted though every look was read back) and the training's.
+    training = chain["training"]
+    assert training["extra"][0]["search_flops"] == searched["spent_flops"]
+    assert training["flops"] == pytest.approx(training["extra"][0]["training_flops"] + searched["spent_flops"])
+    cost = next(c for c in report["costs"] if c["arm"] == "lora+prompt_search")
+    assert cost["one_time"]["flops"] == pytest.approx(training["flops"])
+    estimates = {e["name"]: e for e in report["cost_order"]}
+    assert estimates["lora+prompt_search"]["one_time_flops"] > searched["budget_flops"]  # training + the search
+    # The chain's search generated nothing: every look was the prompt_search arm's, read back from the store.
+    alone = ScriptedBackend(planted_answer(0))
+    run_experiment(chain_config(data, tiny_gpt2_dir, [{"kind": "prompt_search", **SEARCH}, lora]),
+                   tmp_path / "alone", backend=alone, console=console)
+    assert len(scripted.prompts_seen) == len(alone.prompts_seen)
+    # A re-run reads everything back: no generation, no training, the same report.
+    again = run_experiment(chain_config(data, tiny_gpt2_dir, arms), tmp_path / "run", backend=ScriptedBackend(
+        planted_answer(0)), console=console)
+    assert again.cache_misses == 0
+    assert {a["name"]: a["accuracy"] for a in again.report.to_dict()["arms"]} == {
+        a["name"]: a["accuracy"] for a in report["arms"]}
