@@ -379,6 +379,11 @@ class ContextArm(ArmSpec):
 DEFAULT_FORMAT_LINE = "Reply with the answer only, on one line."
 
 
+def hf_by_default(value: Any) -> Any:
+    """A model spec given without `kind` is a transformers model (`kind: hf`), the common case."""
+    return {"kind": "hf", **value} if isinstance(value, dict) and "kind" not in value else value
+
+
 class PromptSearchArm(ArmSpec):
     """The prompt engineer's hour, automated (`prompt_search.py`): instruction wording (built-in, yours and
     rewrites a proposer writes from dev failures), placement, demos (how many, chosen how, in which
@@ -452,10 +457,7 @@ class PromptSearchArm(ArmSpec):
             raise ValueError(f"use match_finetune or a number of model FLOPs above 0 (e.g. 1e15), got {value!r}")
         return number
 
-    @field_validator("proposer", mode="before")
-    @classmethod
-    def _hf_by_default(cls, value: Any) -> Any:
-        return {"kind": "hf", **value} if isinstance(value, dict) and "kind" not in value else value
+    _proposer_kind = field_validator("proposer", mode="before")(hf_by_default)
 
     @field_validator("k")
     @classmethod
@@ -643,10 +645,7 @@ class ExperimentConfig(Strict):
         None, description="Log params, metrics and the report to an experiment tracker (MLflow); None: no tracking."
     )
 
-    @field_validator("model", mode="before")
-    @classmethod
-    def _hf_by_default(cls, value: Any) -> Any:
-        return {"kind": "hf", **value} if isinstance(value, dict) and "kind" not in value else value
+    _model_kind = field_validator("model", mode="before")(hf_by_default)
 
     @field_validator("name")
     @classmethod
