@@ -7,6 +7,8 @@ same budget as fine-tuning.
     race           -> successive halving on growing prefixes of the search part: as many first looks
                       as the budget affords with the rest of the schedule reserved; after them the
                       proposer rewrites the leaders' instructions from their wrong replies
+    rounds         -> while the budget affords first looks at fresh candidates, another round of
+                      halving, the best so far carried into its later rungs
     pick           -> the finalists scored on the held-out part; the best there wins
 
 Every look at a candidate is a dev evaluation through the DevJudge (the run's store), so a re-run, or a
