@@ -119,10 +119,18 @@ def test_the_planted_best_is_found_in_at_least_95_percent_of_200_seeded_runs_wit
     quarter, quarter_most = find_rate(BUDGET / 4, 200, tmp_path)
     with capsys.disabled():
         print(f"\nplanted best found: {rate:.1%} of 200 runs at the budget, {quarter:.1%} at a quarter of it")
-    # Measured: 97.5% (the 5 misses: the best dropped on its first look at 6 items); 0% at a quarter,
-    # where the first looks reach the 6 anchors and a few others, not the planted best.
+    # Measured: 100% (97.0% when a tie at a rung's cut went to the earlier candidate: the 6 misses were
+    # the best dropped on its first look at 6 items); 0% at a quarter, where the first looks reach the
+    # anchors and a few others, not the planted best.
     assert rate >= 0.95
     assert most <= BUDGET and quarter_most <= BUDGET / 4
+
+
+def test_candidates_tied_at_a_rungs_cut_go_on_together(tmp_path):
+    # The seeds where the planted best tied others on its first 6 items and lost the tie to the space's
+    # order, when ties went to the earlier candidate.
+    for seed in (5, 11, 115, 133, 135, 190):
+        assert planted_run(seed, BUDGET, tmp_path).candidate == BEST, seed
 
 
 def test_the_planted_best_is_found_within_budget_in_a_few_seeded_runs(tmp_path):
@@ -337,11 +345,12 @@ def test_the_first_looks_cover_each_demo_source_and_selection_and_the_format_lin
 
 def test_a_schedule_that_finishes_under_budget_runs_further_rounds_on_fresh_candidates(tmp_path):
     s = setup(planted_answer(2), Store(Path(":memory:")), tmp_path)
-    info = search(FULL, BUDGET, s.task, s.dev, s.base, 2).info
+    budget = 2 * BUDGET  # round 0 of the full space spends about 3.8e10 FLOPs, leaving room for more rounds
+    info = search(FULL, budget, s.task, s.dev, s.base, 2).info
     rounds = info["rounds"]
     assert len(rounds) >= 2 and all(r["first_looks"] >= 1 for r in rounds)
-    # Round 0 alone left over a third of the budget; the rounds spend it, and never more.
-    assert rounds[0]["flops_after"] < 0.6 * BUDGET and 0.7 * BUDGET < info["spent_flops"] <= BUDGET
+    # Round 0 left part of the budget; the further rounds spend it, and never more.
+    assert rounds[0]["flops_after"] < rounds[-1]["flops_after"] and 0.7 * budget < info["spent_flops"] <= budget
     assert info["stopped"].startswith("budget spent")
     later = [t for t in info["trajectory"] if t["round"] >= 1]
     assert later and {t["id"] for t in later if t["rung"] == 0}.isdisjoint(

@@ -372,7 +372,7 @@ class FineTune:
     budget_basis: str = ""  # a chain's search budget: what it matched, in words (the spec holds the number)
 
     family: ClassVar[Family] = "finetune"
-    method_version: ClassVar[int] = 1
+    method_version: ClassVar[int] = 2  # 2: a chained search keeps ties at a rung's cut
     spec_class: ClassVar[type[ArmSpec]] = FineTuneArm
     stochastic = True
 
@@ -503,7 +503,7 @@ class PromptSearch:
     budget_basis: str = ""  # what the budget matched, in words (the spec holds the number)
 
     family: ClassVar[Family] = "prompt"
-    method_version: ClassVar[int] = 1
+    method_version: ClassVar[int] = 2  # 2: ties at a rung's cut go on together
     spec_class: ClassVar[type[ArmSpec]] = PromptSearchArm
     name = "prompt_search"
     stochastic = True  # the dev split, demo draws and the order candidates are looked at follow the seed

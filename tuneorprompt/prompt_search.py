@@ -366,7 +366,12 @@ def search(
             # Carried first: ties keep the incumbent, then the earlier candidate (anchors come first).
             contenders = carried + looked
             keep = max(min(spec.finalists, len(contenders)), math.ceil(len(contenders) / spec.eta))
-            alive = sorted(contenders, key=lambda c: -accuracy(records_at[c][: rungs[rung - 1]]))[:keep]
+            on_items = {c: accuracy(records_at[c][: rungs[rung - 1]]) for c in contenders}
+            by_score = sorted(contenders, key=lambda c: -on_items[c])
+            # Candidates tied at the cut go on together, up to twice the places: on a first rung of a few
+            # items many tie, and the space's order says nothing about which of them is better.
+            tied = [c for c in by_score[keep:] if on_items[c] == on_items[by_score[keep - 1]]]
+            alive = by_score[:keep] + tied[:keep]
             carried, looked = [c for c in alive if c in carried], []
             for candidate in (c for c in alive if c not in carried):
                 if not race(candidate, rung, round_):
