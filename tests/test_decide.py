@@ -350,3 +350,10 @@ def test_differences_against_the_recommended_arm_resample_items_and_seeds():
     assert versus_lora.value == pytest.approx(-0.02) and versus_lora.low < -0.02 < versus_lora.high
     assert versus_lora.seed_spread is not None  # few_shot's three demo draws disagree
     assert result.differences["baseline"].value == pytest.approx(0.30)
+
+
+def test_an_arm_at_the_target_itself_is_undecided_with_no_number_of_items_claimed():
+    at_target = ArmOutcome("instruction", right_of(100, 80), 1e9)  # exactly 80% against an 80% target
+    result = decide.recommend([at_target], 0.8)
+    assert result.status == decide.UNDECIDED and result.items_to_decide == {"instruction": None}
+    assert "No practical number of test items would decide it" in result.headline

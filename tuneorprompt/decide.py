@@ -776,7 +776,9 @@ class _Wording:
         first = (f"Undecided: this experiment cannot tell whether {arm.name} meets the {self.target:.1%} accuracy "
                  f"target; its {self.figures(arm)} straddles it.")
         if items is None:
-            second = ("No number of test items would decide it: its accuracy is at the target itself.")
+            # items_to_decide gives None at the target itself and beyond its 1,000,000-item search.
+            second = ("No practical number of test items would decide it: its accuracy is at, or within a hair "
+                      "of, the target.")
         else:
             second = (f"About {items:,} test items would decide it (this run has {n_items:,}), with 80% probability "
                       f"at its observed rate ({stats.ITEMS_TO_DECIDE_METHOD}).")
