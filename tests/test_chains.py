@@ -91,3 +91,46 @@ def test_a_chain_trains_with_the_searched_prompt_reuses_the_search_and_counts_bo
     assert again.cache_misses == 0
     assert {a["name"]: a["accuracy"] for a in again.report.to_dict()["arms"]} == {
         a["name"]: a["accuracy"] for a in report["arms"]}
+
+
+def test_search_again_searches_on_the_fine_tuned_model_queries_with_its_pick_and_resumes_identically(
+        tiny_gpt2_dir, tmp_path):
+    """p -> w -> p: the second search runs on the fine-tuned weights (so nothing of the first search's
+    looks is read back for it), the arm answers test with that search's pick, the one-time cost counts
+    both searches and the training, and a re-run makes the same choices from the store."""
+    from tuneorprompt.experiment import run_experiment
+
+    data = write_task(tmp_path / "data")
+    console = Console(file=open(tmp_path / "terminal.txt", "w"), width=200)
+    chain = {"kind": "lora", "learning_rates": [1e-3], "epochs": 1, "prompt_search": SEARCH, "search_again": True}
+    result = run_experiment(chain_config(data, tiny_gpt2_dir, [chain]), tmp_path / "run",
+                            backend=ScriptedBackend(planted_answer(0)), console=console)
+    arm = {a["name"]: a for a in result.report.to_dict()["arms"]}["lora+prompt_search+search_again"]
+    notes = arm["details"][0]
+    first, second = notes["searches"]
+    assert first["budget_flops"] == second["budget_flops"] and first["spent_flops"] > 0 and second["spent_flops"] > 0
+    # On the planted base model the search finds the planted instruction; the model is trained with it.
+    assert first["instruction"] == notes["trained_with"]["instruction"] == "Bravo."
+    # The test prompts are the second search's pick, as the model saw it, not the first one's. (The tiny
+    # model's context of 256 tokens also holds fewer wrong replies than a reflection shows by default: the
+    # proposer's prompt is cut to fit, not sent too long.)
+    records = result.records["lora+prompt_search+search_again"][0]
+    before_question = {r.prompt.split("Question: ")[0] for r in records}
+    assert before_question == {second["winning_prompt"].split("Question: ")[0]}
+    assert second["chosen_id"] != first["chosen_id"] and "Bravo." not in "".join(before_question)
+    training = arm["training"]["extra"][0]
+    assert training["search_flops"] == pytest.approx(first["spent_flops"] + second["spent_flops"])
+    assert training["search_flops_before_training"] == first["spent_flops"]
+    assert training["one_time"] == "prompt search, then training, then prompt search again"
+    assert arm["training"]["flops"] == pytest.approx(training["training_flops"] + training["search_flops"])
+    # The page shows the chain's steps in order, with what each spent, and the prompt test was answered with.
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    chain_section = page.split("<h2 id=\"chain-1\">Chain: lora+prompt_search+search_again</h2>")[1].split("<h2")[0]
+    steps = [chain_section.index(step) for step in ("prompt search on the base model", "<td>training</td>",
+                                                   "prompt search on the fine-tuned model")]
+    assert steps == sorted(steps) and "searched again on the fine-tuned model" in chain_section
+    # The second search generated on the fine-tuned model: its looks are in the store under another model.
+    again = run_experiment(chain_config(data, tiny_gpt2_dir, [chain]), tmp_path / "run",
+                           backend=ScriptedBackend(planted_answer(0)), console=console)
+    assert again.cache_misses == 0
+    assert again.report.to_dict()["arms"][0]["details"][0]["searches"] == notes["searches"]

@@ -513,6 +513,20 @@ def reflection_prompt(instruction: str | None, wrong: Sequence[tuple[Example, st
     )
 
 
+def fitting_reflection(instruction: str | None, wrong: Sequence[ExampleRecord], task: TaskData, backend: Backend,
+                       settings: GenerationSettings) -> str | None:
+    """The reflection prompt with as many of the wrong replies as leave room for the proposal in the proposer's
+    context (a small model's context can hold fewer than `reflection_examples`); None if not even one fits."""
+    by_id = {e.id: e for e in task.dev}
+    shown = [(by_id[r.example_id], r.completion) for r in wrong]
+    while shown:
+        prompt = reflection_prompt(instruction, shown)
+        if backend.count_tokens(prompt) + settings.max_new_tokens <= backend.context_length:
+            return prompt
+        shown.pop()
+    return None
+
+
 def propose(
     spec: PromptSearchArm, leaders: list[Candidate], records_at: dict[Candidate, list[ExampleRecord]],
     proposer: Proposer, dev: DevJudge, task: TaskData, ledger: Ledger, reserve: float, meta_flops: float,
@@ -535,8 +549,11 @@ def propose(
         if not ledger.affords(meta_flops + reserve):
             recorded.append(entry | {"accepted": False, "reason": "budget spent"})
             break
-        by_id = {e.id: e for e in task.dev}
-        prompt = reflection_prompt(leader.instruction, [(by_id[r.example_id], r.completion) for r in wrong])
+        prompt = fitting_reflection(leader.instruction, wrong, task, proposer.backend, settings)
+        if prompt is None:
+            recorded.append(entry | {"accepted": False, "reason": "the reflection prompt does not fit the proposer's "
+                                     f"context of {proposer.backend.context_length} tokens, even with one wrong reply"})
+            continue
         completion = dev.cached(proposer.backend).generate([prompt], settings)[0]
         ledger.charge(proposer.backend.fingerprint, proposer.params, proposer.backend.render(prompt),
                       completion.prompt_tokens, completion.generated_tokens, task_model=False)

@@ -128,6 +128,19 @@ right when a reference answer appears in it, not counting text copied from the q
 <td>{{ "%.3g" | format(t.search_flops) }}</td><td>{{ "%.3g" | format(t.flops_per_query) }}</td></tr>{% endfor %}</table>
 <details><summary>The winning prompt, as the model saw it for one held-out dev item</summary><pre>{{ d.winning_prompt }}</pre></details>
 {% endfor %}
+{% for a in r.arms if a.details and a.details[0].searches %}{% set d = a.details[0] %}{% set t = d.trained_with %}{% set x = a.training.extra[0] %}
+<h2 id="chain-{{ loop.index }}">Chain: {{ a.name }}</h2>
+<p>Trained and queried with the prompt searched on the base model: {{ t.instruction or "no instruction" }}{% if t.instruction %} ({{ t.placement }}){% endif %}{% if t.format_line %}, format line "{{ t.format_line }}"{% endif %}{% if t.demos_dropped %}; its {{ t.demos_dropped.k }} {{ t.demos_dropped.source }} demos ({{ t.demos_dropped.selection }}) were left out of training and queries{% endif %}.
+{% if d.searches | length > 1 %}The prompt was then searched again on the fine-tuned model, and test was answered with that search's pick.{% endif %} First seed{% if a.details | length > 1 %} of {{ a.details | length }}{% endif %}.</p>
+<table class="chain-steps"><caption>Each step of the chain, in order, and its one-time FLOPs</caption>
+<tr><th scope="col">step</th><th scope="col">pick</th><th scope="col">held-out dev %</th><th scope="col">dev optimism, points</th><th scope="col">FLOPs spent (budget)</th></tr>
+{% for s in d.searches %}<tr><td>prompt search on the {{ "base" if loop.first else "fine-tuned" }} model</td><td>{{ s.chosen }}</td>
+<td>{{ "%.1f" | format(100 * s.holdout_score) }}</td><td>{{ "%+.1f" | format(100 * s.dev_optimism) }}</td>
+<td>{{ "%.3g (%.3g)" | format(s.spent_flops, s.budget_flops) }}</td></tr>
+{% if loop.first %}<tr><td>training</td><td>lr {{ "%g" | format(x.learning_rate) }}, epoch {{ x.epoch }} of the grid</td><td>{{ "%.1f" | format(100 * x.dev_score) }} (all of dev)</td><td>-</td>
+<td>{{ "%.3g" | format(x.training_flops) }}</td></tr>{% endif %}{% endfor %}</table>
+<details><summary>The prompt test was answered with, as the model saw it for one held-out dev item</summary><pre>{{ d.searches[-1].winning_prompt }}</pre></details>
+{% endfor %}
 {% if r.effort %}<h2>Effort: dev accuracy against one-time FLOPs</h2>
 {% for c in r.effort.comparisons %}<p class="effort">{{ c.sentence }}</p>{% endfor %}
 <table id="effort"><caption>Each side's search on dev: where its standing ended, and what it spent</caption>
