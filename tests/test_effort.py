@@ -71,6 +71,31 @@ def test_the_lead_changes_hands_where_the_standings_cross():
     assert [(c["flops"], c["leader"]) for c in changes] == [(2.0, "prompt_search"), (3.0, "lora")]
     assert changes[1]["dev_accuracy"] == 0.7 and changes[1]["other_dev_accuracy"] == 0.6
     assert (changes[0]["items"], changes[0]["other_items"]) == (10, 50)  # the search's early lead rests on 10 items
+    # 60% on 10 items against 50% on 50 is within noise; so is 70% against 60% on 50 and 10 items.
+    assert [c["beyond_noise"] for c in changes] == [False, False]
+
+
+def test_the_sentence_says_when_no_lead_is_beyond_dev_noise_and_names_one_that_is():
+    def comparison(search_points, grid_points):
+        search = EffortCurve("prompt_search", "prompt", (), tuple(search_points), 9.0, "")
+        grid = EffortCurve("lora", "finetune", (), tuple(grid_points), 9.0, "")
+        return effort_curves_sentence(search, grid)
+
+    # The cities run's story: a search leading on 6 dev items, then level within a few points on 40.
+    noisy = comparison([EffortPoint(1.0, 5 / 6, "a", 6), EffortPoint(4.0, 0.75, "b", 28)],
+                       [EffortPoint(2.0, 0.775, "e1", 40), EffortPoint(3.0, 0.8, "e2", 40)])
+    assert noisy.endswith("No lead here is beyond dev noise (at each change the two scores' 95% Wilson intervals "
+                          "overlap): the test figures decide.")
+    # The search's early lead on 10 items is noise; 95% on 200 items against its 70% on 10 is not.
+    clear = comparison([EffortPoint(1.0, 0.7, "a", 10)],
+                       [EffortPoint(0.5, 0.6, "e1", 200), EffortPoint(3.0, 0.95, "e2", 200)])
+    assert "1 of these 2 leads are within dev noise" in clear
+
+
+def effort_curves_sentence(search: EffortCurve, grid: EffortCurve) -> str:
+    from tuneorprompt.effort import overtake_sentence
+
+    return overtake_sentence(search, grid, overtakes(search, grid))
 
 
 def test_the_report_carries_each_curve_and_the_sentence_that_compares_them():

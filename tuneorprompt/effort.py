@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
+from statsmodels.stats.proportion import proportion_confint
+
 from tuneorprompt.stats import training_flops
 from tuneorprompt.summary import ArmSummary
 
@@ -115,8 +117,18 @@ def overtakes(first: EffortCurve, second: EffortCurve) -> list[dict]:
         ahead, behind = (a, b) if leader is first else (b, a)
         changes.append({"flops": budget, "leader": leader.arm, "dev_accuracy": ahead.dev_accuracy, "items": ahead.items,
                         "other": (second if leader is first else first).arm, "other_dev_accuracy": behind.dev_accuracy,
-                        "other_items": behind.items})
+                        "other_items": behind.items, "beyond_noise": apart(ahead, behind)})
     return changes
+
+
+def apart(ahead: EffortPoint, behind: EffortPoint, level: float = 0.95) -> bool:
+    """Whether a lead on dev is beyond the noise of the items behind it: the two scores' Wilson intervals
+    do not overlap. Conservative on purpose (non-overlap of two 95% intervals is roughly p < 0.01): a
+    search's early looks score a handful of items, and its dev items are a subset of the grid's, so the
+    two are neither independent nor paired item by item."""
+    ahead_low, _ = proportion_confint(ahead.dev_accuracy * ahead.items, ahead.items, 1 - level, "wilson")
+    _, behind_high = proportion_confint(behind.dev_accuracy * behind.items, behind.items, 1 - level, "wilson")
+    return bool(ahead_low > behind_high)
 
 
 def effort_curves(summaries: Sequence[ArmSummary], n_dev: int) -> dict | None:
@@ -151,4 +163,12 @@ def overtake_sentence(search: EffortCurve, grid: EffortCurve, changes: list[dict
         sentence += f"; {change['leader']} overtakes at {change['flops']:.3g} FLOPs ({scores(change)})"
     if not later:
         sentence += f", and keeps the lead up to the {max(search.total_flops, grid.total_flops):.3g} FLOPs spent"
-    return sentence + f". Spent: {search.arm} {search.total_flops:.3g} FLOPs, {grid.arm} {grid.total_flops:.3g}."
+    sentence += f". Spent: {search.arm} {search.total_flops:.3g} FLOPs, {grid.arm} {grid.total_flops:.3g}."
+    within = sum(not change["beyond_noise"] for change in changes)
+    if within == len(changes):
+        sentence += (" No lead here is beyond dev noise (at each change the two scores' 95% Wilson intervals "
+                     "overlap): the test figures decide.")
+    elif within:
+        sentence += (f" {within} of these {len(changes)} leads are within dev noise (the two scores' 95% Wilson "
+                     "intervals overlap).")
+    return sentence
