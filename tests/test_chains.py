@@ -93,7 +93,7 @@ def test_a_chain_trains_with_the_searched_prompt_reuses_the_search_and_counts_bo
         a["name"]: a["accuracy"] for a in report["arms"]}
 
 
-def test_search_again_searches_on_the_fine_tuned_model_queries_with_its_pick_and_resumes_identically(
+def test_search_again_searches_on_the_fine_tuned_model_queries_with_its_pick_and_a_rerun_reads_it_back(
         tiny_gpt2_dir, tmp_path):
     """p -> w -> p: the second search runs on the fine-tuned weights (so nothing of the first search's
     looks is read back for it), the arm answers test with that search's pick, the one-time cost counts
@@ -134,3 +134,25 @@ def test_search_again_searches_on_the_fine_tuned_model_queries_with_its_pick_and
                            backend=ScriptedBackend(planted_answer(0)), console=console)
     assert again.cache_misses == 0
     assert again.report.to_dict()["arms"][0]["details"][0]["searches"] == notes["searches"]
+
+
+def test_a_chain_leaves_the_runs_search_budget_as_plain_fine_tuning_sets_it(tiny_gpt2_dir, tmp_path):
+    """match_finetune matches fine-tuning without a search: adding a chain to a run must not raise the
+    budget of its prompt_search arm (a chain's dev queries are estimated at the search's stand-in prompt,
+    demos included), and a run whose only fine-tuning arm is a chain gets the budget its training alone sets."""
+    from tuneorprompt.experiment import plan_run
+
+    data = write_task(tmp_path / "data")
+    matched = {key: value for key, value in SEARCH.items() if key != "budget"}  # match_finetune, the default
+    lora = {"kind": "lora", "learning_rates": [1e-3], "epochs": 1}
+
+    def budgets(arms: list) -> dict[str, float]:
+        plan = plan_run(config_from_dict(chain_config(data, tiny_gpt2_dir, arms)), tmp_path / "run",
+                        backend=ScriptedBackend(planted_answer(0)))
+        return plan.search_budgets
+
+    alone = budgets([{"kind": "prompt_search", **matched}, lora])["prompt_search"]
+    assert budgets([{"kind": "prompt_search", **matched}, lora, lora | {"prompt_search": matched}]) == {
+        "prompt_search": alone, "lora+prompt_search": alone}
+    assert budgets([lora | {"prompt_search": matched, "search_again": True}]) == {
+        "lora+prompt_search+search_again": alone}

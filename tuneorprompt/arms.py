@@ -571,7 +571,10 @@ def run_arm(arm: Arm, seed: int, task: TaskData, dev: DevJudge, base: Base, test
     key = keys.arm_key(dev.protocol_key, arm.name, arm.spec.model_dump(mode="json"), seed, arm.method_version)
     info = store.finished_arm(key)
     if info is not None:
-        return ArmRun(store.records(key, "test"), info)
+        # What a search's budget matched is said by this run's plan, not the run that stored the result: the
+        # same budget, hence the same key, can be matched by other arms.
+        basis = getattr(arm, "budget_basis", "")
+        return ArmRun(store.records(key, "test"), info | ({"budget_basis": basis} if basis else {}))
     reset_peak_rss()
     system = arm.prepare(task, dev, base, seed)
     system = replace(system, backend=dev.cached(system.backend))
@@ -648,10 +651,13 @@ def with_search_budgets(
     if base.model.num_parameters is None:
         raise ValueError("arms: prompt_search counts its budget in model FLOPs, and the model's size is unknown; "
                          "set model.num_parameters")
-    tuned = [(arm, e) for arm, e in zip(arms, estimates) if isinstance(arm, FineTune)]
+    # Matched against fine-tuning as it runs without a search. A chain's own estimate prices its dev queries
+    # at the search's stand-in prompt, demos included, and a run that adds a chain must not change the budget
+    # of the run's other searches; a run whose only fine-tuning arms are chains matches their training alone.
+    tuned = [(arm, e) for arm, e in zip(arms, estimates) if isinstance(arm, FineTune) and arm.spec.prompt_search is None]
     if not tuned:
-        stand_in = FineTune(FineTuneArm(kind="lora"))
-        tuned = [(stand_in, estimate_cost(stand_in, stand_in.recipe(task, seed, None), None, task, base, settings))]
+        tuned = [(stand_in, estimate_cost(stand_in, stand_in.recipe(task, seed, None), None, task, base, settings))
+                 for stand_in in budget_stand_ins(arms)]
     match = max(finetune_total(arm, estimate, task) for arm, estimate in tuned)
     budgets = {arm.name: match if spec.budget == "match_finetune" else float(spec.budget)
                for arm in arms if (spec := search_settings(arm)) is not None}
@@ -663,6 +669,14 @@ def with_search_budgets(
             estimate = replace(estimate, one_time_flops=estimate.one_time_flops + searches_run(arm) * budgets[arm.name])
         resolved.append(estimate)
     return resolved, budgets
+
+
+def budget_stand_ins(arms: list[Arm]) -> list[FineTune]:
+    """What `match_finetune` matches in a run without a plain fine-tuning arm: each chain's fine-tuning without
+    its search, or, without a chain either, a `lora` arm with default settings."""
+    plain = [FineTune(arm.spec.model_copy(update={"prompt_search": None, "search_again": False}))
+             for arm in arms if isinstance(arm, FineTune)]
+    return plain or [FineTune(FineTuneArm(kind="lora"))]
 
 
 def finetune_total(arm: FineTune, estimate: CostEstimate, task: TaskData) -> float:
@@ -678,13 +692,17 @@ def finetune_total(arm: FineTune, estimate: CostEstimate, task: TaskData) -> flo
 def with_budgets(arms: list[Arm], budgets: dict[str, float]) -> list[Arm]:
     """Each searching arm with its budget as the number of FLOPs `with_search_budgets` gave it, so that its
     result's content key holds what it was given; the other arms as they are."""
-    tuned = [arm.name for arm in arms if isinstance(arm, FineTune)]
+    tuned = [arm.name for arm in arms if isinstance(arm, FineTune) and arm.spec.prompt_search is None]
+    chains = [arm.name for arm in arms if isinstance(arm, FineTune) and arm.spec.prompt_search is not None]
+    matched = (", ".join(tuned) if tuned else f"the fine-tuning of {', '.join(chains)} without its search" if chains
+               else "a default lora arm (the run has no fine-tuning arm)")
+    matched = f"the most expensive of {matched}" if len(tuned) > 1 or len(chains) > 1 and not tuned else matched
     resolved: list[Arm] = []
     for arm in arms:
         spec = search_settings(arm)
         if spec is not None:
-            basis = (f"match_finetune: {', '.join(tuned) if tuned else 'a default lora arm (the run has no fine-tuning arm)'}"
-                     ", training plus dev evaluations" if spec.budget == "match_finetune" else "given")
+            basis = (f"match_finetune: {matched}, training plus dev evaluations"
+                     if spec.budget == "match_finetune" else "given")
             spec = spec.model_copy(update={"budget": float(budgets[arm.name])})
             if isinstance(arm, PromptSearch):
                 arm = replace(arm, spec=spec, budget_basis=basis)

@@ -35,8 +35,9 @@ from tuneorprompt.safe_text import mask_credentials
 # read back as current.
 PROTOCOL_VERSION = 1
 # The plan's checks and cost estimates (`experiment.plan_run`): bumped when a change to them would make
-# a stored plan wrong for the same inputs (2: a plan holds its searches' budgets beside the estimates).
-PLAN_VERSION = 2
+# a stored plan wrong for the same inputs (2: a plan holds its searches' budgets beside the estimates;
+# 3: match_finetune matches fine-tuning without a chain's search).
+PLAN_VERSION = 3
 # The store's table layout (`store.Store`): bumped whenever a table or a key's meaning changes, so a
 # store of another layout is refused rather than read with the wrong meaning.
 STORE_LAYOUT = 3
