@@ -72,6 +72,10 @@ def test_a_chain_trains_with_the_searched_prompt_reuses_the_search_and_counts_bo
     placed = "\n".join(t for t in (searched["instruction"], searched["format_line"]) if t)
     test_prompts = [r.prompt for r in result.records["lora+prompt_search"][0]]
     assert placed and all(p.startswith(placed + "\n") and p.count("Question: ") == 1 for p in test_prompts)
+    # The page shows that prompt, not the search's winner with its demos.
+    assert notes["query_prompt"].startswith(placed + "\n") and notes["query_prompt"].count("Question: ") == 1
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "<h2 id=\"chain-1\">Chain: lora+prompt_search</h2>" in page
     # The cost counts both: the search's FLOPs (counted though every look was read back) and the training's.
     training = chain["training"]
     assert training["extra"][0]["search_flops"] == searched["spent_flops"]
@@ -118,6 +122,7 @@ def test_search_again_searches_on_the_fine_tuned_model_queries_with_its_pick_and
     before_question = {r.prompt.split("Question: ")[0] for r in records}
     assert before_question == {second["winning_prompt"].split("Question: ")[0]}
     assert second["chosen_id"] != first["chosen_id"] and "Bravo." not in "".join(before_question)
+    assert notes["query_prompt"].split("Question: ")[0] in before_question
     training = arm["training"]["extra"][0]
     assert training["search_flops"] == pytest.approx(first["spent_flops"] + second["spent_flops"])
     assert training["search_flops_before_training"] == first["spent_flops"]

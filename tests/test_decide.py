@@ -357,3 +357,20 @@ def test_an_arm_at_the_target_itself_is_undecided_with_no_number_of_items_claime
     result = decide.recommend([at_target], 0.8)
     assert result.status == decide.UNDECIDED and result.items_to_decide == {"instruction": None}
     assert "No practical number of test items would decide it" in result.headline
+
+
+def test_a_recommendation_over_a_cheaper_undecided_arm_says_so_in_its_headline():
+    # The real continents case: a chain at 87.5% [80.4, 92.3] meets 80%; lora, a quarter of its one-time cost,
+    # is 0.8 points behind at 86.7% [79.4, 91.6] and undecided. The verdict rests on that, not on lora falling short.
+    chain = ArmOutcome("lora+prompt_search", right_of(120, 105), 2.4e10, one_time_flops=3.6e13, family="finetune")
+    lora = ArmOutcome("lora", right_of(120, 104), 1.2e10, one_time_flops=9.0e12, family="finetune")
+    few_shot = ArmOutcome("few_shot@2", right_of(120, 85), 2.0e10, family="prompt")
+    result = decide.recommend([few_shot, lora, chain], 0.8)
+    assert result.arm == "lora+prompt_search" and result.states["lora"] == decide.UNDECIDED
+    needed = result.items_to_decide["lora"]
+    assert result.headline.count(". ") == 2  # still three sentences: what to do, how sure, what it costs
+    assert (f"It is the most accurate arm measured; lora costs less and is undecided at 86.7% (95% CI 79.4%-91.6%): "
+            f"about {needed:,} test items would decide whether it meets the target too.") in result.headline
+    # Without a cheaper undecided arm the headline is as before.
+    alone = decide.recommend([few_shot, chain], 0.8)
+    assert "It is the most accurate arm measured. Cost:" in alone.headline

@@ -456,6 +456,9 @@ class FineTune:
                 query_recipe = again.recipe
                 chain.append(again)
             info |= chain_info(chain, tuned.cost, self.budget_basis)
+            # As the fine-tuned model sees it, for the first dev item: p -> w drops the searched demos, so the
+            # search's winning prompt is not what test is answered with.
+            info["query_prompt"] = tuned.backend.render(query_recipe.build(task.dev[0]))
         return System(self.name, seed, tuned.backend, query_recipe, info)
 
     def _search(self, task: TaskData, dev: DevJudge, base: Base, seed: int):

@@ -324,9 +324,10 @@ def recommend(
     shortfall = hint = None
     if chosen is not None:
         status = RECOMMENDED
-        headline = wording.recommended_headline(chosen, best, noninferiority)
+        cheaper_undecided = [arm for arm in ordered[:ordered.index(chosen)] if states[arm.name] == UNDECIDED]
+        headline = wording.recommended_headline(chosen, best, noninferiority, cheaper_undecided, items)
         details = [wording.runner_up_sentences(chosen, runner_up, comparison, meets)]
-        details += wording.undecided_cheaper(ordered[:ordered.index(chosen)], states, items)
+        details += wording.undecided_cheaper(cheaper_undecided, items)
     else:
         shortfall = target - _judged(accuracy[best.name], lenient)
         undecided = [arm for arm in ordered if states[arm.name] == UNDECIDED]
@@ -755,8 +756,12 @@ class _Wording:
     # -- the headline: what to do, how sure, what it costs --
 
     def recommended_headline(
-        self, chosen: ArmOutcome, best: ArmOutcome, noninferiority: stats.NonInferiority | None
+        self, chosen: ArmOutcome, best: ArmOutcome, noninferiority: stats.NonInferiority | None,
+        cheaper_undecided: Sequence[ArmOutcome] = (), items: dict[str, int | None] | None = None,
     ) -> str:
+        """What to do, how sure, what it costs. How sure names the most accurate cheaper arm this run could
+        not judge, if any: the recommendation rests on it being undecided, not on it falling short, and a
+        reader choosing on cost should see that before the details."""
         how = "its point estimate reaches" if self.lenient else "it meets"
         first = f"Use {chosen.name}: {how} the {self.target:.1%} accuracy target at {self.figures(chosen)}."
         margin = f"{100 * self.margin:.1f} points"
@@ -770,6 +775,12 @@ class _Wording:
                       f"shown to be within {margin} of it (non-inferiority p = {noninferiority.p_value:.3g}; this "
                       f"test had {noninferiority.power:.0%} power were the arms equal): prefer {best.name} if "
                       "accuracy above the target is worth its cost.")
+        if cheaper_undecided:
+            near = max(cheaper_undecided, key=lambda arm: self.accuracy[arm.name].value)
+            needed = (items or {}).get(near.name)
+            second = (second[:-1] + f"; {near.name} costs less and is undecided at {self.figures(near)}"
+                      + (f": about {needed:,} test items would decide whether it meets the target too." if needed
+                         else ", and no practical number of test items would decide it."))
         return f"{first} {second} Cost: {self.cost(chosen)}."
 
     def undecided_headline(self, arm: ArmOutcome, items: int | None, n_items: int) -> str:
@@ -808,10 +819,8 @@ class _Wording:
         reason += f" Runner-up: {runner_up.name}, {role}: {self.figures(runner_up)}; cost: {self.cost(runner_up)}."
         return reason + " " + self.comparison_sentence(chosen.name, runner_up.name, test)
 
-    def undecided_cheaper(self, cheaper: Sequence[ArmOutcome], states: dict[str, str],
-                          items: dict[str, int | None]) -> list[str]:
+    def undecided_cheaper(self, undecided: Sequence[ArmOutcome], items: dict[str, int | None]) -> list[str]:
         """Cheaper arms this run could not judge: a few more test items might show one meets the target too."""
-        undecided = [arm for arm in cheaper if states[arm.name] == UNDECIDED]
         if not undecided:
             return []
         named = "; ".join(

@@ -139,7 +139,7 @@ right when a reference answer appears in it, not counting text copied from the q
 <td>{{ "%.3g (%.3g)" | format(s.spent_flops, s.budget_flops) }}</td></tr>
 {% if loop.first %}<tr><td>training</td><td>lr {{ "%g" | format(x.learning_rate) }}, epoch {{ x.epoch }} of the grid</td><td>{{ "%.1f" | format(100 * x.dev_score) }} (all of dev)</td><td>-</td>
 <td>{{ "%.3g" | format(x.training_flops) }}</td></tr>{% endif %}{% endfor %}</table>
-<details><summary>The prompt test was answered with, as the model saw it for one held-out dev item</summary><pre>{{ d.searches[-1].winning_prompt }}</pre></details>
+{% if d.query_prompt %}<details><summary>The prompt test was answered with, as the fine-tuned model saw it for the first dev item</summary><pre>{{ d.query_prompt }}</pre></details>{% endif %}
 {% endfor %}
 {% if r.effort %}<h2>Effort: dev accuracy against one-time FLOPs</h2>
 {% for c in r.effort.comparisons %}<p class="effort">{{ c.sentence }}</p>{% endfor %}
