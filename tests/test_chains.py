@@ -128,6 +128,11 @@ def test_search_again_searches_on_the_fine_tuned_model_queries_with_its_pick_and
     assert training["search_flops_before_training"] == first["spent_flops"]
     assert training["one_time"] == "prompt search, then training, then prompt search again"
     assert arm["training"]["flops"] == pytest.approx(training["training_flops"] + training["search_flops"])
+    # The effort curve ends with the search on the fine-tuned model: its spend counts, and its pick is the standing.
+    (curve,) = [c for c in result.report.to_dict()["effort"]["curves"] if c["arm"] == arm["name"]]
+    last = curve["standing"][-1]
+    assert last["label"] == f"searched again: {second['chosen']}" and last["dev_accuracy"] == second["best_search_score"]
+    assert curve["total_flops"] == last["flops"] == pytest.approx(curve["points"][-2]["flops"] + second["spent_flops"])
     # The page shows the chain's steps in order, with what each spent, and the prompt test was answered with.
     page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
     chain_section = page.split("<h2 id=\"chain-1\">Chain: lora+prompt_search+search_again</h2>")[1].split("<h2")[0]

@@ -491,7 +491,7 @@ def chain_info(chain: list, training: TrainingCost, budget_basis: str) -> dict:
 
 # What a chained arm keeps of each search's notes (a prompt_search arm keeps them all, trajectory included).
 SEARCH_NOTES = ("chosen", "chosen_id", "instruction", "placement", "format_line", "demos", "winning_prompt",
-                "budget_flops", "spent_flops", "calls", "stopped", "best_search_score", "holdout_score",
+                "budget_flops", "spent_flops", "calls", "stopped", "dev_items", "best_search_score", "holdout_score",
                 "dev_optimism", "top")
 
 

@@ -10,7 +10,9 @@ what budget, if any, one overtakes the other:
   lucky one on few).
 - fine-tuning: each (learning rate, epoch) checkpoint is a point at the FLOPs of the training done to
   reach it plus the dev evaluations before it, in the order the grid ran (learning rates in turn,
-  epochs within each). The standing at a budget is the best checkpoint so far.
+  epochs within each). The standing at a budget is the best checkpoint so far. A chain's curve starts
+  after its search on the base model; with `search_again` it ends with the search on the fine-tuned
+  model, whose pick is then the standing.
 
 Dev scores are the arms' own: the search's on its search part of dev (a rung scores a prefix), the
 grid's on the whole dev split. Both are optimistic about test; the report's test figures are what
@@ -89,10 +91,20 @@ def grid_curve(arm: ArmSummary, n_dev: int) -> EffortCurve | None:
             points.append(point)
             best = max(points, key=lambda p: p.dev_accuracy)  # max keeps the earliest of ties, as `finetune._select`
             standing.append(EffortPoint(spent, best.dev_accuracy, best.label, n_dev))
+    # p -> w -> p: the search on the fine-tuned model comes last, and the chain answers with its pick, so the
+    # standing after it is that pick's score on the search's dev items, whatever the checkpoints scored.
+    searches = arm.details[0].get("searches", []) if arm.details else []
+    if len(searches) > 1 and "dev_items" in searches[-1]:
+        again = searches[-1]
+        spent += float(again["spent_flops"])
+        point = EffortPoint(spent, float(again["best_search_score"]), f"searched again: {again['chosen']}",
+                            int(again["dev_items"]["search"]))
+        points.append(point)
+        standing.append(point)
     return EffortCurve(
         arm.name, "finetune", tuple(points), tuple(standing), spent,
         "training FLOPs ((4 x parameters + 2 x trainable) x tokens) per epoch, plus each checkpoint's dev "
-        "evaluation at the arm's test FLOPs per query",
+        "evaluation at the arm's test FLOPs per query" + (", plus a chain's searches" if searches else ""),
     )
 
 
