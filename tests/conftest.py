@@ -54,15 +54,16 @@ def _train_bpe(pre_tokenizer, decoder, special_tokens: list[str], vocab_size: in
     return tokenizer
 
 
-def build_tiny_gpt2(directory: Path, seed: int = 0) -> Path:
-    """Byte-level BPE, no pad token (as GPT-2 ships), eos == bos == <|endoftext|>."""
+def build_tiny_gpt2(directory: Path, seed: int = 0, positions: int = 256) -> Path:
+    """Byte-level BPE, no pad token (as GPT-2 ships), eos == bos == <|endoftext|>; a context of `positions`
+    tokens (the small default keeps the context-fitting paths in reach of short test prompts)."""
     raw = _train_bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel(), ["<|endoftext|>"])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
     )
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+        vocab_size=len(tokenizer), n_positions=positions, n_embd=32, n_layer=2, n_head=2,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     model = GPT2LMHeadModel(config)

@@ -375,3 +375,28 @@ def test_a_proposal_about_one_item_is_not_an_instruction_and_is_rejected_with_it
         "not an instruction: states an answer ('Paris', a reply it was shown)")
     # The task's own words are not an item's subject: "capital" is in every question, "Name" opens none.
     assert reject("Name the capital city, in one word.") is None
+
+
+def test_a_named_proposer_writes_the_proposals_and_the_task_model_is_never_asked(tiny_gpt2_dir, tmp_path):
+    """`proposer:` a model spec (here a local model directory): the reflection prompts go to it, not to the
+    task model, and its calls are charged to the search at its own size."""
+    from rich.console import Console
+
+    from tests.test_experiment import write_task
+    from tuneorprompt.experiment import run_experiment
+
+    from tests.conftest import build_tiny_gpt2
+
+    data = write_task(tmp_path / "data")
+    scripted = ScriptedBackend(planted_answer(0))
+    proposer = build_tiny_gpt2(tmp_path / "proposer", seed=1, positions=2048)  # room for a reflection prompt
+    config = run_config(tmp_path, data, tiny_gpt2_dir, {"epochs": 1},
+                        {"proposer": {"path": str(proposer)}, "proposer_max_new_tokens": 8, "budget": 1e10})
+    result = run_experiment(config, tmp_path / "run", backend=scripted,
+                            console=Console(file=open(tmp_path / "terminal.txt", "w"), width=200))
+    details = next(a for a in result.report.to_dict()["arms"] if a["name"] == "prompt_search")["details"][0]
+    assert not any(prompt.endswith("Better instruction:") for prompt in scripted.prompts_seen)
+    proposals = details["proposals"]
+    assert proposals and all("text" in p and p["text"] != "Delta." for p in proposals)
+    # Each proposal is a call of the tiny model (random weights): its gibberish is judged like any proposal.
+    assert all(p["accepted"] or p["reason"] for p in proposals)
