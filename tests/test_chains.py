@@ -166,3 +166,13 @@ def test_a_chain_leaves_the_runs_search_budget_as_plain_fine_tuning_sets_it(tiny
         "prompt_search": alone, "lora+prompt_search": alone}
     assert budgets([lora | {"prompt_search": matched, "search_again": True}]) == {
         "lora+prompt_search+search_again": alone}
+
+
+def test_the_run_hands_arms_the_test_answers_to_guard_against_and_nothing_else_of_test(tiny_gpt2_dir, tmp_path):
+    from tuneorprompt.experiment import plan_run
+
+    data = write_task(tmp_path / "data")
+    plan = plan_run(config_from_dict(chain_config(data, tiny_gpt2_dir, [{"kind": "prompt_search", **SEARCH}, "lora"])),
+                    tmp_path / "run", backend=ScriptedBackend(planted_answer(0)))
+    assert plan.task.test_answers == tuple(sorted(f"Place te{i}" for i in range(30)))
+    assert not any(e.id.startswith("te") for e in (*plan.task.train, *plan.task.dev))

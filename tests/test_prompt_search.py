@@ -4,7 +4,7 @@ budget, resumes from the store with the same choices, and rejects degenerate pro
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -219,6 +219,23 @@ def test_a_proposal_copying_a_dev_answer_is_recorded_and_never_tried(tmp_path):
     rejected = [p for p in proposals if "text" in p]
     assert rejected and all(p["reason"].startswith("contains the reference answer") for p in rejected)
     assert not any("Always answer" in t["candidate"] for t in result.info["trajectory"])
+
+
+def test_a_proposal_holding_a_test_answer_is_rejected_though_the_search_never_reads_test(tmp_path):
+    """The search sees the test split's reference answers only as strings a prompt must not contain: an
+    instruction holding one would put a test answer into every test prompt."""
+    planted = planted_answer(1)
+
+    def names_a_test_answer(prompt: str) -> str:
+        return " Answer like Place te7 does.\n" if prompt.endswith("Better instruction:") else planted(prompt)
+
+    s = setup(names_a_test_answer, Store(Path(":memory:")), tmp_path)
+    spec = SPEC.model_copy(update={"proposals": 1})
+    unguarded = search(spec, BUDGET, s.task, s.dev, s.base, 1).info["proposals"]
+    assert [p["accepted"] for p in unguarded] == [True]  # no training or dev item has that answer
+    guarded_task = replace(s.task, test_answers=("Place te7", "Place te8"))
+    (proposal,) = search(spec, BUDGET, guarded_task, s.dev, s.base, 1).info["proposals"]
+    assert not proposal["accepted"] and proposal["reason"] == "contains the reference answer 'Place te7'"
 
 
 def test_an_accepted_proposal_rewrites_a_leader_and_races_like_any_candidate(tmp_path):

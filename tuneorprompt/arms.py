@@ -59,13 +59,17 @@ Family = Literal["prompt", "retrieval", "finetune"]
 @dataclass(frozen=True)
 class TaskData:
     """What an arm may adapt with: the training pool, the dev split, the task's prompt format, the
-    reference corpus. Never the test split."""
+    reference corpus. Never the test split: of it, only its reference answers, which a prompt must not
+    contain, for guards that reject a candidate (nothing is chosen by them)."""
 
     train: tuple[Example, ...]
     dev: tuple[Example, ...]
     format: PromptFormat
     embed: Embed  # text -> vector, for retrieved demos and passages
     corpus: tuple[str, ...] | None = None
+    # The test split's reference answers: a proposed instruction holding one would put a test answer into
+    # every test prompt (prompt_search.copy_guard rejects it).
+    test_answers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -372,7 +376,8 @@ class FineTune:
     budget_basis: str = ""  # a chain's search budget: what it matched, in words (the spec holds the number)
 
     family: ClassVar[Family] = "finetune"
-    method_version: ClassVar[int] = 2  # 2: a chained search keeps ties at a rung's cut
+    # 2: a chained search keeps ties at a rung's cut; 3: its proposals may not hold a test answer
+    method_version: ClassVar[int] = 3
     spec_class: ClassVar[type[ArmSpec]] = FineTuneArm
     stochastic = True
 
@@ -506,7 +511,7 @@ class PromptSearch:
     budget_basis: str = ""  # what the budget matched, in words (the spec holds the number)
 
     family: ClassVar[Family] = "prompt"
-    method_version: ClassVar[int] = 2  # 2: ties at a rung's cut go on together
+    method_version: ClassVar[int] = 3  # 2: ties at a rung's cut go on together; 3: no test answer in a proposal
     spec_class: ClassVar[type[ArmSpec]] = PromptSearchArm
     name = "prompt_search"
     stochastic = True  # the dev split, demo draws and the order candidates are looked at follow the seed

@@ -271,7 +271,8 @@ def plan_run(
     )
     protocol = protocol_record(config, model, splits, corpus)
     task = TaskData(tuple(splits.train), tuple(splits.dev), prompt_format, relevance.embed,
-                    tuple(corpus) if corpus is not None else None)
+                    tuple(corpus) if corpus is not None else None,
+                    tuple(sorted({target for example in splits.test for target in example.targets})))
     base = Base(backend, model, run_dir / "models")
     settings = GenerationSettings(config.generation.max_new_tokens, tuple(config.generation.stop))
     # Each arm's prompts as far as they are known before dev chooses anything: the first seed's demos,

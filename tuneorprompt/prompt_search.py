@@ -569,10 +569,11 @@ def propose(
 
 
 def copy_guard(task: TaskData, dev: DevJudge) -> list[str]:
-    """Reference answers a proposal must not contain: every dev and training target (the test split is
-    not an arm's to read), except the task's labels, which an instruction may rightly name."""
+    """Reference answers a proposal must not contain: every training, dev and test target, except the
+    task's labels, which an instruction may rightly name. A test answer in the instruction would be in
+    every test prompt; the test answers only ever reject a proposal, so nothing is chosen by them."""
     labels = {label.lower() for label in dev.config.metric.labels}
-    targets = {t for e in (*task.dev, *task.train) for t in e.targets}
+    targets = {t for e in (*task.dev, *task.train) for t in e.targets} | set(task.test_answers)
     return sorted(t for t in targets if t.strip() and t.lower() not in labels)
 
 
