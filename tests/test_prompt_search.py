@@ -158,29 +158,56 @@ def test_a_rerun_reads_every_look_back_and_makes_the_same_choices(tmp_path):
     assert after.info["spent_flops"] == before.info["spent_flops"] > 0
 
 
-class Killed(Exception):
-    """Stands in for kill -9: the process stops between two generations."""
+# A search in a process of its own, on the planted backend and a store file, that stops answering at its
+# `hang_at`-th generation and waits there to be killed.
+SEARCH_CHILD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from tests.test_prompt_search import BUDGET, SPEC, planted_answer, setup
+from tuneorprompt.prompt_search import search
+from tuneorprompt.store import Store
+
+answer, calls = planted_answer(3), []
+
+def hangs_midway(prompt):
+    calls.append(prompt)
+    if len(calls) == {hang_at}:
+        Path({ready!r}).write_text("ready")
+        time.sleep(600)
+    return answer(prompt)
+
+s = setup(hangs_midway, Store(Path({store!r})), Path({tmp!r}))
+search(SPEC, BUDGET, s.task, s.dev, s.base, 3)
+"""
 
 
-def test_a_search_killed_midway_resumes_from_the_store_with_identical_choices(tmp_path):
+def test_a_search_killed_with_kill_9_midway_resumes_from_the_store_with_identical_choices(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
     whole = setup(planted_answer(3), Store(tmp_path / "whole.sqlite"), tmp_path)
     uninterrupted = search(SPEC, BUDGET, whole.task, whole.dev, whole.base, 3)
     answered = len(whole.backend.prompts_seen)
 
-    store = Store(tmp_path / "killed.sqlite")
-    answer = planted_answer(3)
-    calls = []
-
-    def dies_midway(prompt: str) -> str:
-        calls.append(prompt)
-        if len(calls) > answered // 2:
-            raise Killed
-        return answer(prompt)
-
-    killed = setup(dies_midway, store, tmp_path)
-    with pytest.raises(Killed):
-        search(SPEC, BUDGET, killed.task, killed.dev, killed.base, 3)
-    resumed = setup(answer, store, tmp_path)
+    store, ready = tmp_path / "killed.sqlite", tmp_path / "ready"
+    script = SEARCH_CHILD.format(root=str(Path(__file__).parents[1]), hang_at=answered // 2, ready=str(ready),
+                                 store=str(store), tmp=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert child.poll() is None, "the search ended before it could be killed"
+            assert time.monotonic() < deadline, "the search never got half way"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    resumed = setup(planted_answer(3), Store(store), tmp_path)
     result = search(SPEC, BUDGET, resumed.task, resumed.dev, resumed.base, 3)
     assert without_wall_time(result.info) == without_wall_time(uninterrupted.info)
     # What the killed search had stored was read back, not asked again.
