@@ -176,3 +176,21 @@ def test_the_run_hands_arms_the_test_answers_to_guard_against_and_nothing_else_o
                     tmp_path / "run", backend=ScriptedBackend(planted_answer(0)))
     assert plan.task.test_answers == tuple(sorted(f"Place te{i}" for i in range(30)))
     assert not any(e.id.startswith("te") for e in (*plan.task.train, *plan.task.dev))
+
+
+def test_search_again_reuses_the_training_of_the_same_chain_without_it(tiny_gpt2_dir, tmp_path):
+    """p -> w -> p trains exactly what p -> w trains (the same searched prompt, settings and seed): one job
+    folder serves both, and the second arm finds it finished instead of training again."""
+    from tuneorprompt.experiment import run_experiment
+
+    data = write_task(tmp_path / "data")
+    chain = {"kind": "lora", "learning_rates": [1e-3], "epochs": 1, "prompt_search": SEARCH}
+    result = run_experiment(chain_config(data, tiny_gpt2_dir, [chain, chain | {"search_again": True}]), tmp_path / "run",
+                            backend=ScriptedBackend(planted_answer(0)),
+                            console=Console(file=open(tmp_path / "terminal.txt", "w"), width=200))
+    arms = {a["name"]: a for a in result.report.to_dict()["arms"]}
+    once, twice = arms["lora+prompt_search"]["details"][0], arms["lora+prompt_search+search_again"]["details"][0]
+    assert [p.name.split("-seed")[0] for p in (tmp_path / "run" / "models").iterdir()] == ["lora+prompt_search"]
+    assert once["model_dir"] == twice["model_dir"]
+    extras = [arms[name]["training"]["extra"][0] for name in ("lora+prompt_search", "lora+prompt_search+search_again")]
+    assert extras[0]["dev_scores"] == extras[1]["dev_scores"] and extras[0]["training_flops"] == extras[1]["training_flops"]

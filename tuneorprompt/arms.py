@@ -445,7 +445,9 @@ class FineTune:
         # The searched recipe is in the training prompts (the data key) and in the dev prompts (dev_key); it
         # is also named in the job, so the folder says which prompt it was trained with.
         job = keys.finetune_job_key(describe_job(weights, self.spec, examples, seed, dev_key, searched or None))
-        out_dir = base.models_dir / f"{self.name}-seed{seed}-{job[:12]}"
+        # Named by the training (a p -> w -> p chain's is its p -> w chain's), so the two share one job folder.
+        trained_as = self.spec.model_copy(update={"search_again": False}).name + self.name_suffix
+        out_dir = base.models_dir / f"{trained_as}-seed{seed}-{job[:12]}"
         # Training loads its own copy of the base model: the run's copy is freed meanwhile (and loaded
         # again by the next arm that asks it for a generation), so no arm holds two.
         base.backend.release()

@@ -169,9 +169,10 @@ def describe_job(
     served here (files, dtype, device type, chat-template use), not its path: a model copied to
     another folder, or a checkout moved, re-uses its fine-tunes. A chain's searched prompt (`recipe`) is
     in the training prompts and so in the data key; it is named too, for whoever reads job.json. The
-    chain's settings are left out when unset, so a plain arm's job is what it was before chains."""
+    search settings are left out when unset, so a plain arm's job is what it was before chains, and
+    `search_again` always: it happens after training, so p -> w -> p trains the job p -> w trains."""
     data = training_data_key(examples)
-    unset = {name for name in ("prompt_search", "search_again") if getattr(arm, name) in (None, False)}
+    unset = {"search_again"} | ({"prompt_search"} if arm.prompt_search is None else set())
     arm_settings = arm.model_dump(mode="json", exclude={"learning_rates", *unset})
     job = {"model": base.fingerprint, "arm": arm_settings, "seed": seed, "data": data, "dev": dev_key,
            "batching": BATCHING}
