@@ -194,3 +194,24 @@ def test_search_again_reuses_the_training_of_the_same_chain_without_it(tiny_gpt2
     assert once["model_dir"] == twice["model_dir"]
     extras = [arms[name]["training"]["extra"][0] for name in ("lora+prompt_search", "lora+prompt_search+search_again")]
     assert extras[0]["dev_scores"] == extras[1]["dev_scores"] and extras[0]["training_flops"] == extras[1]["training_flops"]
+
+
+def test_a_chain_whose_search_picked_only_demos_is_warned_to_have_trained_on_the_plain_prompt():
+    from tests.test_effort import PARAMS, lora_info
+    from tests.test_scoring_views import arm_records
+    from tuneorprompt.report.checks import chains_trained_plain
+    from tuneorprompt.summary import summarize_arm
+
+    def chain(trained_with: list[dict]):
+        return summarize_arm("lora+prompt_search", "lora", [arm_records("c", range(20))] * len(trained_with),
+                             [lora_info({"0.001": [0.5]}) | {"trained_with": t} for t in trained_with],
+                             num_parameters=PARAMS, family="finetune", backend="hf")
+
+    demos_only = {"instruction": None, "placement": None, "format_line": None, "demos_dropped": {"k": 2}}
+    instructed = demos_only | {"instruction": "Bravo.", "placement": "prompt"}
+    (warning,) = chains_trained_plain([chain([demos_only, instructed, demos_only])])
+    assert warning["code"] == "chain_trained_plain" and warning["seeds"] == [0, 2]
+    assert warning["message"].startswith("lora+prompt_search: on 2 of its 3 seeds the search picked no instruction")
+    assert chains_trained_plain([chain([instructed]), summarize_arm(
+        "lora", "lora", [arm_records("lora", range(20))], [lora_info({"0.001": [0.5]})], num_parameters=PARAMS,
+        family="finetune", backend="hf")]) == []

@@ -36,7 +36,8 @@ def report_warnings(
 ) -> list[dict]:
     """Every warning, the scoring views first (they decide whether any number below can be trusted)."""
     disagreement = scoring_disagreement(summaries, records, metric)
-    return ([disagreement] if disagreement else []) + replies_cut(summaries) + dev_ties(summaries)
+    return ([disagreement] if disagreement else []) + replies_cut(summaries) + dev_ties(summaries) + \
+        chains_trained_plain(summaries)
 
 
 def replies_cut(summaries: Sequence[ArmSummary]) -> list[dict]:
@@ -51,6 +52,22 @@ def replies_cut(summaries: Sequence[ArmSummary]) -> list[dict]:
         f"{REPLY_CHARS_FLOOR:,}) were cut to that size before they were stored and scored: {'; '.join(cut)}. "
         "The model or server sent far more than it was asked for; check what it serves before trusting these "
         "arms' scores.")}]
+
+
+def chains_trained_plain(summaries: Sequence[ArmSummary]) -> list[dict]:
+    """A `chain_trained_plain` warning per chain (p -> w) whose search, on some seed, picked neither an
+    instruction nor a format line: the chain leaves the searched demos out, so that seed trained on the
+    plain prompt, as the plain fine-tuning arm does, and paid for the search on top."""
+    warnings = []
+    for summary in summaries:
+        plain = [seed for seed, info in enumerate(summary.details) if "trained_with" in info
+                 and not info["trained_with"]["instruction"] and not info["trained_with"]["format_line"]]
+        if plain:
+            warnings.append({"code": "chain_trained_plain", "arm": summary.name, "seeds": plain, "message": (
+                f"{summary.name}: on {len(plain)} of its {len(summary.details)} seeds the search picked no instruction "
+                "and no format line, only demos, which a chain leaves out of training; there it trained on the plain "
+                "prompt, as the fine-tuning arm without a search does, and its one-time cost still counts the search.")})
+    return warnings
 
 
 # ---- the two scoring views ---------------------------------------------------------------------------
