@@ -128,6 +128,12 @@ def test_search_again_searches_on_the_fine_tuned_model_queries_with_its_pick_and
     assert training["search_flops_before_training"] == first["spent_flops"]
     assert training["one_time"] == "prompt search, then training, then prompt search again"
     assert arm["training"]["flops"] == pytest.approx(training["training_flops"] + training["search_flops"])
+    # The terminal gives each search's pick, where it was judged and what it spent, in the chain's order.
+    console.file.flush()
+    terminal = " ".join((tmp_path / "terminal.txt").read_text().split())
+    line = terminal.split("Search: lora+prompt_search+search_again: ")[1].split("Search:")[0]
+    assert line.startswith(f"searched on the base model: picked {first['chosen']}, ")
+    assert f"; searched on the fine-tuned model: picked {second['chosen']}, " in line
     # The effort curve ends with the search on the fine-tuned model: its spend counts, and its pick is the standing.
     (curve,) = [c for c in result.report.to_dict()["effort"]["curves"] if c["arm"] == arm["name"]]
     last = curve["standing"][-1]

@@ -28,6 +28,28 @@ def _per_seed(counts: tuple[int, ...], seeds: tuple[int, ...]) -> str:
     return ", ".join(f"{count} (seed {seed})" for count, seed in zip(counts, seeds))
 
 
+def search_lines(report: Report) -> list[str]:
+    """One line per prompt search, as the first seed ran it: its pick, where that pick was judged and how
+    optimistic the search was, and what it looked at and spent; a chain's line also says what it trained with.
+    The page's search and chain sections give the rest (top candidates, the prompts as the model saw them)."""
+    lines = []
+    for arm in report.arms:
+        info = arm.details[0] if arm.details else {}
+        searches = [info] if arm.kind == "prompt_search" and "chosen" in info else info.get("searches", [])
+        if not searches:
+            continue
+        where = ("the base model", "the fine-tuned model")
+        parts = [f"{'searched on ' + where[i] + ': ' if 'searches' in info else ''}picked {s['chosen']}, "
+                 f"{s['holdout_score']:.1%} on the held-out dev items against {s['best_search_score']:.1%} in the search "
+                 f"(dev optimism {100 * s['dev_optimism']:+.1f} points), {s['spent_flops']:.3g} of {s['budget_flops']:.3g} "
+                 "FLOPs" for i, s in enumerate(searches)]
+        if (info.get("trained_with") or {}).get("demos_dropped"):  # a chain leaves the searched demos out
+            parts[0] += " (trained" + (" and queried" if len(searches) == 1 else "") + " without its demos)"
+        seed = f" (first of {len(arm.details)} seeds)" if len(arm.details) > 1 else ""
+        lines.append(f"{arm.name}{seed}: " + "; ".join(parts) + ".")
+    return lines
+
+
 def forecast_lines(report: Report) -> list[str]:
     """One line per learning curve with a label forecast (`forecast.forecast_labels`): accuracy at 2x
     and 4x the labels used, the labels that reach the target, the backtest, and the curve's warnings."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from tuneorprompt.report.notes import forecast_lines, shortened_prompts
+from tuneorprompt.report.notes import forecast_lines, search_lines, shortened_prompts
 from tuneorprompt.safe_text import for_terminal
 from tuneorprompt.summary import ACCURACY
 
@@ -61,6 +61,8 @@ def print_summary(report: Report, console: Console) -> None:
     console.print(table)
     for note in shortened_prompts(report):
         console.print(f"[yellow]Note:[/] {for_terminal(note)}")
+    for line in search_lines(report):
+        console.print(f"[cyan]Search:[/] {for_terminal(line)}")
     for comparison in (report.effort or {}).get("comparisons", []):
         console.print(f"[cyan]Effort:[/] {for_terminal(comparison['sentence'])}")
     for line in forecast_lines(report):
