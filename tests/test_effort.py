@@ -71,11 +71,14 @@ def test_the_lead_changes_hands_where_the_standings_cross():
     assert [(c["flops"], c["leader"]) for c in changes] == [(2.0, "prompt_search"), (3.0, "lora")]
     assert changes[1]["dev_accuracy"] == 0.7 and changes[1]["other_dev_accuracy"] == 0.6
     assert (changes[0]["items"], changes[0]["other_items"]) == (10, 50)  # the search's early lead rests on 10 items
-    # 60% on 10 items against 50% on 50 is within noise; so is 70% against 60% on 50 and 10 items.
+    # Each lead is judged at its end: the search's at 2.0 (60% on 10 items against 50% on 50), lora's at 6.0,
+    # the last budget (80% on 50 against 70% on 30); both within noise.
+    assert [c["until_flops"] for c in changes] == [2.0, 6.0]
+    assert (changes[1]["until_dev_accuracy"], changes[1]["until_other_items"]) == (0.8, 30)
     assert [c["beyond_noise"] for c in changes] == [False, False]
 
 
-def test_the_sentence_says_when_no_lead_is_beyond_dev_noise_and_names_one_that_is():
+def test_the_sentence_says_which_leads_on_dev_are_beyond_noise_at_their_end():
     def comparison(search_points, grid_points):
         search = EffortCurve("prompt_search", "prompt", (), tuple(search_points), 9.0, "")
         grid = EffortCurve("lora", "finetune", (), tuple(grid_points), 9.0, "")
@@ -84,12 +87,22 @@ def test_the_sentence_says_when_no_lead_is_beyond_dev_noise_and_names_one_that_i
     # The cities run's story: a search leading on 6 dev items, then level within a few points on 40.
     noisy = comparison([EffortPoint(1.0, 5 / 6, "a", 6), EffortPoint(4.0, 0.75, "b", 28)],
                        [EffortPoint(2.0, 0.775, "e1", 40), EffortPoint(3.0, 0.8, "e2", 40)])
-    assert noisy.endswith("No lead here is beyond dev noise (at each change the two scores' 95% Wilson intervals "
-                          "overlap): the test figures decide.")
+    assert noisy.endswith("No lead here is beyond dev noise (at the end of each lead the two scores' 95% Wilson "
+                          "intervals overlap): the test figures decide.")
     # The search's early lead on 10 items is noise; 95% on 200 items against its 70% on 10 is not.
     clear = comparison([EffortPoint(1.0, 0.7, "a", 10)],
                        [EffortPoint(0.5, 0.6, "e1", 200), EffortPoint(3.0, 0.95, "e2", 200)])
     assert "1 of these 2 leads are within dev noise" in clear
+    # The SmolLM2 capitals run's story: the search's first look, 83.3% on 6 items, far ahead of LoRA's 20.0% on
+    # 40; at the end the search's pick scores 57.1% on 28 against LoRA's 25.0%, and the lead is judged there:
+    # within noise.
+    early, lora = [EffortPoint(1.0, 5 / 6, "a", 6)], [EffortPoint(2.0, 0.2, "e1", 40), EffortPoint(3.0, 0.25, "e2", 40)]
+    faded = comparison(early + [EffortPoint(4.0, 16 / 28, "b", 28)], lora)
+    assert ", and holds the lead to the end, 4 FLOPs (57.1% on 28 dev items against 25.0% on 40)." in faded
+    assert faded.endswith("No lead here is beyond dev noise (at the end of each lead the two scores' 95% Wilson "
+                          "intervals overlap): the test figures decide.")
+    held = comparison(early + [EffortPoint(4.0, 21 / 28, "b", 28)], lora)
+    assert held.endswith("This lead is beyond dev noise (at its end the two scores' 95% Wilson intervals do not overlap).")
 
 
 def effort_curves_sentence(search: EffortCurve, grid: EffortCurve) -> str:

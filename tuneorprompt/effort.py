@@ -109,27 +109,41 @@ def grid_curve(arm: ArmSummary, n_dev: int) -> EffortCurve | None:
 
 
 def overtakes(first: EffortCurve, second: EffortCurve) -> list[dict]:
-    """Every budget at which the lead on dev changes hands between two curves: [{"flops", "leader",
-    "dev_accuracy", "items", "other", "other_dev_accuracy", "other_items"}], the first entry being who
-    leads once both have a score. A tie keeps the previous leader: overtaking needs a strictly higher
-    standing."""
+    """Every budget at which the lead on dev changes hands between two curves, the first entry being who
+    leads once both have a score: [{"flops", "leader", "dev_accuracy", "items", "other",
+    "other_dev_accuracy", "other_items"} at the change, the same scores at the lead's end ("until_flops",
+    "until_dev_accuracy", "until_items", "until_other_dev_accuracy", "until_other_items": the last budget
+    before the next change, or the last spent), and "beyond_noise"]. A tie keeps the previous leader:
+    overtaking needs a strictly higher standing.
+
+    A lead is judged beyond noise at its end, where it is best informed: a search's first look on 6 dev
+    items can be far ahead of a grid's 40 and fall back within noise once the search scores 28."""
     budgets = sorted({p.flops for p in first.standing} | {p.flops for p in second.standing})
-    changes: list[dict] = []
-    leader = None
+    starts: list[tuple[float, EffortCurve]] = []  # (budget, new leader)
     for budget in budgets:
         a, b = first.at(budget), second.at(budget)
         if a is None or b is None:
             continue
-        if leader is None:
-            leader = first if a.dev_accuracy >= b.dev_accuracy else second
-        elif (leader is first and b.dev_accuracy > a.dev_accuracy) or (leader is second and a.dev_accuracy > b.dev_accuracy):
+        leader = starts[-1][1] if starts else (first if a.dev_accuracy >= b.dev_accuracy else second)
+        if starts and ((leader is first and b.dev_accuracy > a.dev_accuracy) or
+                       (leader is second and a.dev_accuracy > b.dev_accuracy)):
             leader = second if leader is first else first
-        else:
-            continue
-        ahead, behind = (a, b) if leader is first else (b, a)
+        if not starts or leader is not starts[-1][1]:
+            starts.append((budget, leader))
+
+    def standings(budget: float, leader: EffortCurve) -> tuple[EffortPoint, EffortPoint]:
+        a, b = first.at(budget), second.at(budget)
+        return (a, b) if leader is first else (b, a)
+
+    changes: list[dict] = []
+    for index, (budget, leader) in enumerate(starts):
+        until = max(b for b in budgets if b < starts[index + 1][0]) if index + 1 < len(starts) else budgets[-1]
+        (ahead, behind), (ahead_end, behind_end) = standings(budget, leader), standings(until, leader)
         changes.append({"flops": budget, "leader": leader.arm, "dev_accuracy": ahead.dev_accuracy, "items": ahead.items,
                         "other": (second if leader is first else first).arm, "other_dev_accuracy": behind.dev_accuracy,
-                        "other_items": behind.items, "beyond_noise": apart(ahead, behind)})
+                        "other_items": behind.items, "until_flops": until, "until_dev_accuracy": ahead_end.dev_accuracy,
+                        "until_items": ahead_end.items, "until_other_dev_accuracy": behind_end.dev_accuracy,
+                        "until_other_items": behind_end.items, "beyond_noise": apart(ahead_end, behind_end)})
     return changes
 
 
@@ -165,22 +179,29 @@ def overtake_sentence(search: EffortCurve, grid: EffortCurve, changes: list[dict
     if not changes:
         return f"{search.arm} and {grid.arm} have no budget at which both have a dev score."
 
-    def scores(change: dict) -> str:
-        return (f"{change['dev_accuracy']:.1%} on {change['items']} dev items against "
-                f"{change['other_dev_accuracy']:.1%} on {change['other_items']}")
+    def scores(change: dict, at: str = "") -> str:
+        return (f"{change[at + 'dev_accuracy']:.1%} on {change[at + 'items']} dev items against "
+                f"{change[at + 'other_dev_accuracy']:.1%} on {change[at + 'other_items']}")
 
     first, *later = changes
     sentence = f"Once both have a dev score ({first['flops']:.3g} FLOPs), {first['leader']} leads ({scores(first)})"
     for change in later:
         sentence += f"; {change['leader']} overtakes at {change['flops']:.3g} FLOPs ({scores(change)})"
-    if not later:
+    last = changes[-1]
+    if scores(last, "until_") != scores(last):
+        sentence += f", and holds the lead to the end, {last['until_flops']:.3g} FLOPs ({scores(last, 'until_')})"
+    elif not later:
         sentence += f", and keeps the lead up to the {max(search.total_flops, grid.total_flops):.3g} FLOPs spent"
     sentence += f". Spent: {search.arm} {search.total_flops:.3g} FLOPs, {grid.arm} {grid.total_flops:.3g}."
     within = sum(not change["beyond_noise"] for change in changes)
-    if within == len(changes):
-        sentence += (" No lead here is beyond dev noise (at each change the two scores' 95% Wilson intervals "
-                     "overlap): the test figures decide.")
-    elif within:
-        sentence += (f" {within} of these {len(changes)} leads are within dev noise (the two scores' 95% Wilson "
-                     "intervals overlap).")
+    if not within:
+        sentence += (" This lead is beyond dev noise (at its end" if len(changes) == 1
+                     else " Every lead here is beyond dev noise (at the end of each")
+        sentence += " the two scores' 95% Wilson intervals do not overlap)."
+    elif within == len(changes):
+        sentence += (" No lead here is beyond dev noise (at the end of each lead the two scores' 95% Wilson "
+                     "intervals overlap): the test figures decide.")
+    else:
+        sentence += (f" {within} of these {len(changes)} leads are within dev noise (at their end the two scores' "
+                     "95% Wilson intervals overlap).")
     return sentence
