@@ -120,16 +120,18 @@ def overtakes(first: EffortCurve, second: EffortCurve) -> list[dict]:
     items can be far ahead of a grid's 40 and fall back within noise once the search scores 28."""
     budgets = sorted({p.flops for p in first.standing} | {p.flops for p in second.standing})
     starts: list[tuple[float, EffortCurve]] = []  # (budget, new leader)
+    leader = None
     for budget in budgets:
         a, b = first.at(budget), second.at(budget)
         if a is None or b is None:
             continue
-        leader = starts[-1][1] if starts else (first if a.dev_accuracy >= b.dev_accuracy else second)
-        if starts and ((leader is first and b.dev_accuracy > a.dev_accuracy) or
-                       (leader is second and a.dev_accuracy > b.dev_accuracy)):
+        if leader is None:
+            leader = first if a.dev_accuracy >= b.dev_accuracy else second
+        elif (leader is first and b.dev_accuracy > a.dev_accuracy) or (leader is second and a.dev_accuracy > b.dev_accuracy):
             leader = second if leader is first else first
-        if not starts or leader is not starts[-1][1]:
-            starts.append((budget, leader))
+        else:
+            continue
+        starts.append((budget, leader))
 
     def standings(budget: float, leader: EffortCurve) -> tuple[EffortPoint, EffortPoint]:
         a, b = first.at(budget), second.at(budget)
@@ -137,7 +139,8 @@ def overtakes(first: EffortCurve, second: EffortCurve) -> list[dict]:
 
     changes: list[dict] = []
     for index, (budget, leader) in enumerate(starts):
-        until = max(b for b in budgets if b < starts[index + 1][0]) if index + 1 < len(starts) else budgets[-1]
+        # A lead ends at the budget before the next change (every change is at one of `budgets`), or at the last.
+        until = budgets[budgets.index(starts[index + 1][0]) - 1] if index + 1 < len(starts) else budgets[-1]
         (ahead, behind), (ahead_end, behind_end) = standings(budget, leader), standings(until, leader)
         changes.append({"flops": budget, "leader": leader.arm, "dev_accuracy": ahead.dev_accuracy, "items": ahead.items,
                         "other": (second if leader is first else first).arm, "other_dev_accuracy": behind.dev_accuracy,
@@ -188,7 +191,7 @@ def overtake_sentence(search: EffortCurve, grid: EffortCurve, changes: list[dict
     for change in later:
         sentence += f"; {change['leader']} overtakes at {change['flops']:.3g} FLOPs ({scores(change)})"
     last = changes[-1]
-    if scores(last, "until_") != scores(last):
+    if scores(last, "until_") != scores(last):  # compared as printed: end scores that read the same are not repeated
         sentence += f", and holds the lead to the end, {last['until_flops']:.3g} FLOPs ({scores(last, 'until_')})"
     elif not later:
         sentence += f", and keeps the lead up to the {max(search.total_flops, grid.total_flops):.3g} FLOPs spent"
